@@ -1,0 +1,3 @@
+from biasbench.cli import main
+
+main()

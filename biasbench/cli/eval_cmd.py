@@ -1,0 +1,54 @@
+"""`biasbench eval`: evaluate a checkpoint on a split of the data it was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from biasbench.cli.app import app
+from biasbench.env import resolve_device
+from biasbench.errors import UserError
+
+
+@app.command("eval", epilog="Examples:\n\n  biasbench eval runs/quickstart/quickstart/seed0/checkpoint.pt\n\n"
+                            "  biasbench eval CHECKPOINT --split val --data-root /data/cifar --json")
+def eval_(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt written by `biasbench train`."),
+    split: str = typer.Option("test", "--split", help="test or val."),
+    data_root: str | None = typer.Option(None, "--data-root", help="Where the data set lives now (data.root)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Evaluate a checkpoint: loss and accuracy (or MSE) on the test or validation split."""
+    from biasbench.checkpoint import load_checkpoint
+    from biasbench.data.loader import TensorLoader
+    from biasbench.trainer import build_criterion, build_for_recipe, evaluate, recipe_from_checkpoint
+
+    if split not in ("test", "val"):
+        raise UserError(f"--split must be test or val, got `{split}`")
+    ckpt = load_checkpoint(checkpoint)
+    recipe = recipe_from_checkpoint(ckpt, data_root)
+    dev = resolve_device(device)
+    bundle, model = build_for_recipe(recipe, ckpt["replicate"], dev)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise UserError(f"`{checkpoint}` does not match the model its recipe builds (edited by hand?)") from None
+    data = bundle.test if split == "test" else bundle.val
+    if data is None:
+        raise UserError("this run has no validation split (data.val_fraction was 0); use --split test")
+    metrics = evaluate(model, TensorLoader(bundle, data, recipe.train.eval_batch_size, dev),
+                       build_criterion(recipe, bundle, model).to(dev))
+    out = {"checkpoint": str(checkpoint), "split": split, "epoch": ckpt["epoch"], "samples": len(data), **metrics}
+    if as_json:
+        print(json.dumps(out, indent=1))
+        return
+    table = Table(title=f"{recipe.output.name} · seed {ckpt['seed']} · epoch {ckpt['epoch']} · {split}")
+    for k in ("samples", *metrics):
+        table.add_column(k, justify="right")
+    table.add_row(str(len(data)), *(f"{100 * v:.2f}%" if k == "acc" else f"{v:.4f}" for k, v in metrics.items()))
+    Console(highlight=False).print(table)

@@ -1,0 +1,76 @@
+"""`biasbench train`: run a recipe's replicates and write checkpoints and results files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from biasbench.cli.app import app
+from biasbench.env import resolve_device
+from biasbench.errors import UserError
+from biasbench.recipe import load_recipe
+
+
+@app.command(epilog="Examples:\n\n  biasbench train recipes/quickstart.yaml\n\n"
+                    "  biasbench train recipes/resnet32_dac.yaml --replicates 5 --set optim.lr=0.05\n\n"
+                    "  biasbench train recipes/resnet32_dac.yaml --smoke   (tiny run to check a recipe)\n\n"
+                    "  biasbench train recipes/quickstart.yaml --resume    (continue an interrupted run)")
+def train(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="Recipe file (see recipes/)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the first replicate (train.seed)."),
+    replicates: int | None = typer.Option(None, "--replicates", help="Number of replicates (train.replicates)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (output.dir)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue runs from their checkpoints; skip finished ones."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again over runs already in the output folder."),
+    smoke: bool = typer.Option(False, "--smoke", help="Apply the recipe's smoke-sized overrides."),
+    stop_after: int | None = typer.Option(None, "--stop-after", min=1,
+                                          help="Stop each run resumably after this epoch (for time-limited jobs)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final table."),
+) -> None:
+    """Train a recipe: every replicate, with checkpoints each epoch and one results JSON per run."""
+    from biasbench.trainer import train_recipe
+
+    overrides = list(set_)
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    if replicates is not None:
+        overrides.append(f"train.replicates={replicates}")
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out `{out}` is a file; give a folder")
+        overrides.append(f"output.dir={out}")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    recipe = load_recipe(recipe_path, overrides, smoke=smoke)
+    dev = resolve_device(device)
+    console = Console(quiet=quiet, highlight=False)
+    docs = train_recipe(recipe, dev, resume=resume, overwrite=overwrite, stop_after=stop_after, console=console)
+    print_runs_table(docs, recipe, Console(highlight=False))
+
+
+def print_runs_table(docs: list[dict], recipe, console: Console) -> None:
+    from biasbench.trainer import run_paths
+
+    task = docs[0]["task"] if docs else "classification"
+    metric = "acc" if task == "classification" else "loss"
+    fmt = (lambda v: f"{100 * v:.2f}%") if metric == "acc" else (lambda v: f"{v:.4f}")
+    table = Table(title=f"{recipe.output.name}: {recipe.model.name}/{recipe.model.variant} on {recipe.data.name}")
+    for col in ("seed", "status", "epochs", f"final test {metric}", f"best val {metric} (epoch)",
+                f"test {metric} there", "params", "samples/s", "wall s"):
+        table.add_column(col, justify="right")
+    for d in docs:
+        final, best = d.get("final", {}), d.get("best", {})
+        val_key = best.get("selected_by", f"test_{metric}")
+        table.add_row(str(d["seed"]), d["status"], str(d["epochs_completed"]),
+                      fmt(final[f"test_{metric}"]) if f"test_{metric}" in final else "-",
+                      f"{fmt(best[val_key])} ({best['epoch']})" if best else "-",
+                      fmt(best[f"test_{metric}"]) if best else "-",
+                      f"{d['params']['total']:,}", f"{d['images_per_second']:,.0f}", f"{d['wall_time_s']:.1f}")
+    console.print(table)
+    if docs:
+        console.print(f"results and checkpoints: {run_paths(recipe, docs[0]['seed']).dir.parent}/seed*/")

@@ -1,0 +1,77 @@
+"""Optimiser, L2-in-the-loss and learning-rate schedule built from a recipe.
+
+Parameters are split by role (`params.parameter_roles`): weights get `weight_decay` / `l2`;
+biases and other parameters (norm scales, tokens) get `bias_weight_decay` / `bias_l2`.
+`l2` is added to the gradient as d/dw of `l2 * sum(w**2)`, which is exactly L2 in the loss (the
+DAC paper's choice), also under Adam, where it differs from decoupled decay.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from biasbench.params import parameter_roles
+from biasbench.recipe import OptimConfig, ScheduleConfig
+
+
+@dataclass
+class L2Penalty:
+    """Adds 2*l2*w to each gradient (the gradient of l2 * ||w||^2), one fused call per group."""
+
+    groups: list[tuple[list[torch.Tensor], float]]
+
+    def apply(self) -> None:
+        for params, l2 in self.groups:
+            if l2 > 0:
+                with_grad = [p for p in params if p.grad is not None]
+                if with_grad:
+                    torch._foreach_add_([p.grad for p in with_grad], with_grad, alpha=2.0 * l2)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, L2Penalty]:
+    roles = parameter_roles(model)
+    weights, others = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (weights if roles[name] == "weight" else others).append(p)
+    groups = [{"params": weights, "weight_decay": cfg.weight_decay, "role": "weight"},
+              {"params": others, "weight_decay": cfg.bias_weight_decay, "role": "bias"}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.name == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    elif cfg.name == "adam":
+        opt = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return opt, L2Penalty([(weights, cfg.l2), (others, cfg.bias_l2)])
+
+
+def lr_factor(cfg: ScheduleConfig, base_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the base learning rate after `step` optimiser steps.
+
+    With `per: epoch` the schedule moves at epoch boundaries only; with `per: step` every step.
+    """
+    t = step / steps_per_epoch if cfg.per == "step" else float(step // steps_per_epoch)
+    if cfg.warmup_epochs > 0 and t < cfg.warmup_epochs:
+        start = cfg.warmup_start_lr / base_lr
+        return start + (1.0 - start) * t / cfg.warmup_epochs
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "multistep":
+        return cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    # cosine from lr (after warm-up) down to the floor min_lr at the last epoch
+    span = max(epochs - cfg.warmup_epochs, 1e-12)
+    progress = min(max((t - cfg.warmup_epochs) / span, 0.0), 1.0)
+    floor = cfg.min_lr / base_lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float, steps_per_epoch: int,
+                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped once per optimiser step; its state is just the step count."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(cfg, base_lr, step, steps_per_epoch, epochs))

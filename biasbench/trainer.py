@@ -1,0 +1,310 @@
+"""The one trainer: recipe -> model + data -> epochs -> checkpoint + results file.
+
+`train_recipe` runs every replicate of a recipe (replicate r uses seed + r) and returns the
+results documents; `train_run` is one replicate. Each epoch trains, then evaluates validation
+and test sets (we record everything; `compare` chooses the epoch honestly), then writes a
+checkpoint atomically. A run stopped after epoch k and resumed ends bit for bit like an
+uninterrupted one on the CPU: data order and augmentation depend only on (seed, epoch), and the
+checkpoint holds model, optimiser, scheduler, loss state and RNG states.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from biasbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from biasbench.data import DataBundle, build_data
+from biasbench.data.loader import TensorLoader, make_train_loader
+from biasbench.env import environment
+from biasbench.errors import UserError
+from biasbench.fsutil import atomic_write_json, ensure_dir
+from biasbench.losses import Criterion
+from biasbench.models import build_model
+from biasbench.optim import build_optimizer, build_scheduler
+from biasbench.params import count_by_role
+from biasbench.recipe import Recipe, from_dict
+from biasbench.results import KIND, SCHEMA_VERSION, best_epoch
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: the checkpoint and an `interrupted` results file are on disk."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+@dataclass
+class RunPaths:
+    dir: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results.json"
+
+
+def run_paths(recipe: Recipe, seed: int) -> RunPaths:
+    return RunPaths(Path(recipe.output.dir) / str(recipe.output.name) / f"seed{seed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the pieces of a run from a recipe (shared by train and eval).
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_for_recipe(recipe: Recipe, replicate: int, device: torch.device) -> tuple[DataBundle, torch.nn.Module]:
+    bundle = build_data(recipe.data, replicate=replicate)
+    model = build_model(recipe.model.name, recipe.model.variant, num_classes=bundle.num_outputs,
+                        in_channels=bundle.input_shape[0], input_shape=bundle.input_shape,
+                        variant_options=recipe.model.variant_options, **recipe.model.options)
+    return bundle, model.to(device)
+
+
+def build_criterion(recipe: Recipe, bundle: DataBundle, model: torch.nn.Module) -> Criterion:
+    terms = getattr(model, "loss_terms", lambda: {})()  # stateful terms a variant attaches
+    return Criterion(bundle.task, recipe.train.label_smoothing, terms)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: TensorLoader, criterion: Criterion) -> dict[str, float]:
+    """Mean task loss and accuracy (classification) over a split. Labels feed no loss term."""
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        out = model(x)
+        loss_sum += criterion.task_loss(out, y) * len(y)
+        if criterion.task == "classification":
+            correct += (out.argmax(1) == y).sum()
+        n += len(y)
+    metrics = {"loss": loss_sum.item() / max(n, 1)}
+    if criterion.task == "classification":
+        metrics["acc"] = correct.item() / max(n, 1)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# One replicate.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *, resume: bool = False,
+              stop_after: int | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Train one replicate; `stop_after` ends it resumably (status `interrupted`) after that epoch."""
+    console = console or Console(quiet=True)
+    paths = run_paths(recipe, seed)
+    ensure_dir(paths.dir)
+    seed_everything(seed)
+    bundle, model = build_for_recipe(recipe, replicate, device)
+    criterion = build_criterion(recipe, bundle, model).to(device)
+    train_loader = make_train_loader(bundle, recipe.data, recipe.train.batch_size, device, seed)
+    eval_loaders = {name: TensorLoader(bundle, split, recipe.train.eval_batch_size, device)
+                    for name, split in (("val", bundle.val), ("test", bundle.test)) if split is not None}
+    optimizer, l2 = build_optimizer(model, recipe.optim)
+    scheduler = build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, len(train_loader), recipe.train.epochs)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, train_time, train_samples, wall_before = 0, 0.0, 0, 0.0
+    if resume and paths.checkpoint.exists():
+        ckpt = load_checkpoint(paths.checkpoint)
+        if ckpt["recipe"] != _comparable(recipe) or ckpt["seed"] != seed:
+            raise UserError(f"checkpoint `{paths.checkpoint}` was written by a different recipe or seed; "
+                            "resume with the same recipe and overrides, or choose another --out")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        criterion.load_state_dict(ckpt["criterion"])
+        set_rng_state(ckpt["rng"])
+        history, start_epoch = list(ckpt["history"]), ckpt["epoch"]
+        train_time, train_samples, wall_before = ckpt["train_time"], ckpt["train_samples"], ckpt["wall_time"]
+        console.print(f"resuming {paths.dir} after epoch {start_epoch}")
+
+    status = "completed"
+    started = time.perf_counter()
+    epochs = recipe.train.epochs
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as progress:
+        try:
+            for epoch in range(start_epoch, epochs):
+                if stop_after is not None and epoch >= stop_after:
+                    status = "interrupted"
+                    break
+                task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(train_loader), rate="")
+                t0 = time.perf_counter()
+                train_metrics = _train_epoch(model, train_loader, epoch, criterion, optimizer, scheduler, l2,
+                                             recipe.train.grad_clip, progress, task)
+                dt_train = time.perf_counter() - t0
+                train_time += dt_train
+                train_samples += len(train_loader.y)
+                progress.remove_task(task)
+                if not math.isfinite(train_metrics["loss"]):
+                    status = "diverged"
+                    history.append(_epoch_row(epoch, optimizer, train_metrics, {}, dt_train))
+                    console.print(f"[red]epoch {epoch + 1}: loss is {train_metrics['loss']}; run diverged[/red]")
+                    break
+                evals = {name: evaluate(model, loader, criterion) for name, loader in eval_loaders.items()}
+                row = _epoch_row(epoch, optimizer, train_metrics, evals, dt_train)
+                history.append(row)
+                console.print(_epoch_line(row, epochs, len(train_loader.y) / dt_train))
+                if recipe.output.checkpoint:
+                    save_checkpoint(paths.checkpoint, {
+                        "recipe": _comparable(recipe), "seed": seed, "replicate": replicate, "epoch": epoch + 1,
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "criterion": criterion.state_dict(),
+                        "rng": rng_state(), "history": history, "train_time": train_time,
+                        "train_samples": train_samples,
+                        "wall_time": wall_before + time.perf_counter() - started})
+        except KeyboardInterrupt:
+            status = "interrupted"
+    wall = wall_before + time.perf_counter() - started
+    doc = _results_doc(recipe, seed, replicate, status, history, bundle, model, device, wall,
+                       train_samples / train_time if train_time > 0 else 0.0)
+    atomic_write_json(paths.results, doc)
+    if status == "interrupted" and stop_after is None:
+        raise Interrupted(paths.dir)
+    return doc
+
+
+def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, grad_clip, progress, task):
+    """One pass over the training data. Sums stay on the device: no host sync per step."""
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    n = 0
+    t0 = time.perf_counter()
+    for x, y in loader:
+        out = model(x)
+        loss = criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        l2.apply()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        if criterion.task == "classification":
+            correct += (out.detach().argmax(1) == y).sum()
+        n += len(y)
+        progress.update(task, advance=1, rate=f"{n / max(time.perf_counter() - t0, 1e-9):,.0f} samples/s")
+    metrics = {"loss": loss_sum.item() / max(n, 1)}
+    if criterion.task == "classification":
+        metrics["acc"] = correct.item() / max(n, 1)
+    return metrics
+
+
+def _epoch_row(epoch, optimizer, train_metrics, evals, seconds) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 4)}
+    row.update({f"train_{k}": v for k, v in train_metrics.items()})
+    for split, metrics in evals.items():
+        row.update({f"{split}_{k}": v for k, v in metrics.items()})
+    return row
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, rate: float) -> str:
+    parts = [f"epoch {row['epoch']:>3}/{epochs}", f"loss {row['train_loss']:.4f}"]
+    for split in ("train", "val", "test"):
+        if f"{split}_acc" in row:
+            parts.append(f"{split} acc {100 * row[f'{split}_acc']:.2f}%")
+        elif split != "train" and f"{split}_loss" in row:
+            parts.append(f"{split} mse {row[f'{split}_loss']:.4f}")
+    parts.append(f"{rate:,.0f} samples/s")
+    return " | ".join(parts)
+
+
+def _comparable(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as recorded: everything but where it was read from and the smoke block."""
+    d = recipe.to_dict()
+    d.pop("source", None)
+    d.pop("smoke", None)
+    return d
+
+
+def describe_model(model: torch.nn.Module) -> dict[str, Any]:
+    return {**count_by_role(model), "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def _results_doc(recipe, seed, replicate, status, history, bundle, model, device, wall, rate) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND,
+        "name": recipe.output.name,
+        "status": status,
+        "seed": seed,
+        "replicate": replicate,
+        "recipe": _comparable(recipe),
+        "recipe_path": recipe.source,
+        "task": bundle.task,
+        "epochs_completed": len(history),
+        "history": history,
+        "final": history[-1] if history else {},
+        "best": best_epoch([h for h in history if "test_loss" in h], bundle.task),
+        "params": describe_model(model),
+        "wall_time_s": round(wall, 3),
+        "images_per_second": round(rate, 1),
+        "data": bundle.describe(),
+        "environment": environment(device),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# All replicates of a recipe.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, overwrite: bool = False,
+                 stop_after: int | None = None, console: Console | None = None) -> list[dict[str, Any]]:
+    console = console or Console(quiet=True)
+    docs = []
+    for r in range(recipe.train.replicates):
+        seed = recipe.train.seed + r
+        paths = run_paths(recipe, seed)
+        if paths.dir.exists() and not paths.dir.is_dir():
+            raise UserError(f"output path `{paths.dir}` is a file; choose another folder with --out")
+        if (paths.results.exists() or paths.checkpoint.exists()) and not (resume or overwrite):
+            raise UserError(f"`{paths.dir}` already holds a run; pass --resume to continue it, --overwrite "
+                            "to start again, or --out to write elsewhere")
+        if overwrite and not resume:
+            for p in (paths.results, paths.checkpoint):
+                p.unlink(missing_ok=True)
+        if resume and paths.results.exists():
+            from biasbench.results import load_results
+
+            done = load_results(paths.results)
+            if done["status"] in ("completed", "diverged"):
+                console.print(f"{paths.dir}: already {done['status']}, skipped")
+                docs.append(done)
+                continue
+        console.rule(f"{recipe.output.name} · replicate {r + 1}/{recipe.train.replicates} · seed {seed}")
+        docs.append(train_run(recipe, seed, r, device, resume=resume, stop_after=stop_after, console=console))
+    return docs
+
+
+def recipe_from_checkpoint(ckpt: dict[str, Any], data_root: str | None = None) -> Recipe:
+    recipe = from_dict(ckpt["recipe"])
+    if data_root is not None:
+        recipe = replace(recipe, data=replace(recipe.data, root=data_root))
+    return recipe
