@@ -1,0 +1,54 @@
+"""Shared test helpers: run the CLI in-process, write small recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from biasbench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_threads():
+    torch.set_num_threads(2)
+
+
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """Run `biasbench ARGS` in-process; returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(args)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_recipe(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def tiny_recipe(tmp_path: Path, **sections) -> dict:
+    """A recipe that trains in about a second: a small MLP on digits."""
+    doc = {
+        "model": {"name": "mlp", "options": {"depth": 2, "width": 32}},
+        "data": {"name": "digits"},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "schedule": {"name": "cosine", "per": "step"},
+        "train": {"epochs": 4, "batch_size": 64},
+        "output": {"dir": str(tmp_path / "runs")},
+    }
+    for k, v in sections.items():
+        doc[k] = {**doc.get(k, {}), **v}
+    return doc

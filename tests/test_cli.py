@@ -1,0 +1,96 @@
+"""The CLI as a user meets it: help, train/eval round trip, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, tiny_recipe, write_recipe
+
+
+def _assert_one_line_error(code, out, err, *fragments):
+    assert code == 2, (code, out, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err + out
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    return write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 2}))
+
+
+def test_help_lists_commands_with_examples():
+    code, out, _ = run_cli(["--help"])
+    assert code == 0 and "train" in out and "eval" in out
+    code, out, _ = run_cli(["train", "--help"])
+    assert code == 0 and "--resume" in out and "Examples" in out
+
+
+def test_train_then_eval_reports_the_same_test_accuracy(recipe, tmp_path):
+    code, out, err = run_cli(["train", str(recipe), "--device", "cpu", "-q"])
+    assert code == 0, err
+    ckpt = tmp_path / "runs" / "r" / "seed0" / "checkpoint.pt"
+    results = json.loads((ckpt.parent / "results.json").read_text())
+    code, out, err = run_cli(["eval", str(ckpt), "--json", "--device", "cpu"])
+    assert code == 0, err
+    evaluated = json.loads(out)
+    assert evaluated["acc"] == pytest.approx(results["final"]["test_acc"])
+    assert evaluated["epoch"] == 2
+
+
+def test_existing_run_is_not_overwritten_without_a_flag(recipe, tmp_path):
+    assert run_cli(["train", str(recipe), "-q"])[0] == 0
+    before = (tmp_path / "runs" / "r" / "seed0" / "results.json").read_bytes()
+    code, out, err = run_cli(["train", str(recipe), "-q"])
+    _assert_one_line_error(code, out, err, "already holds a run", "--resume")
+    assert (tmp_path / "runs" / "r" / "seed0" / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("setter, fragment", [
+    ("model.name=resnet9000", "unknown model `resnet9000`"),
+    ("model.variant=dacc", "unknown variant `dacc`"),
+    ("data.name=digitz", "unknown data set `digitz` (did you mean `digits`?)"),
+    ("train.epochs=-3", "`train.epochs` must be at least 1"),
+    ("train.batch_size=big", "`train.batch_size` must be an integer"),
+    ("optim.lrr=0.1", "unknown recipe key `optim.lrr` (did you mean `optim.lr`?)"),
+    ("model.options.widht=3", "model `mlp` has no option `widht` (did you mean `width`?)"),
+])
+def test_bad_recipe_values_give_one_line(recipe, setter, fragment):
+    code, out, err = run_cli(["train", str(recipe), "--set", setter, "-q"])
+    _assert_one_line_error(code, out, err, fragment)
+
+
+def test_missing_and_malformed_recipe(tmp_path):
+    _assert_one_line_error(*run_cli(["train", str(tmp_path / "nope.yaml")]), "does not exist")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 3\n")
+    _assert_one_line_error(*run_cli(["train", str(bad)]), "not valid YAML")
+
+
+def test_output_folder_that_is_a_file(recipe, tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    _assert_one_line_error(*run_cli(["train", str(recipe), "--out", str(target)]), "is a file")
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x02not a checkpoint at all")
+    _assert_one_line_error(*run_cli(["eval", str(corrupt)]), "not a readable checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    _assert_one_line_error(*run_cli(["eval", str(foreign)]), "not a biasbench checkpoint")
+    _assert_one_line_error(*run_cli(["eval", str(tmp_path / "missing.pt")]), "does not exist")
+
+
+def test_truncated_checkpoint(recipe, tmp_path):
+    assert run_cli(["train", str(recipe), "-q"])[0] == 0
+    ckpt = tmp_path / "runs" / "r" / "seed0" / "checkpoint.pt"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    _assert_one_line_error(*run_cli(["eval", str(truncated)]), "not a readable checkpoint")
