@@ -44,6 +44,7 @@ class DataConfig:
     val_fold: int | None = None  # which fold; None = replicate index mod val_folds
     split_seed: int = 0  # fixes the validation split independently of the run seed
     augment: str = "none"  # named augmentation, see biasbench.data.augment
+    workers: int | None = None  # DataLoader processes for per-image pipelines (default: one per core, <= 8)
     options: dict[str, Any] = field(default_factory=dict)  # data set specific (size, image_size...)
 
 
@@ -84,6 +85,16 @@ class TrainConfig:
     replicates: int = 1  # replicate r runs with seed + r
     grad_clip: float | None = None  # max global gradient norm
     label_smoothing: float = 0.0
+    # Which parameters train (biasbench.bias_only): `all`, or groups joined by '+' from biases,
+    # other, readout, weights; `biases` is bias-only learning over frozen random weights.
+    trainable: str = "all"
+    # `normal_fan_in` redraws every weight from N(0, 1/fan_in) (the bias-learning paper's option).
+    weight_init: Literal["default", "normal_fan_in"] = "default"
+    # The lean GPU path (ignored where they do not apply): bf16 autocast, channels_last memory
+    # format for conv nets, and torch.compile of the model.
+    amp: Literal["none", "bf16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
 
 
 @dataclass
@@ -102,10 +113,21 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     smoke: dict[str, Any] = field(default_factory=dict)  # dotted overrides for --smoke
+    gate: dict[str, Any] = field(default_factory=dict)  # CI gate rules, validated by biasbench.gate
     source: str | None = None  # the file it was read from (filled in by the loader)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _valid_trainable(spec: str) -> bool:
+    from biasbench.bias_only import parse_trainable  # one list of groups, kept with their meaning
+
+    try:
+        parse_trainable(spec)
+    except ValueError:
+        return False
+    return True
 
 
 # Values that make no sense, checked after the types: (path, predicate, message).
@@ -116,6 +138,8 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("train.replicates", lambda v: v >= 1, "must be at least 1"),
     ("train.grad_clip", lambda v: v is None or v > 0, "must be positive (or null for none)"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("train.trainable", lambda v: _valid_trainable(v),
+     "must be `all` or groups joined by '+' from biases, other, readout, weights (e.g. biases+readout)"),
     ("optim.lr", lambda v: v > 0, "must be positive"),
     ("optim.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("optim.l2", lambda v: v >= 0, "must be non-negative"),
@@ -127,6 +151,7 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("schedule.min_lr", lambda v: v >= 0, "must be non-negative"),
     ("data.val_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("data.val_folds", lambda v: v == 0 or v >= 2, "must be 0 (use val_fraction) or at least 2"),
+    ("data.workers", lambda v: v is None or v >= 0, "must be 0 or more (or null for one per core)"),
 ]
 
 

@@ -11,6 +11,7 @@ checkpoint holds model, optimiser, scheduler, loss state and RNG states.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import random
 import time
@@ -25,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from biasbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from biasbench.data import DataBundle, build_data
 from biasbench.data.loader import TensorLoader, make_train_loader
+from biasbench.distributed import DistContext, wrap_model
 from biasbench.env import environment
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, ensure_dir
@@ -76,11 +78,28 @@ def build_for_recipe(recipe: Recipe, replicate: int, device: torch.device) -> tu
     model = build_model(recipe.model.name, recipe.model.variant, num_classes=bundle.num_outputs,
                         in_channels=bundle.input_shape[0], input_shape=bundle.input_shape,
                         variant_options=recipe.model.variant_options, **recipe.model.options)
+    configure_parameters(model, recipe)
     return bundle, model.to(device)
+
+
+def configure_parameters(model: torch.nn.Module, recipe: Recipe) -> None:
+    """`train.weight_init` and `train.trainable` (bias-only learning, see biasbench.bias_only)."""
+    from biasbench.bias_only import apply_trainable, init_weights
+
+    try:
+        init_weights(model, recipe.train.weight_init)
+        apply_trainable(model, recipe.train.trainable)
+    except ValueError as e:
+        raise UserError(f"recipe key `train.trainable`: {e}") from None
 
 
 def build_criterion(recipe: Recipe, bundle: DataBundle, model: torch.nn.Module) -> Criterion:
     terms = getattr(model, "loss_terms", lambda: {})()  # stateful terms a variant attaches
+    from biasbench.models.variants import VARIANTS
+
+    if not terms and getattr(VARIANTS.get(recipe.model.variant), "adds_loss_terms", False):
+        raise UserError(f"variant `{recipe.model.variant}` adds a loss term that model `{recipe.model.name}` "
+                        "cannot feed (it names no response layers); see docs/abn_dnrt_bias_only.md")
     return Criterion(bundle.task, recipe.train.label_smoothing, terms)
 
 
@@ -91,16 +110,32 @@ def evaluate(model: torch.nn.Module, loader: TensorLoader, criterion: Criterion)
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
+    # A model whose inputs carry a group id (multi-task: the task) reports accuracy per group too.
+    groups = getattr(model, "metric_groups", None) if criterion.task == "classification" else None
+    group_hits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for x, y in loader:
         out = model(x)
         loss_sum += criterion.task_loss(out, y) * len(y)
         if criterion.task == "classification":
             correct += (out.argmax(1) == y).sum()
+            if groups is not None:
+                _add_group_hits(group_hits, *groups(x), out.argmax(1) == y)
         n += len(y)
     metrics = {"loss": loss_sum.item() / max(n, 1)}
     if criterion.task == "classification":
         metrics["acc"] = correct.item() / max(n, 1)
+    for name, (hits, count) in group_hits.items():
+        metrics[f"acc_{name}"] = hits.item() / max(count.item(), 1)
     return metrics
+
+
+def _add_group_hits(sums: dict[str, tuple[torch.Tensor, torch.Tensor]], group: torch.Tensor, names: list[str],
+                    hit: torch.Tensor) -> None:
+    hits = torch.bincount(group, weights=hit.float(), minlength=len(names))
+    counts = torch.bincount(group, minlength=len(names)).float()
+    for i, name in enumerate(names):
+        h, c = sums.get(name, (0.0, 0.0))
+        sums[name] = (h + hits[i], c + counts[i])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,14 +144,19 @@ def evaluate(model: torch.nn.Module, loader: TensorLoader, criterion: Criterion)
 
 
 def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *, resume: bool = False,
-              stop_after: int | None = None, console: Console | None = None) -> dict[str, Any]:
-    """Train one replicate; `stop_after` ends it resumably (status `interrupted`) after that epoch."""
+              stop_after: int | None = None, console: Console | None = None,
+              ctx: DistContext | None = None) -> dict[str, Any]:
+    """Train one replicate; `stop_after` ends it resumably (status `interrupted`) after that epoch.
+
+    With a `DistContext` of several ranks (torchrun), the ranks share each global batch."""
     console = console or Console(quiet=True)
+    ctx = ctx or DistContext()
     paths = run_paths(recipe, seed)
     ensure_dir(paths.dir)
     seed_everything(seed)
     bundle, model = build_for_recipe(recipe, replicate, device)
     criterion = build_criterion(recipe, bundle, model).to(device)
+    step_model = _lean(model, recipe, device, ctx)  # what the training step calls (DDP / compiled)
     train_loader = make_train_loader(bundle, recipe.data, recipe.train.batch_size, device, seed)
     eval_loaders = {name: TensorLoader(bundle, split, recipe.train.eval_batch_size, device)
                     for name, split in (("val", bundle.val), ("test", bundle.test)) if split is not None}
@@ -152,8 +192,8 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                     break
                 task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(train_loader), rate="")
                 t0 = time.perf_counter()
-                train_metrics = _train_epoch(model, train_loader, epoch, criterion, optimizer, scheduler, l2,
-                                             recipe.train.grad_clip, progress, task)
+                train_metrics = _train_epoch(step_model, train_loader, epoch, criterion, optimizer, scheduler, l2,
+                                             recipe.train, ctx, progress, task)
                 dt_train = time.perf_counter() - t0
                 train_time += dt_train
                 train_samples += len(train_loader.y)
@@ -167,7 +207,7 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                 row = _epoch_row(epoch, optimizer, train_metrics, evals, dt_train)
                 history.append(row)
                 console.print(_epoch_line(row, epochs, len(train_loader.y) / dt_train))
-                if recipe.output.checkpoint:
+                if recipe.output.checkpoint and ctx.is_main:
                     save_checkpoint(paths.checkpoint, {
                         "recipe": _comparable(recipe), "seed": seed, "replicate": replicate, "epoch": epoch + 1,
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -179,39 +219,60 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
             status = "interrupted"
     wall = wall_before + time.perf_counter() - started
     doc = _results_doc(recipe, seed, replicate, status, history, bundle, model, device, wall,
-                       train_samples / train_time if train_time > 0 else 0.0)
-    atomic_write_json(paths.results, doc)
+                       train_samples / train_time if train_time > 0 else 0.0, ctx)
+    if ctx.is_main:
+        atomic_write_json(paths.results, doc)
+    ctx.barrier()
     if status == "interrupted" and stop_after is None:
         raise Interrupted(paths.dir)
     return doc
 
 
-def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, grad_clip, progress, task):
+def _lean(model: torch.nn.Module, recipe: Recipe, device: torch.device, ctx: DistContext) -> torch.nn.Module:
+    """The lean path's model transforms: channels_last, DDP across ranks, torch.compile."""
+    if recipe.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    step_model = wrap_model(model, ctx, device)
+    if recipe.train.compile:
+        step_model = torch.compile(step_model)
+    return step_model
+
+
+def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, cfg, ctx, progress, task):
     """One pass over the training data. Sums stay on the device: no host sync per step."""
     model.train()
     loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    n = 0
+    n = torch.zeros((), device=loader.device, dtype=torch.long)
+    autocast = torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+    to_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     t0 = time.perf_counter()
-    for x, y in loader:
-        out = model(x)
-        loss = criterion(out, y)
+    for step, (x, y) in enumerate(loader):
+        x, y, share = ctx.shard(x, y)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=to_format)
+        with autocast:
+            out = model(x)
+            loss = criterion(out, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share if share != 1.0 else loss).backward()
         l2.apply()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * len(y)
+        loss_sum += loss.detach().float() * len(y)
         if criterion.task == "classification":
             correct += (out.detach().argmax(1) == y).sum()
         n += len(y)
-        progress.update(task, advance=1, rate=f"{n / max(time.perf_counter() - t0, 1e-9):,.0f} samples/s")
-    metrics = {"loss": loss_sum.item() / max(n, 1)}
+        done = (step + 1) * loader.batch_size
+        progress.update(task, advance=1, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} samples/s")
+    loss_sum, correct, n = ctx.sum(loss_sum, correct, n)
+    count = max(int(n.item()), 1)
+    metrics = {"loss": loss_sum.item() / count}
     if criterion.task == "classification":
-        metrics["acc"] = correct.item() / max(n, 1)
+        metrics["acc"] = correct.item() / count
     return metrics
 
 
@@ -246,7 +307,18 @@ def describe_model(model: torch.nn.Module) -> dict[str, Any]:
     return {**count_by_role(model), "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def _results_doc(recipe, seed, replicate, status, history, bundle, model, device, wall, rate) -> dict[str, Any]:
+def _complexity(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """MACs and FLOPs per sample (biasbench.count), or None for a model the counter cannot trace."""
+    from biasbench.count import complexity
+
+    try:
+        return complexity(model, input_shape)
+    except Exception as e:  # counting must never lose a finished run's results
+        return {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+
+
+def _results_doc(recipe, seed, replicate, status, history, bundle, model, device, wall, rate,
+                 ctx: DistContext) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": KIND,
@@ -262,10 +334,11 @@ def _results_doc(recipe, seed, replicate, status, history, bundle, model, device
         "final": history[-1] if history else {},
         "best": best_epoch([h for h in history if "test_loss" in h], bundle.task),
         "params": describe_model(model),
+        "complexity": _complexity(model, bundle.input_shape),
         "wall_time_s": round(wall, 3),
         "images_per_second": round(rate, 1),
         "data": bundle.describe(),
-        "environment": environment(device),
+        "environment": {**environment(device), "world_size": ctx.world},
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -276,9 +349,28 @@ def _results_doc(recipe, seed, replicate, status, history, bundle, model, device
 
 
 def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, overwrite: bool = False,
-                 stop_after: int | None = None, console: Console | None = None) -> list[dict[str, Any]]:
+                 stop_after: int | None = None, jobs: int = 1, console: Console | None = None,
+                 ctx: DistContext | None = None) -> list[dict[str, Any]]:
+    """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes."""
     console = console or Console(quiet=True)
-    docs = []
+    ctx = ctx or DistContext()
+    todo, done = _plan_replicates(recipe, resume, overwrite, ctx, console)
+    if jobs > 1 and len(todo) > 1:
+        docs = done | _train_parallel(recipe, todo, device, resume, stop_after, jobs, console)
+    else:
+        docs = dict(done)
+        for r, seed in todo:
+            console.rule(f"{recipe.output.name} · replicate {r + 1}/{recipe.train.replicates} · seed {seed}")
+            docs[r] = train_run(recipe, seed, r, device, resume=resume, stop_after=stop_after, console=console,
+                                ctx=ctx)
+    return [docs[r] for r in sorted(docs)]
+
+
+def _plan_replicates(recipe, resume, overwrite, ctx, console) -> tuple[list[tuple[int, int]], dict[int, dict]]:
+    """Check every replicate's folder before training any: (replicates to run, finished ones)."""
+    from biasbench.results import load_results
+
+    todo, done = [], {}
     for r in range(recipe.train.replicates):
         seed = recipe.train.seed + r
         paths = run_paths(recipe, seed)
@@ -287,19 +379,52 @@ def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, 
         if (paths.results.exists() or paths.checkpoint.exists()) and not (resume or overwrite):
             raise UserError(f"`{paths.dir}` already holds a run; pass --resume to continue it, --overwrite "
                             "to start again, or --out to write elsewhere")
-        if overwrite and not resume:
-            for p in (paths.results, paths.checkpoint):
-                p.unlink(missing_ok=True)
         if resume and paths.results.exists():
-            from biasbench.results import load_results
-
-            done = load_results(paths.results)
-            if done["status"] in ("completed", "diverged"):
-                console.print(f"{paths.dir}: already {done['status']}, skipped")
-                docs.append(done)
+            previous = load_results(paths.results)
+            if previous["status"] in ("completed", "diverged"):
+                console.print(f"{paths.dir}: already {previous['status']}, skipped")
+                done[r] = previous
                 continue
-        console.rule(f"{recipe.output.name} · replicate {r + 1}/{recipe.train.replicates} · seed {seed}")
-        docs.append(train_run(recipe, seed, r, device, resume=resume, stop_after=stop_after, console=console))
+        todo.append((r, seed))
+    if overwrite and not resume and ctx.is_main:
+        for _, seed in todo:
+            for p in (run_paths(recipe, seed).results, run_paths(recipe, seed).checkpoint):
+                p.unlink(missing_ok=True)
+    ctx.barrier()
+    return todo, done
+
+
+def _replicate_worker(recipe: Recipe, r: int, seed: int, device: str, resume: bool, stop_after: int | None,
+                      threads: int) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    try:
+        return train_run(recipe, seed, r, torch.device(device), resume=resume, stop_after=stop_after)
+    except Interrupted:
+        return json.loads(run_paths(recipe, seed).results.read_text())
+
+
+def _train_parallel(recipe, todo, device, resume, stop_after, jobs, console) -> dict[int, dict]:
+    """Replicates as separate processes; CPU threads are split between them."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    console.print(f"training {len(todo)} replicates, {jobs} at a time ({threads} threads each)")
+    docs: dict[int, dict] = {}
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_replicate_worker, recipe, r, seed, str(device), resume, stop_after, threads): r
+                   for r, seed in todo}
+        try:
+            for fut in cf.as_completed(futures):
+                doc = fut.result()
+                docs[futures[fut]] = doc
+                console.print(f"seed {doc['seed']}: {doc['status']} after {doc['epochs_completed']} epochs")
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise Interrupted(run_paths(recipe, todo[0][1]).dir.parent) from None
+    if any(d["status"] == "interrupted" for d in docs.values()) and stop_after is None:
+        raise Interrupted(run_paths(recipe, todo[0][1]).dir.parent)
     return docs
 
 

@@ -17,7 +17,9 @@ from biasbench.recipe import load_recipe
 @app.command(epilog="Examples:\n\n  biasbench train recipes/quickstart.yaml\n\n"
                     "  biasbench train recipes/resnet32_dac.yaml --replicates 5 --set optim.lr=0.05\n\n"
                     "  biasbench train recipes/resnet32_dac.yaml --smoke   (tiny run to check a recipe)\n\n"
-                    "  biasbench train recipes/quickstart.yaml --resume    (continue an interrupted run)")
+                    "  biasbench train recipes/quickstart.yaml --resume    (continue an interrupted run)\n\n"
+                    "  biasbench train recipes/mnist1d_mlp.yaml --replicates 4 --jobs 2\n\n"
+                    "  torchrun --nproc_per_node 2 -m biasbench train recipes/quickstart.yaml")
 def train(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="Recipe file (see recipes/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable)."),
@@ -30,9 +32,16 @@ def train(
     stop_after: int | None = typer.Option(None, "--stop-after", min=1,
                                           help="Stop each run resumably after this epoch (for time-limited jobs)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Run this many replicates at once, as processes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final table."),
 ) -> None:
-    """Train a recipe: every replicate, with checkpoints each epoch and one results JSON per run."""
+    """Train a recipe: every replicate, with checkpoints each epoch and one results JSON per run.
+
+    Under `torchrun --nproc_per_node N -m biasbench train RECIPE`, the N processes train each run
+    together (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and rank 0 writes the files."""
+    import torch
+
+    from biasbench.distributed import from_environment
     from biasbench.trainer import train_recipe
 
     overrides = list(set_)
@@ -48,9 +57,17 @@ def train(
         raise UserError("--resume and --overwrite contradict each other; pick one")
     recipe = load_recipe(recipe_path, overrides, smoke=smoke)
     dev = resolve_device(device)
-    console = Console(quiet=quiet, highlight=False)
-    docs = train_recipe(recipe, dev, resume=resume, overwrite=overwrite, stop_after=stop_after, console=console)
-    print_runs_table(docs, recipe, Console(highlight=False))
+    ctx = from_environment(dev.type)  # several ranks when started by torchrun
+    if ctx.enabled:
+        if jobs > 1:
+            raise UserError("--jobs runs replicates as separate processes; under torchrun use one job per rank")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", ctx.local_rank)
+    console = Console(quiet=quiet or not ctx.is_main, highlight=False)
+    docs = train_recipe(recipe, dev, resume=resume, overwrite=overwrite, stop_after=stop_after, jobs=jobs,
+                        console=console, ctx=ctx)
+    if ctx.is_main:
+        print_runs_table(docs, recipe, Console(highlight=False))
 
 
 def print_runs_table(docs: list[dict], recipe, console: Console) -> None:

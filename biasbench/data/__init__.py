@@ -1,14 +1,15 @@
 """Data sets as in-memory tensors, looked up by name.
 
-A data set builder is a function `(cfg: DataConfig) -> DataBundle`, registered with
-`@register_dataset(name)`. Small and medium sets live in memory as tensors (uint8 images or
-float features) and are batched by `TensorLoader` without per-sample Python work.
+A data set builder is a function `(cfg: DataConfig, replicate: int = 0) -> DataBundle`,
+registered with `@register_dataset(name)` (see docs/data.md for every set). Sets live in memory
+as tensors (uint8 images or float features) and are batched by `TensorLoader` without
+per-sample Python work, or by `ImageLoader` when `data.augment` names a per-image pipeline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -61,11 +62,30 @@ def list_datasets() -> list[str]:
 
 def build_data(cfg: Any, replicate: int = 0) -> DataBundle:
     """Build the data set a recipe's `data` section names; `replicate` picks the K-fold fold."""
+    from biasbench.data.augment import check_image_batch, eval_transform
+
     builder = DATASETS.get(cfg.name)
+    transform = eval_transform(cfg.augment)  # an unknown augmentation fails before any loading
     bundle = builder(cfg, replicate=replicate)
     if len(bundle.train) == 0:
         raise UserError(f"data set `{cfg.name}` has an empty training split")
+    if transform is not None:
+        check_image_batch(cfg.augment, bundle.train.x)
+        bundle = apply_eval_transform(bundle, transform, cfg.augment)
     return bundle
+
+
+def apply_eval_transform(bundle: DataBundle, transform: Callable[[torch.Tensor], torch.Tensor],
+                         name: str) -> DataBundle:
+    """Transform the validation and test images once (e.g. ViT's resize 36 + centre-crop 32)."""
+    def apply(split: Split | None) -> Split | None:
+        return None if split is None else Split(transform(split.x), split.y)
+
+    val, test = apply(bundle.val), apply(bundle.test)
+    if tuple(test.x.shape[1:]) != tuple(bundle.train.x.shape[1:]):
+        raise UserError(f"augmentation `{name}` changes the evaluation image shape to "
+                        f"{tuple(test.x.shape[1:])}; training images are {tuple(bundle.train.x.shape[1:])}")
+    return replace(bundle, val=val, test=test, info={**bundle.info, "eval_transform": name})
 
 
 # Every module in this package registers its data sets when imported: adding a file is enough.

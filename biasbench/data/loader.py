@@ -1,22 +1,36 @@
-"""Batching in-memory tensors: a seeded permutation per epoch and index slicing, no workers.
+"""Training and evaluation batches.
 
-The order of epoch e depends only on (seed, e), so a run resumed at epoch e sees exactly the
-batches an uninterrupted run would have seen.
+`TensorLoader`: in-memory tensors, a seeded permutation per epoch and index slicing, batched
+augmentation on the batch's device, no workers. `ImageLoader`: the same interface backed by a
+torch DataLoader for per-image pipelines (`PerImageAugment`, e.g. `vit`) run in worker processes.
+
+The order of epoch e, and every random number of its augmentation, depend only on (seed, e), so a
+run resumed at epoch e sees exactly the batches an uninterrupted run would have seen. For
+`ImageLoader` this holds whatever the number of workers: each image's transform is seeded from
+(seed, epoch, position in the epoch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from biasbench.data import DataBundle, Split
-from biasbench.data.augment import AUGMENTS, Augment, no_augment
+from biasbench.data.augment import Augment, PerImageAugment, check_image_batch, get_augment, no_augment
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     # Distinct, reproducible streams per (seed, epoch, purpose).
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+def num_batches(n: int, batch_size: int, shuffle: bool) -> int:
+    full, rest = divmod(n, batch_size)
+    # A training batch of one sample breaks BatchNorm: fold such a remainder away.
+    return full + (1 if rest > 1 or (rest == 1 and not shuffle) else 0)
 
 
 class TensorLoader:
@@ -40,17 +54,20 @@ class TensorLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.y)
-        full, rest = divmod(n, self.batch_size)
-        # A training batch of one sample breaks BatchNorm: fold such a remainder away.
-        return full + (1 if rest > 1 or (rest == 1 and not self.shuffle) else 0)
+        return num_batches(len(self.y), self.batch_size, self.shuffle)
 
     def _prepare(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
-        if g is not None:
+        # Pixel-moving augmentations (crop, flip) give the same result on uint8: run them there,
+        # on a quarter of the bytes; then scale and normalise in place on the fresh float copy.
+        early = g is not None and getattr(self.augment, "moves_pixels_only", False)
+        if early:
+            x = self.augment(x, g)
+        fresh = x.dtype == torch.uint8
+        x = x.float().div_(255.0) if fresh else x
+        if g is not None and not early:
             x = self.augment(x, g)
         if self.mean is not None:
-            x = (x - self.mean) / self.std
+            x = x.sub_(self.mean).div_(self.std) if fresh else (x - self.mean) / self.std
         return x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -62,15 +79,93 @@ class TensorLoader:
             order, g = None, None
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min(n, (b + 1) * self.batch_size)
-            idx = order[lo:hi] if order is not None else slice(lo, hi)
-            yield self._prepare(self.x[idx], g), self.y[idx]
+            if order is not None:
+                idx = order[lo:hi]
+                yield self._prepare(self.x.index_select(0, idx), g), self.y.index_select(0, idx)
+            else:
+                yield self._prepare(self.x[lo:hi], g), self.y[lo:hi]
 
 
-def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.device, seed: int):
-    """The training batches for a recipe's `data` section: in-memory tensors, batched augmentation.
+class _SeededImages(Dataset):
+    """Indexed by (index, seed): the image's transform runs under its own seed, in any process."""
 
-    Anything returned here must offer `set_epoch(e)`, `__len__`, `__iter__` yielding (x, y) on
-    `device`, and attributes `device` and `y` (the training targets, for counting samples).
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (workers=0) untouched
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs 100x more
+            return self.transform(self.x[index]), self.y[index]
+
+
+class _EpochBatches(Sampler):
+    """Batches of (index, per-image seed) in the order of epoch `epoch`, as `TensorLoader` shuffles."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def __len__(self) -> int:
+        return num_batches(self.n, self.batch_size, shuffle=True)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()
+        g = epoch_generator(self.seed, self.epoch, stream=2)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min(self.n, (b + 1) * self.batch_size)
+            yield list(zip(order[lo:hi], seeds[lo:hi], strict=True))
+
+
+def default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1)))
+
+
+class ImageLoader:
+    """Training batches through a per-image pipeline in DataLoader workers; (x, y) on `device`."""
+
+    def __init__(self, bundle: DataBundle, split: Split, batch_size: int, device: torch.device,
+                 pipeline: PerImageAugment, seed: int = 0, workers: int | None = None):
+        check_image_batch("per-image", split.x)
+        self.y = split.y
+        self.device = device
+        self.batch_size = batch_size
+        self.workers = default_workers() if workers is None else workers
+        transform = pipeline.train(tuple(split.x.shape[1:]), bundle.mean, bundle.std)
+        self._batches = _EpochBatches(len(split.y), batch_size, seed)
+        self._loader = DataLoader(_SeededImages(split.x, split.y, transform), batch_sampler=self._batches,
+                                  num_workers=self.workers, pin_memory=device.type == "cuda",
+                                  persistent_workers=self.workers > 0,
+                                  generator=torch.Generator().manual_seed(seed))  # not the global RNG
+
+    def set_epoch(self, epoch: int) -> None:
+        self._batches.epoch = epoch  # sampling runs in the main process: workers need not know
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pinned = self.device.type == "cuda"
+        for x, y in self._loader:
+            yield x.to(self.device, non_blocking=pinned), y.to(self.device, non_blocking=pinned)
+
+
+def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.device, seed: int,
+                      workers: int | None = None) -> TensorLoader | ImageLoader:
+    """The training batches for a recipe's `data` section.
+
+    Batched augmentations (`none`, `crop_flip`) give a `TensorLoader`; per-image pipelines
+    (`vit`) an `ImageLoader` with `workers` processes (default: `cfg.workers` if the recipe has
+    that key, else up to 8, one per core). Either offers `set_epoch(e)`, `__len__`, `__iter__`
+    yielding (x, y) on `device`, and attributes `device` and `y` (the training targets).
     """
-    return TensorLoader(bundle, bundle.train, batch_size, device, shuffle=True,
-                        augment=AUGMENTS.get(cfg.augment), seed=seed)
+    aug = get_augment(cfg.augment)
+    if isinstance(aug, PerImageAugment):
+        workers = workers if workers is not None else getattr(cfg, "workers", None)
+        return ImageLoader(bundle, bundle.train, batch_size, device, aug, seed=seed, workers=workers)
+    if aug is not no_augment:
+        check_image_batch(cfg.augment, bundle.train.x)
+    return TensorLoader(bundle, bundle.train, batch_size, device, shuffle=True, augment=aug, seed=seed)

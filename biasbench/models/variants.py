@@ -7,7 +7,10 @@ overriding the units it changes, and registering itself, never by editing models
 The conversion rule (spec section 1): every activation whose output feeds a linear operator is
 a unit `act_linear` / `act_conv2d` / `act_pool_linear`; a variant may remove the activation and
 give the linear operator pre-activations of its own. A norm (or linear bias) that fed such an
-activation then loses its shift when `removes_activation_shift` is set (BN -> BN').
+activation then loses its shift when `removes_activation_shift` is set (BN -> BN'), and an
+activation on a path with no linear operator to take it over (the ResNet v1 identity path) is
+removed without replacement (`backbone_act`). The rule lives here, once: models never test which
+variant they are built with.
 """
 
 from __future__ import annotations
@@ -50,6 +53,15 @@ class Variant:
     # -- activations that do not feed a linear operator, or that a variant keeps -------------
     def act(self, num_features: int, dims: int = 2) -> nn.Module:
         return make_activation(self.activation)
+
+    def backbone_act(self, num_features: int, dims: int = 2) -> nn.Module:
+        """An activation on a path that reaches no linear operator directly (ResNet v1's identity
+        shortcut, whose consumers pre-activate their own inputs through the units below). The
+        baseline keeps it; a variant that moves activations into the linear operators
+        (`removes_activation_shift`) drops it, which makes the v1 backbone linear."""
+        if self.removes_activation_shift:
+            return nn.Identity()
+        return self.act(num_features, dims)
 
     # -- norms ---------------------------------------------------------------------------------
     def norm(self, num_features: int, dims: int = 2, feeds_activation: bool = True) -> nn.Module:

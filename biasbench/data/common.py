@@ -1,0 +1,76 @@
+"""Pieces shared by the on-disk data sets: the root folder, missing files, statistics, bundles."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from biasbench.data import DataBundle, Split
+from biasbench.data.bundled import _check_options
+from biasbench.data.splits import validation_split
+from biasbench.errors import UserError
+
+HOLDOUT_SEED = 0  # test splits carved from a training set never move, whatever data.split_seed says
+
+__all__ = ["HOLDOUT_SEED", "check_options", "data_root", "require_files", "channel_stats", "image_bundle"]
+
+check_options = _check_options  # one implementation, shared with the bundled data sets
+
+
+def data_root(cfg: Any, name: str, expected: str) -> Path:
+    """`data.root` as a path; a clear line when it is not set."""
+    if not cfg.root:
+        raise UserError(f"data set `{name}` needs data.root, the folder holding {expected}; "
+                        f"set it with --set data.root=PATH{_download_hint(cfg, name)}")
+    return Path(cfg.root).expanduser()
+
+
+def _download_hint(cfg: Any, name: str) -> str:
+    downloadable = name in ("cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist", "svhn")
+    return " (or data.download: true to fetch it)" if downloadable and not cfg.download else ""
+
+
+def require_files(cfg: Any, name: str, root: Path, files: Iterable[str]) -> None:
+    """One line naming every expected file that is missing under `root`."""
+    files = list(files)
+    missing = [f for f in files if not (root / f).is_file()]
+    if not missing:
+        return
+    where = f"data.root `{root}`" + ("" if root.is_dir() else " (which does not exist)")
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    hint = (" or set data.download: true to fetch them" if _download_hint(cfg, name) else
+            "; download the data set yourself and point data.root at it")
+    raise UserError(f"data set `{name}`: {where} lacks {shown}; put the files there{hint}")
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) in [0, 1], exact, from histograms."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+        count = max(1.0, float(hist.sum()))
+        mean = float((hist * values).sum()) / count
+        var = float((hist * (values - mean) ** 2).sum()) / count
+        means.append(round(mean, 6))
+        stds.append(round(var**0.5, 6) if var > 1e-12 else 1.0)  # a constant channel: leave it as it is
+    return tuple(means), tuple(stds)
+
+
+def image_bundle(cfg: Any, replicate: int, train_x: torch.Tensor, train_y: torch.Tensor,
+                 test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int, info: dict[str, Any],
+                 val: tuple[torch.Tensor, torch.Tensor] | None = None) -> DataBundle:
+    """Validation from the training set (unless given), normalisation fitted on the training split."""
+    if val is None:
+        tr, va, split_info = validation_split(train_y, cfg, replicate)
+        val_split = Split(train_x[va], train_y[va]) if len(va) else None
+        train = Split(train_x[tr], train_y[tr])
+    else:
+        val_split, train, split_info = Split(*val), Split(train_x, train_y), {"val_split": "folder"}
+    mean, std = channel_stats(train.x)
+    return DataBundle(train, val_split, Split(test_x, test_y), "classification", num_classes,
+                      tuple(train_x.shape[1:]), mean=mean, std=std,
+                      info={**info, **split_info, "mean": list(mean), "std": list(std)})

@@ -1,0 +1,96 @@
+"""Fused CPU DAC conv: C++ compiled on first use, pure-PyTorch fallback when that fails.
+
+The source is `dac_cpu.cpp` next to this file. It is compiled with the system C++ compiler the
+first time a ReLU DAC conv runs on CPU (about a minute; later processes reuse the build) into
+`$BIASBENCH_CACHE_DIR/kernels/<name>` (default `~/.cache/biasbench`). The build name hashes the
+source, flags, torch version and CPU model, because `-march=native` code must not be reused on
+another CPU. Set `BIASBENCH_DAC_CPP=0` to disable it. Any failure (no compiler, no headers,
+compile error) is reported once as a warning and `available()` answers False, so callers fall
+back to the chunked path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("dac_cpu.cpp")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BIASBENCH_CACHE_DIR") or Path.home() / ".cache" / "biasbench"
+    return Path(root) / "kernels"
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    source = _SOURCE.read_text()
+    key = "\n".join([source, " ".join(_FLAGS), torch.__version__, _cpu_model()])
+    name = "biasbench_dac_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    build = cache_dir() / name
+    build.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load_inline(name=name, cpp_sources=[source], extra_cflags=_FLAGS,
+                              build_directory=str(build), is_python_module=False,
+                              no_implicit_headers=True, with_cuda=False, verbose=False)
+
+
+def available() -> bool:
+    """True once the C++ operator is loaded; compiles it on the first call."""
+    if "ok" not in _state:
+        with _lock:
+            if "ok" not in _state:
+                _state["ok"] = False
+                if os.environ.get("BIASBENCH_DAC_CPP", "1") == "0":
+                    return False
+                try:
+                    _build()
+                    _state["ok"] = hasattr(torch.ops.biasbench_dac, "forward")
+                except Exception as exc:  # no compiler, missing headers, compile error...
+                    _state["error"] = exc
+                    warnings.warn(f"biasbench: DAC C++ kernel unavailable ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); using the "
+                                  "slower pure-PyTorch path", RuntimeWarning, stacklevel=2)
+    return bool(_state["ok"])
+
+
+class _DACConvCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, weight, unshared_bias, stride, padding):
+        z, weight, unshared_bias = z.contiguous(), weight.contiguous(), unshared_bias.contiguous()
+        ctx.save_for_backward(z, weight, unshared_bias)  # only the inputs: planes are rebuilt
+        ctx.conf = (stride, padding)
+        return torch.ops.biasbench_dac.forward(z, weight, unshared_bias, stride, padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        z, weight, unshared_bias = ctx.saved_tensors
+        stride, padding = ctx.conf
+        gz, gw, gb = torch.ops.biasbench_dac.backward(z, weight, unshared_bias, grad.contiguous(),
+                                                       stride, padding)
+        return gz, gw, gb, None, None
+
+
+def dac_conv2d(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tensor, stride: int,
+               padding: int) -> torch.Tensor:
+    return _DACConvCPU.apply(z, weight, unshared_bias, stride, padding)

@@ -1,0 +1,133 @@
+"""DAC layers: linear operators whose inputs are pre-activated with unshared biases.
+
+    dense: f_i(z)   = sum_j W[i,j] phi(B[i,j] + z_j)                       (+ bias_i)
+    conv:  f[i, p]  = sum_j sum_(a,b) W[i,j,a,b] phi(B[i,j] + z[j, p+(a,b)])  (+ bias_i)
+
+One pre-activation bias per (output, input) pair (per weight for a dense layer; per kernel for
+a conv, or per weight with `bias_sharing="none"`). B starts at zero, so a fresh DAC layer equals
+phi followed by the plain layer. Zero padding is applied after the activation (spec section 1,
+our choice): padded positions contribute 0, not phi(B).
+
+`impl` picks the implementation: "auto" (fastest available for the tensors at hand), "chunked"
+(pure PyTorch, always available), "cpp" (fused CPU kernel), "triton" (fused CUDA kernel).
+See docs/dac_layers.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from biasbench.layers.dac_activation import ActivationFn, is_relu, resolve_activation
+from biasbench.layers.dac_dispatch import dac_conv2d, dac_linear
+
+Impl = Literal["auto", "chunked", "cpp", "triton"]
+
+
+def _square(value: int | tuple[int, int], what: str) -> int:
+    if isinstance(value, int):
+        return value
+    a, b = value
+    if a != b:
+        raise ValueError(f"DACConv2d supports square {what} only, got {value}")
+    return a
+
+
+class DACLinear(nn.Module):
+    """Dense layer with one pre-activation bias per weight (DAC paper, eq. 4)."""
+
+    param_roles = {"weight": "weight", "unshared_bias": "bias", "bias": "bias"}
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 activation: str | ActivationFn = "relu", impl: Impl = "auto",
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.activation_name, self.phi = resolve_activation(activation)
+        self.activation = activation
+        self.impl: Impl = impl
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.unshared_bias = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same weight / output-bias init as nn.Linear; B = 0 so the layer starts as phi + Linear.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.unshared_bias)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        out = dac_linear(z.reshape(-1, self.in_features), self.weight, self.unshared_bias,
+                         self.phi, relu=is_relu(self.activation), impl=self.impl)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, activation={self.activation_name}, impl={self.impl}")
+
+
+class DACConv2d(nn.Module):
+    """2-d convolution with pre-activation biases per (output, input) channel (DAC eq. 5).
+
+    bias_sharing="kernel": B is (out, in), shared over kernel positions (the paper's choice).
+    bias_sharing="none":   B is (out, in, k, k), one bias per weight.
+    """
+
+    param_roles = {"weight": "weight", "unshared_bias": "bias", "bias": "bias"}
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, *,
+                 bias_sharing: Literal["kernel", "none"] = "kernel",
+                 activation: str | ActivationFn = "relu", bias: bool = False, impl: Impl = "auto",
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        if bias_sharing not in ("kernel", "none"):
+            raise ValueError(f"bias_sharing must be 'kernel' or 'none', got {bias_sharing!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _square(kernel_size, "kernels")
+        self.stride = _square(stride, "strides")
+        self.padding = _square(padding, "padding")
+        self.bias_sharing = bias_sharing
+        self.activation_name, self.phi = resolve_activation(activation)
+        self.activation = activation
+        self.impl: Impl = impl
+        k = self.kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, k, k, **factory))
+        b_shape = (out_channels, in_channels) + ((k, k) if bias_sharing == "none" else ())
+        self.unshared_bias = nn.Parameter(torch.empty(b_shape, **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same weight / output-bias init as nn.Conv2d; B = 0 so the layer starts as phi + conv.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.unshared_bias)
+        if self.bias is not None:
+            fan_in = self.in_channels * self.kernel_size**2
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = dac_conv2d(z, self.weight, self.unshared_bias, self.stride, self.padding, self.phi,
+                         relu=is_relu(self.activation), impl=self.impl)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias_sharing={self.bias_sharing}, "
+                f"activation={self.activation_name}, bias={self.bias is not None}, impl={self.impl}")

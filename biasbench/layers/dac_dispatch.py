@@ -1,0 +1,49 @@
+"""Pick a DAC implementation for the tensors at hand.
+
+"auto": the fused Triton kernel on CUDA, the fused C++ kernel on CPU when it compiled (strides
+1 and 2), the chunked pure-PyTorch path otherwise (any activation, fully unshared biases, other
+strides, no compiler, no Triton).
+Asking for "cpp" / "triton" explicitly raises if that kernel cannot serve the call, so a test
+or benchmark never silently measures the fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from biasbench.layers.dac_activation import ActivationFn
+from biasbench.layers.dac_functional import dac_conv2d_chunked, dac_linear_chunked
+
+
+def _fast_conv(impl: str, z: torch.Tensor, b: torch.Tensor, relu: bool, stride: int):
+    """The fused conv kernel module to use, or None for the chunked path."""
+    eligible = relu and b.dim() == 2  # the kernels implement ReLU with (out, in) biases
+    if impl == "chunked":
+        return None
+    if impl in ("auto", "triton") and z.is_cuda:
+        from biasbench.kernels import dac_triton
+        if eligible and dac_triton.available():
+            return dac_triton
+    if impl in ("auto", "cpp") and z.device.type == "cpu":
+        from biasbench.kernels import dac_cpu
+        if eligible and stride in (1, 2) and dac_cpu.available():
+            return dac_cpu
+    if impl == "auto":
+        return None
+    raise RuntimeError(f"DAC impl {impl!r} cannot run here (device={z.device}, relu={relu}, "
+                       f"bias shape={tuple(b.shape)})")
+
+
+def dac_conv2d(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tensor, stride: int,
+               padding: int, phi: ActivationFn, *, relu: bool, impl: str = "auto") -> torch.Tensor:
+    kernel = _fast_conv(impl, z, unshared_bias, relu, stride)
+    if kernel is None:
+        return dac_conv2d_chunked(z, weight, unshared_bias, stride, padding, phi)
+    return kernel.dac_conv2d(z, weight, unshared_bias, stride, padding)
+
+
+def dac_linear(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tensor,
+               phi: ActivationFn, *, relu: bool, impl: str = "auto") -> torch.Tensor:
+    if impl not in ("auto", "chunked"):
+        raise RuntimeError(f"DACLinear has no {impl!r} kernel; use 'auto' or 'chunked'")
+    return dac_linear_chunked(z, weight, unshared_bias, phi)

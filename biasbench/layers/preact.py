@@ -1,0 +1,36 @@
+"""Shared-bias pre-activation, the DAC paper's ablation: phi(x + b_c), one bias per channel.
+
+Placed where a DAC layer would pre-activate its input, followed by a plain linear operator;
+b starts at zero, so it starts as a plain activation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from biasbench.layers.dac_activation import ActivationFn, resolve_activation
+
+
+class SharedBiasPreActivation(nn.Module):
+    param_roles = {"bias": "bias"}
+
+    def __init__(self, channels: int, activation: str | ActivationFn = "relu", *,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        self.channels = channels
+        self.activation_name, self.phi = resolve_activation(activation)
+        self.bias = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (2, 4) or x.shape[1] != self.channels:
+            raise ValueError(f"expected (N, {self.channels}) or (N, {self.channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        return self.phi(x + self.bias.view(1, -1, *(1,) * (x.dim() - 2)))
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, activation={self.activation_name}"

@@ -1,0 +1,43 @@
+"""VGG-like plain networks of the DAC paper (section 5, "Plain convolutional networks on CIFAR").
+
+A sequence of 3x3 convs, each `conv -> BN -> ReLU`, then global average pooling and a dense
+layer. `vgg20_16`: 19 convs starting at 16 kernels, doubled to 32 and 64 after 7 and 13 layers.
+`vgg14_32`: 13 convs starting at 32, doubled after 5 and 9. The paper does not say where the
+resolution drops; the first conv of each doubled width has stride 2, as in the CIFAR ResNets
+and RepVGG (our choice; `downsample: false` keeps the full resolution throughout).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from biasbench.models import register_model
+from biasbench.models.variants import Variant
+
+
+def vgg_widths(convs: int, first: int, doubles_after: tuple[int, ...]) -> list[int]:
+    """Width of conv 1..convs: `first`, doubled after each layer count in `doubles_after`."""
+    return [first * 2 ** sum(i > d for d in doubles_after) for i in range(1, convs + 1)]
+
+
+def plain_vgg(v: Variant, num_classes: int, in_channels: int, convs: int, first: int,
+              doubles_after: tuple[int, ...], downsample: bool) -> nn.Module:
+    widths = vgg_widths(convs, first, doubles_after)
+    layers: list[nn.Module] = [v.conv2d(in_channels, widths[0], 3, padding=1, role="stem"), v.norm(widths[0])]
+    for c_in, c_out in zip(widths[:-1], widths[1:]):
+        stride = 2 if downsample and c_out != c_in else 1
+        layers += [v.act_conv2d(c_in, c_out, 3, stride=stride, padding=1), v.norm(c_out)]
+    layers.append(v.act_pool_linear(widths[-1], num_classes))
+    return nn.Sequential(*layers)
+
+
+@register_model("vgg20_16")
+def vgg20_16(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
+             downsample: bool = True) -> nn.Module:
+    return plain_vgg(variant, num_classes, in_channels, 19, 16, (7, 13), downsample)
+
+
+@register_model("vgg14_32")
+def vgg14_32(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
+             downsample: bool = True) -> nn.Module:
+    return plain_vgg(variant, num_classes, in_channels, 13, 32, (5, 9), downsample)

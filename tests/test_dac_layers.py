@@ -1,0 +1,337 @@
+"""DAC layers against the loop references: values, gradients, identities, saved memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biasbench.layers import DACConv2d, DACLinear
+from biasbench.layers.dac_functional import dac_conv2d_chunked, dac_linear_chunked
+from biasbench.layers.dac_reference import dac_conv2d_reference, dac_linear_reference
+from biasbench.params import parameter_roles
+
+# (in, out, kernel, stride, padding, H, W): odd and non-square sizes, 1x1 and 3x3, strides 1/2.
+CONV_CASES = [
+    (3, 4, 3, 1, 1, 7, 5),
+    (3, 4, 3, 2, 1, 7, 5),
+    (2, 5, 3, 1, 0, 7, 5),
+    (2, 3, 3, 2, 0, 8, 7),
+    (4, 3, 1, 1, 0, 5, 7),
+    (4, 6, 1, 2, 0, 7, 5),
+    (3, 2, 1, 2, 1, 5, 5),
+]
+
+
+def _conv_layer(cin, cout, k, s, p, sharing, impl="chunked", dtype=torch.float64):
+    torch.manual_seed(0)
+    layer = DACConv2d(cin, cout, k, s, p, bias_sharing=sharing, impl=impl, dtype=dtype)
+    with torch.no_grad():  # non-zero biases, so the test sees the unshared part at work
+        layer.unshared_bias.normal_(0, 0.7)
+    return layer
+
+
+def _grads(out: torch.Tensor, tensors: list[torch.Tensor], seed: int = 1) -> list[torch.Tensor]:
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return list(torch.autograd.grad(out, tensors, g))
+
+
+def check_conv_against_reference(layer: DACConv2d, h: int, w: int, atol: float = 1e-10) -> None:
+    z = torch.randn(2, layer.in_channels, h, w, dtype=layer.weight.dtype, requires_grad=True)
+    params = [z, layer.weight, layer.unshared_bias]
+    out = layer(z)
+    ref = dac_conv2d_reference(z, layer.weight, layer.unshared_bias, layer.stride, layer.padding)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=atol, rtol=atol)
+    for got, want in zip(_grads(out, params), _grads(ref, params)):
+        torch.testing.assert_close(got, want, atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("sharing", ["kernel", "none"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_conv_matches_reference(case, sharing):
+    cin, cout, k, s, p, h, w = case
+    check_conv_against_reference(_conv_layer(cin, cout, k, s, p, sharing), h, w)
+
+
+@pytest.mark.parametrize("sharing", ["kernel", "none"])
+def test_conv_chunks_agree_with_one_chunk(sharing):
+    # A budget of one element forces one output channel per chunk: the concatenation and the
+    # per-chunk gradient accumulation must give the same values as a single chunk.
+    layer = _conv_layer(3, 5, 3, 1, 1, sharing)
+    z = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+    args = (z, layer.weight, layer.unshared_bias, 1, 1, torch.relu)
+    small, big = dac_conv2d_chunked(*args, budget=1), dac_conv2d_chunked(*args, budget=1 << 30)
+    torch.testing.assert_close(small, big)
+    params = [z, layer.weight, layer.unshared_bias]
+    for a, b in zip(_grads(small, params), _grads(big, params)):
+        torch.testing.assert_close(a, b)
+
+
+def test_linear_matches_reference():
+    torch.manual_seed(0)
+    layer = DACLinear(6, 5, bias=True, impl="chunked", dtype=torch.float64)
+    with torch.no_grad():
+        layer.unshared_bias.normal_(0, 0.7)
+    z = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    params = [z, layer.weight, layer.unshared_bias, layer.bias]
+    out = layer(z)
+    ref = dac_linear_reference(z, layer.weight, layer.unshared_bias) + layer.bias
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(_grads(out, params), _grads(ref, params)):
+        torch.testing.assert_close(got, want)
+
+
+def test_linear_accepts_leading_dims_and_small_chunks():
+    torch.manual_seed(0)
+    layer = DACLinear(6, 5, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        layer.unshared_bias.normal_()
+    z = torch.randn(2, 3, 6, dtype=torch.float64)
+    out = layer(z)
+    assert out.shape == (2, 3, 5)
+    ref = dac_linear_reference(z.reshape(6, 6), layer.weight, layer.unshared_bias).reshape(2, 3, 5)
+    torch.testing.assert_close(out, ref)
+    chunked = dac_linear_chunked(z.reshape(6, 6), layer.weight, layer.unshared_bias, torch.relu,
+                                 budget=1)
+    torch.testing.assert_close(chunked.reshape(2, 3, 5), ref)
+
+
+@pytest.mark.parametrize("sharing", ["kernel", "none"])
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0)])
+def test_conv_gradcheck(sharing, stride, padding):
+    layer = _conv_layer(2, 3, 3, stride, padding, sharing)
+    z = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    # Keep pre-activations away from the ReLU kink so finite differences are meaningful.
+    with torch.no_grad():
+        layer.unshared_bias.copy_(torch.round(layer.unshared_bias * 2) / 2 + 0.25)
+        z.copy_(torch.round(z * 2) / 2)
+
+    def fn(z, w, b):
+        return dac_conv2d_chunked(z, w, b, stride, padding, torch.relu, budget=100)
+
+    # fast_mode checks random projections of the Jacobian: same failure modes, far fewer calls.
+    assert torch.autograd.gradcheck(fn, (z, layer.weight, layer.unshared_bias), eps=1e-6,
+                                    fast_mode=True)
+
+
+def test_linear_gradcheck():
+    torch.manual_seed(0)
+    z = (torch.round(torch.randn(3, 4, dtype=torch.float64) * 2) / 2).requires_grad_()
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    b = (torch.round(torch.randn(5, 4, dtype=torch.float64) * 2) / 2 + 0.25).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z, w, b: dac_linear_chunked(z, w, b, torch.relu, budget=8), (z, w, b), eps=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "softplus"])
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
+def test_conv_with_output_independent_bias_is_activation_then_conv(activation, stride, padding):
+    # B[i,j] = b_j for every i: DAC = phi(z + b) then the plain conv, exactly, including borders
+    # (padding after the activation). phi(0) != 0 for softplus, so a wrong padding order fails.
+    layer = DACConv2d(3, 4, 3, stride, padding, activation=activation, bias=True, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.unshared_bias.copy_(b.expand(4, 3))
+    z = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    plain = F.conv2d(layer.phi(z + b.view(1, 3, 1, 1)), layer.weight, layer.bias, stride, padding)
+    torch.testing.assert_close(layer(z), plain)
+
+
+def test_linear_with_output_independent_bias_is_activation_then_linear():
+    layer = DACLinear(6, 4, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    with torch.no_grad():
+        layer.unshared_bias.copy_(b.expand(4, 6))
+    z = torch.randn(5, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(z), F.linear(torch.relu(z + b), layer.weight, layer.bias))
+
+
+def _saved_numels(fn) -> list[int]:
+    sizes: list[int] = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.sum().backward()
+    return sizes
+
+
+@pytest.mark.parametrize("sharing", ["kernel", "none"])
+def test_conv_does_not_save_expanded_input(sharing):
+    layer = _conv_layer(8, 16, 3, 1, 1, sharing, dtype=torch.float32)
+    z = torch.randn(2, 8, 9, 9, requires_grad=True)
+    limit = 2 * max(z.numel(), layer.weight.numel(), 2 * 16 * 9 * 9)
+    sizes = _saved_numels(lambda: layer(z))
+    assert sizes and max(sizes) >= z.numel()  # the hook does see what the layer keeps
+    assert max(sizes) <= limit, sizes
+    # ...and the same check would catch the naive formulation, which keeps the expansion.
+    naive = _saved_numels(lambda: dac_conv2d_reference(z[:, :, :3, :3], layer.weight,
+                                                       layer.unshared_bias, 1, 1))
+    assert max(naive) > 0 and sum(naive) > limit
+
+
+def test_linear_does_not_save_expanded_input():
+    layer = DACLinear(64, 64)
+    z = torch.randn(32, 64, requires_grad=True)
+    sizes = _saved_numels(lambda: layer(z))
+    assert sizes and max(sizes) <= 2 * max(z.numel(), layer.weight.numel())
+
+
+def test_fresh_layers_start_as_activation_then_plain_layer():
+    conv = DACConv2d(3, 4, 3, 1, 1)
+    assert torch.count_nonzero(conv.unshared_bias) == 0 and conv.bias is None
+    z = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(conv(z), F.conv2d(torch.relu(z), conv.weight, None, 1, 1))
+    lin = DACLinear(5, 3)
+    assert lin.bias is not None and lin.unshared_bias.shape == lin.weight.shape == (3, 5)
+    assert DACLinear(5, 3, bias=False).bias is None
+
+
+def test_reset_parameters_restores_zero_biases_and_fresh_weights():
+    conv = DACConv2d(4, 4, 3, bias_sharing="none", bias=True)
+    assert conv.unshared_bias.shape == (4, 4, 3, 3)
+    with torch.no_grad():
+        conv.unshared_bias.fill_(1.0)
+        conv.weight.fill_(0.0)
+    conv.reset_parameters()
+    assert torch.count_nonzero(conv.unshared_bias) == 0
+    bound = 1 / (4 * 9) ** 0.5  # kaiming_uniform(a=sqrt(5)) bound, as nn.Conv2d
+    assert 0 < conv.weight.abs().max() <= bound + 1e-6
+
+
+def test_device_dtype_and_roles():
+    conv = DACConv2d(2, 3, 3, bias=True, dtype=torch.float64, device="cpu")
+    lin = DACLinear(2, 3, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in [*conv.parameters(), *lin.parameters()])
+    roles = parameter_roles(torch.nn.Sequential(conv, lin))
+    assert roles == {"0.weight": "weight", "0.unshared_bias": "bias", "0.bias": "bias",
+                     "1.weight": "weight", "1.unshared_bias": "bias", "1.bias": "bias"}
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="bias_sharing"):
+        DACConv2d(2, 3, 3, bias_sharing="kernels")
+    with pytest.raises(ValueError, match="activation"):
+        DACLinear(2, 3, activation="rleu")
+    with pytest.raises(ValueError, match="square"):
+        DACConv2d(2, 3, (3, 1))
+    with pytest.raises(RuntimeError, match="cannot run"):  # fused kernels are ReLU-only
+        DACConv2d(2, 3, 3, activation="tanh", impl="cpp")(torch.randn(1, 2, 5, 5))
+    with pytest.raises(RuntimeError, match="no 'triton' kernel"):
+        DACLinear(2, 3, impl="triton")(torch.randn(1, 2))
+
+
+# -- fused kernels: held to the reference like the chunked path -------------------------------
+
+# Wider / taller planes and batch 37 reach the vector loops, the stride-2 even/odd split and
+# the sample blocking of the C++ kernel, which the tiny CONV_CASES do not.
+FAST_CASES = CONV_CASES + [
+    (3, 4, 3, 1, 1, 19, 37),
+    (3, 4, 3, 2, 1, 19, 37),
+    (2, 3, 3, 2, 0, 20, 34),
+    (2, 3, 5, 1, 2, 11, 29),
+    (2, 3, 1, 2, 0, 12, 35),
+]
+
+
+def _cpp_or_skip():
+    from biasbench.kernels import dac_cpu
+    if not dac_cpu.available():
+        pytest.skip(f"C++ DAC kernel unavailable here: {dac_cpu._state.get('error')}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", FAST_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_cpp_kernel_matches_chunked_and_reference(case, dtype):
+    _cpp_or_skip()
+    cin, cout, k, s, p, h, w = case
+    fast = _conv_layer(cin, cout, k, s, p, "kernel", impl="cpp", dtype=dtype)
+    slow = _conv_layer(cin, cout, k, s, p, "kernel", impl="chunked", dtype=dtype)
+    batch = 37 if h * w <= 64 else 3
+    z = torch.randn(batch, cin, h, w, dtype=dtype, requires_grad=True)
+    out, ref = fast(z), slow(z)
+    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
+    torch.testing.assert_close(out, ref, **tol)
+    got = _grads(out, [z, fast.weight, fast.unshared_bias])
+    want = _grads(ref, [z, slow.weight, slow.unshared_bias])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol)
+    if dtype == torch.float64 and batch == 3 and h < 10:  # and the loop reference, on small shapes
+        check_conv_against_reference(fast, h, w)
+
+
+def test_cpp_kernel_is_what_auto_picks_and_saves_only_inputs():
+    _cpp_or_skip()
+    layer = _conv_layer(8, 16, 3, 1, 1, "kernel", impl="auto", dtype=torch.float32)
+    z = torch.randn(2, 8, 9, 9, requires_grad=True)
+    out = layer(z)
+    assert type(out.grad_fn).__name__.startswith("_DACConvCPU")
+    sizes = _saved_numels(lambda: layer(z))
+    assert sizes and max(sizes) <= 2 * max(z.numel(), layer.weight.numel())
+
+
+def test_auto_falls_back_when_the_compiler_fails(monkeypatch):
+    from biasbench.kernels import dac_cpu
+
+    def broken_build():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(dac_cpu, "_state", {})
+    monkeypatch.setattr(dac_cpu, "_build", broken_build)
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        assert not dac_cpu.available()
+    layer = _conv_layer(3, 4, 3, 2, 1, "kernel", impl="auto")
+    z = torch.randn(2, 3, 7, 5, dtype=torch.float64)
+    out = layer(z)
+    assert type(out.grad_fn).__name__.startswith("_ChunkedDAC")
+    torch.testing.assert_close(out, dac_conv2d_reference(z, layer.weight, layer.unshared_bias, 2, 1))
+    monkeypatch.setattr(dac_cpu, "_state", {})
+    monkeypatch.setenv("BIASBENCH_DAC_CPP", "0")
+    assert not dac_cpu.available()
+
+
+def test_non_relu_and_fully_unshared_layers_take_the_chunked_path():
+    z = torch.randn(1, 2, 5, 5)
+    for layer in (DACConv2d(2, 3, 3, activation="tanh"), DACConv2d(2, 3, 3, bias_sharing="none")):
+        assert type(layer(z).grad_fn).__name__.startswith("_ChunkedDAC")
+
+
+TRITON_CASES = [(2, 3, 3, 1, 1, 7, 5), (2, 3, 3, 2, 1, 7, 5), (2, 2, 1, 2, 0, 5, 7), (2, 2, 3, 2, 0, 8, 7)]
+
+# Interpreter mode must be chosen before triton is first imported (triton.language's own jitted
+# helpers are built at import), so the check runs in a fresh interpreter with TRITON_INTERPRET=1.
+_TRITON_CHECK = """
+import sys, torch
+from biasbench.kernels import dac_triton
+from biasbench.layers.dac_reference import dac_conv2d_reference
+assert dac_triton.available()
+torch.manual_seed(0)
+for cin, cout, k, s, p, h, w in CASES:
+    z = torch.randn(2, cin, h, w, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(cout, cin, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(cout, cin, dtype=torch.float64, requires_grad=True)
+    out = dac_triton.dac_conv2d(z, wt, b, s, p)
+    ref = dac_conv2d_reference(z, wt, b, s, p)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, [z, wt, b], g), torch.autograd.grad(ref, [z, wt, b], g)):
+        torch.testing.assert_close(got, want)
+print("ok", len(CASES))
+"""
+
+
+def test_triton_kernel_matches_reference_in_interpreter():
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    code = f"CASES = {TRITON_CASES!r}\n" + _TRITON_CHECK
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and f"ok {len(TRITON_CASES)}" in proc.stdout, proc.stderr[-3000:]
