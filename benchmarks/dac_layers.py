@@ -1,7 +1,7 @@
 """DAC conv against a plain (ReLU -> conv) layer on the CIFAR ResNet20 shapes, side by side.
 
     .venv/bin/python benchmarks/dac_layers.py [--batch 128] [--reps 5] [--json out.json]
-                                              [--impl auto|cpp|chunked|triton] [--no-resnet]
+                                              [--impl auto|cpp|chunked|triton] [--threads N] [--no-resnet]
 
 Time: forward + backward of one layer (and one SGD training step of a whole ResNet20), median
 of --reps runs, plain and DAC interleaved run by run so that load from other processes hits
@@ -181,11 +181,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--impl", default="auto", choices=["auto", "cpp", "chunked", "triton"])
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-resnet", dest="resnet", action="store_false")
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         return memory_child(args)
 

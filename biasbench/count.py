@@ -128,7 +128,8 @@ def _handles(tally: Counter) -> dict[str, Any]:
         stride, padding, cached = (inputs[i].toIValue() for i in (3, 4, 5))
         macs = _numel(outputs[0]) * c_in * k * k
         if cached:  # phi(B[i,j] + z[j, p]) once per (i, j, input position read)
-            adds = n * c_out * c_in * touched_positions(h, k, stride, padding) * touched_positions(w, k, stride, padding)
+            read = touched_positions(h, k, stride, padding) * touched_positions(w, k, stride, padding)
+            adds = n * c_out * c_in * read
         else:  # one bias per weight: one addition per multiply-add
             adds = macs
         return with_bias(macs, inputs[2], outputs) + adds

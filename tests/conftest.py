@@ -15,8 +15,10 @@ RECIPES = REPO / "recipes"
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _cpu_threads():
-    torch.set_num_threads(2)
+def _one_thread():
+    # The models in tests are tiny: one thread is as fast as two, and far faster when the
+    # machine's two cores are shared (CI runners, parallel jobs).
+    torch.set_num_threads(1)
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
@@ -32,6 +34,16 @@ def run_cli(args: list[str]) -> tuple[int, str, str]:
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return code, out.getvalue(), err.getvalue()
+
+
+def one_line_error(code: int, err: str, *words: str) -> None:
+    """Bad input: exit code 2, one `error: ...` line on stderr naming `words`, no traceback."""
+    assert code == 2, (code, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
 
 
 def write_recipe(path: Path, doc: dict) -> Path:

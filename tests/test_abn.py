@@ -11,15 +11,6 @@ from biasbench.models import build_model
 from biasbench.params import parameter_roles
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small ops on a shared 2-core machine: one thread is far faster than two fighting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 

@@ -16,13 +16,6 @@ from tests.conftest import RECIPES, tiny_recipe, write_recipe
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _smoke(path, tmp_path, *overrides):
     recipe = load_recipe(path, [f"output.dir={tmp_path}", *overrides], smoke=True)

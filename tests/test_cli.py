@@ -7,16 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_cli, tiny_recipe, write_recipe
-
-
-def _assert_one_line_error(code, out, err, *fragments):
-    assert code == 2, (code, out, err)
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err + out
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
+from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
 
 
 @pytest.fixture
@@ -47,7 +38,7 @@ def test_existing_run_is_not_overwritten_without_a_flag(recipe, tmp_path):
     assert run_cli(["train", str(recipe), "-q"])[0] == 0
     before = (tmp_path / "runs" / "r" / "seed0" / "results.json").read_bytes()
     code, out, err = run_cli(["train", str(recipe), "-q"])
-    _assert_one_line_error(code, out, err, "already holds a run", "--resume")
+    one_line_error(code, err, "already holds a run", "--resume")
     assert (tmp_path / "runs" / "r" / "seed0" / "results.json").read_bytes() == before
 
 
@@ -62,30 +53,30 @@ def test_existing_run_is_not_overwritten_without_a_flag(recipe, tmp_path):
 ])
 def test_bad_recipe_values_give_one_line(recipe, setter, fragment):
     code, out, err = run_cli(["train", str(recipe), "--set", setter, "-q"])
-    _assert_one_line_error(code, out, err, fragment)
+    one_line_error(code, err, fragment)
 
 
 def test_missing_and_malformed_recipe(tmp_path):
-    _assert_one_line_error(*run_cli(["train", str(tmp_path / "nope.yaml")]), "does not exist")
+    one_line_error(*run_cli(["train", str(tmp_path / "nope.yaml")])[::2], "does not exist")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {epochs: 3\n")
-    _assert_one_line_error(*run_cli(["train", str(bad)]), "not valid YAML")
+    one_line_error(*run_cli(["train", str(bad)])[::2], "not valid YAML")
 
 
 def test_output_folder_that_is_a_file(recipe, tmp_path):
     target = tmp_path / "afile"
     target.write_text("x")
-    _assert_one_line_error(*run_cli(["train", str(recipe), "--out", str(target)]), "is a file")
+    one_line_error(*run_cli(["train", str(recipe), "--out", str(target)])[::2], "is a file")
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02not a checkpoint at all")
-    _assert_one_line_error(*run_cli(["eval", str(corrupt)]), "not a readable checkpoint")
+    one_line_error(*run_cli(["eval", str(corrupt)])[::2], "not a readable checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
-    _assert_one_line_error(*run_cli(["eval", str(foreign)]), "not a biasbench checkpoint")
-    _assert_one_line_error(*run_cli(["eval", str(tmp_path / "missing.pt")]), "does not exist")
+    one_line_error(*run_cli(["eval", str(foreign)])[::2], "not a biasbench checkpoint")
+    one_line_error(*run_cli(["eval", str(tmp_path / "missing.pt")])[::2], "does not exist")
 
 
 def test_truncated_checkpoint(recipe, tmp_path):
@@ -93,4 +84,4 @@ def test_truncated_checkpoint(recipe, tmp_path):
     ckpt = tmp_path / "runs" / "r" / "seed0" / "checkpoint.pt"
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    _assert_one_line_error(*run_cli(["eval", str(truncated)]), "not a readable checkpoint")
+    one_line_error(*run_cli(["eval", str(truncated)])[::2], "not a readable checkpoint")

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from biasbench.cli import main
 from biasbench.compare import compare_paths
 from biasbench.errors import UserError
+from tests.conftest import one_line_error, run_cli
 from tests.smoke_runs import smoke_runs
 
 
@@ -50,23 +50,6 @@ def edited(
     return d
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0]
 
 
 def test_real_runs_pool_into_one_group(runs_dir: Path) -> None:
@@ -202,12 +185,12 @@ def test_cli_table_and_json(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("COLUMNS", "250")  # one table row per line
-    code, out, _ = run_cli(["compare", str(runs_dir), "--json", str(tmp_path / "c.json")], capsys)
+    code, out, _ = run_cli(["compare", str(runs_dir), "--json", str(tmp_path / "c.json")])
     assert code == 0
     assert "quickstart_smoke" in out and "3 (3/0/0)" in out
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["metric"] == "test_acc" and doc["groups"][0]["completed"] == 3
-    code, out, _ = run_cli(["compare", str(runs_dir), "--json", "-"], capsys)
+    code, out, _ = run_cli(["compare", str(runs_dir), "--json", "-"])
     assert json.loads(out)["groups"][0]["runs"] == 3
 
 
@@ -219,26 +202,26 @@ def test_cli_table_and_json(
 def test_corrupt_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "results.json"
     p.write_text('{"kind": "biasbench-run", "sche')
-    assert_one_line_error(*run_cli(["compare", str(p)], capsys)[::2], "not valid JSON")
+    one_line_error(*run_cli(["compare", str(p)])[::2], "not valid JSON")
 
 
 def test_foreign_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "results.json"
     p.write_text(json.dumps({"accuracy": 0.9}))
-    assert_one_line_error(*run_cli(["compare", str(tmp_path)], capsys)[::2], "not a biasbench results file")
+    one_line_error(*run_cli(["compare", str(tmp_path)])[::2], "not a biasbench results file")
 
 
 def test_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_one_line_error(*run_cli(["compare", str(tmp_path)], capsys)[::2], "holds no results.json")
+    one_line_error(*run_cli(["compare", str(tmp_path)])[::2], "holds no results.json")
 
 
 def test_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_one_line_error(*run_cli(["compare", str(tmp_path / "nope")], capsys)[::2], "does not exist")
+    one_line_error(*run_cli(["compare", str(tmp_path / "nope")])[::2], "does not exist")
 
 
 def test_baseline_matching_nothing(runs_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert_one_line_error(
-        *run_cli(["compare", str(runs_dir), "--baseline", "basline"], capsys)[::2],
+    one_line_error(
+        *run_cli(["compare", str(runs_dir), "--baseline", "basline"])[::2],
         "matches no run group",
         "did you mean `baseline`",
     )
@@ -248,4 +231,4 @@ def test_incompatible_through_cli(runs_dir: Path, tmp_path: Path, capsys: pytest
     docs = docs_of(runs_dir)
     write(tmp_path / "a", docs[0])
     write(tmp_path / "b", edited(docs[1], data__name="mnist1d"))
-    assert_one_line_error(*run_cli(["compare", str(tmp_path)], capsys)[::2], "not comparable", "data.name")
+    one_line_error(*run_cli(["compare", str(tmp_path)])[::2], "not comparable", "data.name")

@@ -16,14 +16,6 @@ from biasbench.models import build_model
 from tests.conftest import RECIPES, run_cli
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gflops(name: str, variant: str, size: int = 80) -> float:
     return complexity(build_model(name, variant), (3, size, size))["flops"] / 1e9
 
@@ -41,7 +33,7 @@ def test_resnet20_flops_follow_the_written_convention_exactly():
     h, macs, bn, dac_adds = 80, 3 * 16 * 9 * 80 * 80, 16 * 80 * 80, 0
     c_in = 16
     for c_out in (16, 32, 64):
-        for b in range(3):
+        for _ in range(3):
             h_in, h = h, h // (2 if c_out != c_in else 1)
             macs += c_in * c_out * 9 * h * h + c_out * c_out * 9 * h * h
             bn += 2 * c_out * h * h
@@ -78,7 +70,8 @@ def test_dac_conv_growth_factors_with_caching(k):
     cb, cd = complexity(base, (2, s, s)), complexity(dac, (2, s, s))
     conv_flops, conv_weights = 2 * m * n * k * k * s * s, m * n * k * k
     assert 1 + (cd["flops"] - cb["flops"]) / conv_flops == pytest.approx(1 + 0.5 / k**2 * (1 - 1 / n))
-    assert 1 + (cd["params"]["total"] - cb["params"]["total"]) / conv_weights == pytest.approx(1 + 1 / k**2 - 1 / (n * k**2))
+    param_growth = 1 + (cd["params"]["total"] - cb["params"]["total"]) / conv_weights
+    assert param_growth == pytest.approx(1 + 1 / k**2 - 1 / (n * k**2))
 
 
 def test_touched_positions_of_strided_convs():

@@ -43,7 +43,7 @@ def check_conv_against_reference(layer: DACConv2d, h: int, w: int, atol: float =
     ref = dac_conv2d_reference(z, layer.weight, layer.unshared_bias, layer.stride, layer.padding)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=atol, rtol=atol)
-    for got, want in zip(_grads(out, params), _grads(ref, params)):
+    for got, want in zip(_grads(out, params), _grads(ref, params), strict=True):
         torch.testing.assert_close(got, want, atol=atol, rtol=atol)
 
 
@@ -64,7 +64,7 @@ def test_conv_chunks_agree_with_one_chunk(sharing):
     small, big = dac_conv2d_chunked(*args, budget=1), dac_conv2d_chunked(*args, budget=1 << 30)
     torch.testing.assert_close(small, big)
     params = [z, layer.weight, layer.unshared_bias]
-    for a, b in zip(_grads(small, params), _grads(big, params)):
+    for a, b in zip(_grads(small, params), _grads(big, params), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -78,7 +78,7 @@ def test_linear_matches_reference():
     out = layer(z)
     ref = dac_linear_reference(z, layer.weight, layer.unshared_bias) + layer.bias
     torch.testing.assert_close(out, ref)
-    for got, want in zip(_grads(out, params), _grads(ref, params)):
+    for got, want in zip(_grads(out, params), _grads(ref, params), strict=True):
         torch.testing.assert_close(got, want)
 
 
@@ -258,7 +258,7 @@ def test_cpp_kernel_matches_chunked_and_reference(case, dtype):
     torch.testing.assert_close(out, ref, **tol)
     got = _grads(out, [z, fast.weight, fast.unshared_bias])
     want = _grads(ref, [z, slow.weight, slow.unshared_bias])
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **tol)
     if dtype == torch.float64 and batch == 3 and h < 10:  # and the loop reference, on small shapes
         check_conv_against_reference(fast, h, w)

@@ -5,8 +5,6 @@ Parameter counts are computed here from the architectures' formulas, not read fr
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -22,13 +20,6 @@ from biasbench.models.vgg import vgg_widths
 PAPER_MODELS = [f"resnet{d}_{v}" for d in (20, 32, 44, 56) for v in ("v1", "v2")] + ["vgg20_16", "vgg14_32"]
 VARIANTS = ["baseline", "dac", "preact", "mba"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
 
 
 def n_params(model: nn.Module) -> int:

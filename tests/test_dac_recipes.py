@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from biasbench.count import data_shape
 from biasbench.models import build_model
-from biasbench.recipe import load_recipe, load_raw
+from biasbench.recipe import load_raw, load_recipe
 from tests.conftest import RECIPES
 
 # The DAC recipes (other recipes belong to their own tests): recipes/dac/**, the short name, the smoke pair.
 PAPER = sorted((RECIPES / "dac").rglob("*.yaml"))
 RUNNABLE = PAPER + [RECIPES / "resnet32_dac.yaml"] + sorted(RECIPES.glob("smoke_*_digits.yaml"))
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _build(recipe):
@@ -62,7 +54,8 @@ def test_paper_recipe_header_gives_command_target_and_time(path):
 
 def test_paper_protocol_lives_in_the_base_file():
     recipe = load_recipe(RECIPES / "dac/cifar100/resnet56_v2_dac.yaml")
-    assert (recipe.optim.name, recipe.optim.lr, recipe.optim.momentum, recipe.train.batch_size) == ("sgd", 0.1, 0.9, 128)
+    protocol = (recipe.optim.name, recipe.optim.lr, recipe.optim.momentum, recipe.train.batch_size)
+    assert protocol == ("sgd", 0.1, 0.9, 128)
     assert recipe.optim.l2 > 0 and recipe.optim.bias_l2 == 0 and recipe.data.val_folds == 5
     assert recipe.data.augment == "crop_flip" and recipe.data.root == "data/cifar100"
     assert load_recipe(RECIPES / "dac/imagewoof/resnet20_v1_dac.yaml").data.options["image_size"] == 80

@@ -19,13 +19,6 @@ from tests.conftest import RECIPES, tiny_recipe, write_recipe
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def n_params(m) -> int:
     return sum(p.numel() for p in m.parameters())

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from biasbench.cli import main
 from biasbench.gate import load_gate
 from biasbench.recipe import load_recipe
+from tests.conftest import one_line_error, run_cli
 from tests.smoke_runs import ROOT, smoke_runs
 
 GATE = ROOT / "recipes/gates/quickstart_smoke.yaml"
@@ -27,15 +27,6 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def docs(runs_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("results.json"))]
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_runs(
@@ -62,19 +53,12 @@ def gate_file(tmp_path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
-def one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], lines[0]
-
 
 def test_committed_gate_passes_on_a_fresh_smoke_run(
     runs_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the same recipe and replicates as .ci/gate, against the reference in tests/reference/
-    code, out, _ = run_cli(["compare", str(runs_dir), "--gate", str(GATE)], capsys)
+    code, out, _ = run_cli(["compare", str(runs_dir), "--gate", str(GATE)])
     assert code == 0, out
     assert "gate: PASS" in out and "max_drop" in out
 
@@ -89,7 +73,7 @@ def test_committed_gate_fails_a_collapse(
             row["test_acc"] = acc
     write_runs(tmp_path / "runs", collapsed)
     code, out, _ = run_cli(
-        ["compare", str(tmp_path / "runs"), "--gate", str(GATE), "--json", str(tmp_path / "g.json")], capsys
+        ["compare", str(tmp_path / "runs"), "--gate", str(GATE), "--json", str(tmp_path / "g.json")]
     )
     assert code == 1
     assert "FAIL         floor     test_acc 10.00% (n=3) vs floor 85.00%: below it by 75.00%" in out
@@ -103,7 +87,7 @@ def test_clear_drop_beyond_tolerance_fails(
 ) -> None:
     runs = write_runs(tmp_path / "runs", docs, [-0.080, -0.082, -0.078])
     gate = gate_file(tmp_path, {"reference": str(runs_dir), "metrics": {"test_acc": {"max_drop": 0.05}}})
-    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)], capsys)
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
     assert code == 1
     assert "drop 8.00%, allowed 5.00%: beyond tolerance by 3.00%" in out and "paired t" in out
 
@@ -113,11 +97,11 @@ def test_noisy_drop_is_inconclusive(
 ) -> None:
     runs = write_runs(tmp_path / "runs", docs, [-0.16, 0.0, -0.05])  # mean drop 7 points, huge spread
     spec: dict[str, Any] = {"reference": str(runs_dir), "metrics": {"test_acc": {"max_drop": 0.05}}}
-    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))], capsys)
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))])
     assert code == 0
     assert "INCONCLUSIVE" in out and "not statistically clear" in out and "gate: INCONCLUSIVE" in out
     spec["inconclusive"] = "fail"
-    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))], capsys)
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))])
     assert code == 1
 
 
@@ -126,7 +110,7 @@ def test_one_replicate_breach_fails_on_the_numbers(
 ) -> None:
     runs = write_runs(tmp_path / "runs", docs[:1], [-0.06])
     gate = gate_file(tmp_path, {"reference": str(runs_dir), "metrics": {"test_acc": {"max_drop": 0.05}}})
-    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)], capsys)
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
     assert code == 1 and "no statistics" in out
 
 
@@ -137,10 +121,10 @@ def test_floor_noisy_breach_is_inconclusive_clear_breach_fails(
     base = sum(d["final"]["test_acc"] for d in docs) / 3
     # floor just above the mean: a breach well inside the replicate noise
     gate = gate_file(tmp_path, {"metrics": {"test_acc": {"floor": base + 0.0005}}})
-    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)], capsys)
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
     assert code == 0 and "INCONCLUSIVE" in out
     gate = gate_file(tmp_path, {"metrics": {"test_acc": {"floor": base + 0.05}}})
-    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)], capsys)
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
     assert code == 1 and "below it by 5.00%" in out
 
 
@@ -149,7 +133,7 @@ def test_lower_is_better_ceiling(
 ) -> None:
     runs = write_runs(tmp_path / "runs", docs, [2.0, 2.1, 2.2], keys=("test_loss",))
     gate = gate_file(tmp_path, {"metrics": {"test_loss": {"ceiling": 1.0}}})
-    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)], capsys)
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
     assert code == 1 and "above it by" in out
 
 
@@ -159,7 +143,7 @@ def test_diverged_run_fails(
     bad = [copy.deepcopy(d) for d in docs]
     bad[1]["status"] = "diverged"
     write_runs(tmp_path / "runs", bad)
-    code, out, _ = run_cli(["compare", str(tmp_path / "runs"), "--gate", str(GATE)], capsys)
+    code, out, _ = run_cli(["compare", str(tmp_path / "runs"), "--gate", str(GATE)])
     assert code == 1 and "1 of 3 runs diverged (allowed 0)" in out
 
 
@@ -168,7 +152,7 @@ def test_too_few_runs_is_unusable(
 ) -> None:
     runs = write_runs(tmp_path / "runs", docs[:2])
     one_line_error(
-        *run_cli(["compare", str(runs), "--gate", str(GATE)], capsys)[::2], "at least 3 completed runs"
+        *run_cli(["compare", str(runs), "--gate", str(GATE)])[::2], "at least 3 completed runs"
     )
 
 
@@ -180,7 +164,7 @@ def test_reference_of_another_recipe_is_unusable(
         d["recipe"]["optim"]["lr"] = 0.2
     write_runs(tmp_path / "runs", other)
     one_line_error(
-        *run_cli(["compare", str(tmp_path / "runs"), "--gate", str(GATE)], capsys)[::2],
+        *run_cli(["compare", str(tmp_path / "runs"), "--gate", str(GATE)])[::2],
         "another recipe",
         "optim.lr",
     )
@@ -190,7 +174,7 @@ def test_missing_reference_is_unusable(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gate = gate_file(tmp_path, {"reference": "nowhere", "metrics": {"test_acc": {"max_drop": 0.05}}})
-    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(gate)], capsys)[::2], "does not exist")
+    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(gate)])[::2], "does not exist")
 
 
 @pytest.mark.parametrize(
@@ -212,14 +196,14 @@ def test_bad_gate_files(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: dict[str, Any], words: list[str]
 ) -> None:
     one_line_error(
-        *run_cli(["compare", str(runs_dir), "--gate", str(gate_file(tmp_path, spec))], capsys)[::2], *words
+        *run_cli(["compare", str(runs_dir), "--gate", str(gate_file(tmp_path, spec))])[::2], *words
     )
 
 
 def test_gate_file_not_yaml(runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "gate.yaml"
     p.write_text("metrics: [unclosed")
-    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(p)], capsys)[::2], "not valid YAML")
+    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(p)])[::2], "not valid YAML")
 
 
 def test_gate_section_in_a_recipe(runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,12 +220,12 @@ def test_gate_section_in_a_recipe(runs_dir: Path, tmp_path: Path, capsys: pytest
     assert load_recipe(recipe).gate["metrics"]["test_acc"]["floor"] == 0.9  # the recipe still trains
     gate = load_gate(recipe)
     assert gate.reference == ref and gate.rules[0].limit == 0.9 and gate.rules[0].higher_is_better
-    code, out, _ = run_cli(["compare", str(runs_dir), "--gate", str(recipe)], capsys)
+    code, out, _ = run_cli(["compare", str(runs_dir), "--gate", str(recipe)])
     assert code == 0 and "gate: PASS" in out
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump({"extends": str(ROOT / "recipes/quickstart.yaml")}))
     one_line_error(
-        *run_cli(["compare", str(runs_dir), "--gate", str(plain)], capsys)[::2], "no `gate:` section"
+        *run_cli(["compare", str(runs_dir), "--gate", str(plain)])[::2], "no `gate:` section"
     )
 
 

@@ -15,13 +15,6 @@ PAPER_RECIPES = sorted(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("path", PAPER_RECIPES, ids=lambda p: str(p.relative_to(RECIPES)))
 def test_recipe_loads_with_header_and_smoke(path):

@@ -12,20 +12,11 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from biasbench.cli import main
+from tests.conftest import run_cli
 from tests.smoke_runs import smoke_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +60,7 @@ def test_markdown_report_from_real_runs(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "rep"
-    code, stdout, err = run_cli(["report", str(runs_dir), "--out", str(out)], capsys)
+    code, stdout, err = run_cli(["report", str(runs_dir), "--out", str(out)])
     assert code == 0, err
     md = (out / "report.md").read_text()
     assert "## Groups" in md and "| group" in md and "quickstart_smoke" in md and "3 (3/0/0)" in md
@@ -90,7 +81,7 @@ def test_report_with_variants_and_flops(
     study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "rep"
-    code, _, err = run_cli(["report", str(study), "--out", str(out), "--baseline", "cnn16_baseline"], capsys)
+    code, _, err = run_cli(["report", str(study), "--out", str(out), "--baseline", "cnn16_baseline"])
     assert code == 0, err
     md = (out / "report.md").read_text()
     assert "## Against cnn16_baseline" in md
@@ -105,7 +96,7 @@ def test_report_with_variants_and_flops(
 
 def test_html_report_is_one_file(study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rep"
-    code, _, err = run_cli(["report", str(study), "--out", str(out), "--format", "html"], capsys)
+    code, _, err = run_cli(["report", str(study), "--out", str(out), "--format", "html"])
     assert code == 0, err
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "cnn32_dac" in page
@@ -117,12 +108,12 @@ def test_history_of_one_run(
     monkeypatch.setenv("COLUMNS", "200")
     path = runs_dir / "seed0" / "results.json"
     doc: dict[str, Any] = json.loads(path.read_text())
-    code, out, _ = run_cli(["report", str(path)], capsys)
+    code, out, _ = run_cli(["report", str(path)])
     assert code == 0
     assert "test_acc" in out and "val_acc" in out
     for row in doc["history"]:
         assert f"{100 * row['test_acc']:.2f}%" in out
-    code, out, _ = run_cli(["report", str(runs_dir), "--history"], capsys)
+    code, out, _ = run_cli(["report", str(runs_dir), "--history"])
     assert code == 0 and out.count("quickstart_smoke · seed") == 3
 
 
@@ -133,6 +124,6 @@ def test_bad_report_input(
     runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], word: str
 ) -> None:
     args = ["report", str(runs_dir), *[str(tmp_path / "o") if a == "OUT" else a for a in extra]]
-    code, _, err = run_cli(args, capsys)
+    code, _, err = run_cli(args)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and word in lines[0]

@@ -13,9 +13,8 @@ from rich.markup import escape
 
 import biasbench.cli as _cli_package
 from biasbench.cli.app import app
-from biasbench.plugins import import_submodules
 from biasbench.errors import UserError
-
+from biasbench.plugins import import_submodules
 
 import_submodules(_cli_package, suffix="_cmd")  # each *_cmd.py module registers one command
 

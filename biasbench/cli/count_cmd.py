@@ -91,7 +91,7 @@ def count(
                 raise
             rows[name] = {"error": str(e)}  # a variant that does not apply to this model
     base = rows["baseline"]
-    for name, row in rows.items():
+    for row in rows.values():
         if "error" not in row:
             row["vs_baseline"] = ratios(row, base)
 

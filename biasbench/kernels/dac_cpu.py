@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -49,6 +51,8 @@ def _build() -> None:
     name = "biasbench_dac_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     build = cache_dir() / name
     build.mkdir(parents=True, exist_ok=True)
+    if shutil.which("ninja") is None:  # the `ninja` wheel puts it beside this Python, maybe not on PATH
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     cpp_extension.load_inline(name=name, cpp_sources=[source], extra_cflags=_FLAGS,
                               build_directory=str(build), is_python_module=False,
                               no_implicit_headers=True, with_cuda=False, verbose=False)

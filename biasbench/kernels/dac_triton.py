@@ -142,7 +142,8 @@ _BLOCK = 128
 def _geometry(z, w, stride, padding):
     n, c, h, wd = z.shape
     k = w.shape[-1]
-    return n, c, h, wd, w.shape[0], k, (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
+    ho, wo = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
+    return n, c, h, wd, w.shape[0], k, ho, wo
 
 
 class _DACConvTriton(torch.autograd.Function):
@@ -171,8 +172,9 @@ class _DACConvTriton(torch.autograd.Function):
         n, c, h, wd, o, k, ho, wo = _geometry(z, weight, stride, padding)
         _, grad_input, grad_params = _kernels()
         gz = torch.empty_like(z)
-        grad_input[(n * c, triton.cdiv(h * wd, _BLOCK))](z, weight, unshared_bias, grad, gz, c, h, wd, o,
-                                                         ho, wo, S=stride, PAD=padding, K=k, BLOCK=_BLOCK)
+        grid = (n * c, triton.cdiv(h * wd, _BLOCK))
+        grad_input[grid](z, weight, unshared_bias, grad, gz, c, h, wd, o, ho, wo, S=stride, PAD=padding,
+                         K=k, BLOCK=_BLOCK)
         gw, gb = torch.empty_like(weight), torch.empty_like(unshared_bias)
         grad_params[(o * c,)](z, weight, unshared_bias, grad, gw, gb, n, c, h, wd, o, ho, wo, S=stride,
                               PAD=padding, K=k, KK=triton.next_power_of_2(k * k), BLOCK=_BLOCK)
