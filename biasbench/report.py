@@ -65,6 +65,8 @@ def learning_curves(result: CompareResult, runs: Sequence[Run], path: Path) -> P
     groups = {g.label: g for g in group_runs(runs)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # Same colours as the complexity figures when each variant is one group (baseline orange).
+    by_variant = _colors(result) if len({s.variant for s in result.groups}) == len(result.groups) else None
     for i, s in enumerate(result.groups):
         used = [r for r in groups[s.label].runs if r.status == "completed"]
         for ax, split in zip(axes, ("train", "test"), strict=True):
@@ -75,7 +77,7 @@ def learning_curves(result: CompareResult, runs: Sequence[Run], path: Path) -> P
                 continue
             y = np.array([x[:length] for x in series], dtype=float) * scale
             epochs = np.arange(1, length + 1)
-            color = cycle[i % len(cycle)]
+            color = by_variant[s.variant] if by_variant else cycle[i % len(cycle)]
             ax.plot(epochs, y.mean(axis=0), color=color, marker="o", ms=3, label=f"{s.label} (n={len(used)})")
             if len(used) > 1:
                 ax.fill_between(epochs, y.min(axis=0), y.max(axis=0), color=color, alpha=0.2, lw=0)

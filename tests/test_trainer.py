@@ -148,3 +148,17 @@ def test_schedule_warmup_cosine_floor_and_multistep():
     assert lr_factor(cos, 0.1, 120, 10, 12) == pytest.approx(0.1)  # the floor: min_lr / lr
     ms = ScheduleConfig(name="multistep", per="epoch", milestones=[2, 4], gamma=0.1)
     assert [lr_factor(ms, 1.0, s, 10, 6) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_results_of_another_schema_version_are_refused_with_one_line(tmp_path):
+    from tests.conftest import one_line_error, run_cli
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    (doc,) = _train(path, tmp_path)
+    future = tmp_path / "future" / "results.json"
+    future.parent.mkdir()
+    future.write_text(json.dumps({**doc, "schema_version": 99}))
+    with pytest.raises(Exception, match="schema version 99, this biasbench reads version 1"):
+        load_results(future)
+    code, _, err = run_cli(["compare", str(future.parent)])
+    one_line_error(code, err, "schema version 99")

@@ -77,17 +77,18 @@ def print_runs_table(docs: list[dict], recipe, console: Console) -> None:
     metric = "acc" if task == "classification" else "loss"
     fmt = (lambda v: f"{100 * v:.2f}%") if metric == "acc" else (lambda v: f"{v:.4f}")
     table = Table(title=f"{recipe.output.name}: {recipe.model.name}/{recipe.model.variant} on {recipe.data.name}")
-    for col in ("seed", "status", "epochs", f"final test {metric}", f"best val {metric} (epoch)",
-                f"test {metric} there", "params", "samples/s", "wall s"):
-        table.add_column(col, justify="right")
+    # Short headers: the table must fit an 80-column terminal.
+    for col in ("seed", "status", "ep", f"test {metric}", "best val @ep", "test @ep", "params", "img/s"):
+        table.add_column(col, justify="right", no_wrap=True)
     for d in docs:
         final, best = d.get("final", {}), d.get("best", {})
         val_key = best.get("selected_by", f"test_{metric}")
         table.add_row(str(d["seed"]), d["status"], str(d["epochs_completed"]),
                       fmt(final[f"test_{metric}"]) if f"test_{metric}" in final else "-",
-                      f"{fmt(best[val_key])} ({best['epoch']})" if best else "-",
+                      f"{fmt(best[val_key])} @{best['epoch']}" if best else "-",
                       fmt(best[f"test_{metric}"]) if best else "-",
-                      f"{d['params']['total']:,}", f"{d['images_per_second']:,.0f}", f"{d['wall_time_s']:.1f}")
+                      f"{d['params']['total']:,}", f"{d['images_per_second']:,.0f}")
     console.print(table)
     if docs:
-        console.print(f"results and checkpoints: {run_paths(recipe, docs[0]['seed']).dir.parent}/seed*/")
+        wall, where = sum(d["wall_time_s"] for d in docs), run_paths(recipe, docs[0]["seed"]).dir.parent
+        console.print(f"wall time {wall:.1f} s; results and checkpoints: {where}/seed*/")
