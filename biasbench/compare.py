@@ -18,25 +18,11 @@ from typing import Any
 
 from biasbench import stats
 from biasbench.errors import UserError, did_you_mean
+from biasbench.recipe import experiment_identity
 from biasbench.results import KIND, SCHEMA_VERSION, higher_is_better, load_results
 
 ESTIMATORS = ("final", "robust")
 
-# Recipe keys that say where or how often something ran, not what ran: never split groups.
-# channels_last / compile change speed, not results (amp does change numerics: it stays).
-_NOT_IDENTITY = {
-    "output",
-    "gate",
-    "smoke",
-    "source",
-    "data.root",
-    "data.download",
-    "train.seed",
-    "train.replicates",
-    "train.eval_batch_size",
-    "train.channels_last",
-    "train.compile",
-}
 # Keys that must agree across every group of one comparison (else: refused).
 _COMPAT_PREFIXES = ("data.", "train.epochs", "task")
 
@@ -107,37 +93,9 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        # options mappings are compared whole: their keys are free-form
-        if isinstance(v, dict) and k not in ("options", "variant_options"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-_DEFAULTS: dict[str, Any] | None = None
-
-
-def _recipe_defaults() -> dict[str, Any]:
-    """Today's recipe defaults: a key added to the schema after a file was written counts as default."""
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        from biasbench.recipe import Recipe
-
-        _DEFAULTS = _flatten(Recipe().to_dict())
-    return _DEFAULTS
-
-
 def identity(doc: dict[str, Any]) -> dict[str, Any]:
     """The dotted recipe keys that define what ran, plus the task."""
-    flat = {**_recipe_defaults(), **_flatten(doc.get("recipe") or {})}
-    ident = {k: v for k, v in flat.items() if k not in _NOT_IDENTITY and k.split(".")[0] not in _NOT_IDENTITY}
-    ident["task"] = doc.get("task")
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in sorted(ident.items())}
+    return {**experiment_identity(doc.get("recipe") or {}), "task": doc.get("task")}
 
 
 def _is_compat_key(k: str) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +280,11 @@ def _check_drop(rule: MetricRule, cur: GroupSummary, ref: GroupSummary, alpha: f
     )
     if worse <= rule.max_drop:
         return Check(m, "max_drop", "pass", f"{shown}: ok", cm, rule.max_drop)
-    c = compare_pair(ref, cur, m)
+    # Is the drop beyond the *tolerance* statistically clear? Test against the reference moved
+    # by the allowed drop (as the floor is tested against the floor), not against the reference.
+    sign = -1.0 if rule.higher_is_better else 1.0
+    at_tolerance = replace(ref, values=[v + sign * rule.max_drop for v in ref.values])
+    c = compare_pair(at_tolerance, cur, m)
     assert c is not None
     d = c.difference
     if d.p_value is None:
@@ -353,7 +357,9 @@ def run_gate(gate: Gate, runs: list[Run]) -> GateResult:
         )
     )
     if completed == 0 and diverged:
-        return result  # nothing learned at all: the diverged check already fails
+        # Nothing learned at all: a failure whatever replicates.max_diverged allows.
+        result.checks.append(Check("-", "completed", "fail", f"no run completed ({diverged} diverged)", 0, 1))
+        return result
     # Too few completed runs makes the input unusable, unless divergence (a regression) explains it.
     if completed < gate.min_replicates and diverged <= gate.max_diverged:
         raise UserError(

@@ -142,6 +142,9 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
      "must be `all` or groups joined by '+' from biases, other, readout, weights (e.g. biases+readout)"),
     ("optim.lr", lambda v: v > 0, "must be positive"),
     ("optim.momentum", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
+    ("optim.eps", lambda v: v > 0, "must be positive"),
+    ("schedule.warmup_start_lr", lambda v: v >= 0, "must be non-negative"),
     ("optim.l2", lambda v: v >= 0, "must be non-negative"),
     ("optim.weight_decay", lambda v: v >= 0, "must be non-negative"),
     ("optim.bias_l2", lambda v: v >= 0, "must be non-negative"),
@@ -258,6 +261,44 @@ def known_keys() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# What makes two runs the same experiment (compare's groups, the gate's reference, --resume).
+# ---------------------------------------------------------------------------------------------
+
+# Keys that say where, how often or how fast something ran, not what ran. channels_last and
+# compile change speed, not results (amp changes numerics: it is part of the experiment).
+RESULT_NEUTRAL_KEYS = frozenset({
+    "output", "gate", "smoke", "source", "data.root", "data.download", "data.workers", "train.seed",
+    "train.replicates", "train.eval_batch_size", "train.channels_last", "train.compile",
+})
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; `options` mappings stay whole (free-form keys)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("options", "variant_options"):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+_DEFAULTS: dict[str, Any] | None = None
+
+
+def experiment_identity(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys of a recorded recipe that define what ran. A key added to the schema
+    after the file was written counts as today's default, so old results stay comparable."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = flatten(Recipe().to_dict())
+    flat = {**_DEFAULTS, **flatten(recipe)}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in sorted(flat.items())
+            if k not in RESULT_NEUTRAL_KEYS and k.split(".")[0] not in RESULT_NEUTRAL_KEYS}
+
+
+# ---------------------------------------------------------------------------------------------
 # Reading files: YAML, `extends:`, `--set`, `--smoke`.
 # ---------------------------------------------------------------------------------------------
 
@@ -350,6 +391,11 @@ def from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
         value = getattr(getattr(recipe, section), key)
         if not ok(value):
             raise UserError(f"recipe key `{path}` {msg}, got {value!r}")
+    fold, folds = recipe.data.val_fold, recipe.data.val_folds
+    if fold is not None and not (folds and 0 <= fold < folds):
+        raise UserError(f"recipe key `data.val_fold` is {fold}, but folds are 0..{folds - 1} "
+                        f"(data.val_folds = {folds})" if folds else
+                        "recipe key `data.val_fold` needs `data.val_folds` (K of a K-fold split), which is 0")
     for key in recipe.smoke:
         if key not in known_keys() and ".options." not in f".{key}" and "variant_options." not in key:
             raise UserError(f"recipe key `smoke.{key}` names no recipe key{did_you_mean(key, known_keys())}")

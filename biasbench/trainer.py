@@ -145,10 +145,12 @@ def _add_group_hits(sums: dict[str, tuple[torch.Tensor, torch.Tensor]], group: t
 
 def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *, resume: bool = False,
               stop_after: int | None = None, console: Console | None = None,
-              ctx: DistContext | None = None) -> dict[str, Any]:
+              ctx: DistContext | None = None, fresh: bool = False) -> dict[str, Any]:
     """Train one replicate; `stop_after` ends it resumably (status `interrupted`) after that epoch.
 
-    With a `DistContext` of several ranks (torchrun), the ranks share each global batch."""
+    With a `DistContext` of several ranks (torchrun), the ranks share each global batch. `fresh`
+    (--overwrite) replaces an earlier run in the folder, once everything has been built: bad
+    input never costs the earlier run its files."""
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
     paths = run_paths(recipe, seed)
@@ -162,14 +164,19 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                     for name, split in (("val", bundle.val), ("test", bundle.test)) if split is not None}
     optimizer, l2 = build_optimizer(model, recipe.optim)
     scheduler = build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, len(train_loader), recipe.train.epochs)
+    if ctx.enabled and len(criterion.terms):
+        # Each rank would update the running means from its shard alone: not what one process does.
+        raise UserError(f"variant `{recipe.model.variant}` keeps per-class running means in its loss, which "
+                        "data-parallel training does not synchronise yet; train it in one process")
+    if fresh and ctx.is_main:
+        for stale in (paths.results, paths.checkpoint):
+            stale.unlink(missing_ok=True)
 
     history: list[dict[str, Any]] = []
     start_epoch, train_time, train_samples, wall_before = 0, 0.0, 0, 0.0
     if resume and paths.checkpoint.exists():
         ckpt = load_checkpoint(paths.checkpoint)
-        if ckpt["recipe"] != _comparable(recipe) or ckpt["seed"] != seed:
-            raise UserError(f"checkpoint `{paths.checkpoint}` was written by a different recipe or seed; "
-                            "resume with the same recipe and overrides, or choose another --out")
+        _check_same_experiment(paths.checkpoint, ckpt["recipe"], ckpt["seed"], recipe, seed)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -191,6 +198,7 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                     status = "interrupted"
                     break
                 task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(train_loader), rate="")
+                lr = optimizer.param_groups[0]["lr"]  # the epoch's (first step's) learning rate
                 t0 = time.perf_counter()
                 train_metrics = _train_epoch(step_model, train_loader, epoch, criterion, optimizer, scheduler, l2,
                                              recipe.train, ctx, progress, task)
@@ -200,11 +208,11 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                 progress.remove_task(task)
                 if not math.isfinite(train_metrics["loss"]):
                     status = "diverged"
-                    history.append(_epoch_row(epoch, optimizer, train_metrics, {}, dt_train))
+                    history.append(_epoch_row(epoch, lr, train_metrics, {}, dt_train))
                     console.print(f"[red]epoch {epoch + 1}: loss is {train_metrics['loss']}; run diverged[/red]")
                     break
                 evals = {name: evaluate(model, loader, criterion) for name, loader in eval_loaders.items()}
-                row = _epoch_row(epoch, optimizer, train_metrics, evals, dt_train)
+                row = _epoch_row(epoch, lr, train_metrics, evals, dt_train)
                 history.append(row)
                 console.print(_epoch_line(row, epochs, len(train_loader.y) / dt_train))
                 if recipe.output.checkpoint and ctx.is_main:
@@ -249,6 +257,8 @@ def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, cfg,
     to_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(loader):
+        if len(y) < ctx.world:  # a last batch smaller than the ranks: every rank skips it alike
+            continue
         x, y, share = ctx.shard(x, y)
         if x.dim() == 4:
             x = x.contiguous(memory_format=to_format)
@@ -276,8 +286,8 @@ def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, cfg,
     return metrics
 
 
-def _epoch_row(epoch, optimizer, train_metrics, evals, seconds) -> dict[str, Any]:
-    row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 4)}
+def _epoch_row(epoch, lr, train_metrics, evals, seconds) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 4)}
     row.update({f"train_{k}": v for k, v in train_metrics.items()})
     for split, metrics in evals.items():
         row.update({f"{split}_{k}": v for k, v in metrics.items()})
@@ -301,6 +311,20 @@ def _comparable(recipe: Recipe) -> dict[str, Any]:
     d.pop("source", None)
     d.pop("smoke", None)
     return d
+
+
+def _check_same_experiment(path: Path, recorded: dict[str, Any], recorded_seed: int, recipe: Recipe,
+                           seed: int) -> None:
+    """--resume continues a run only with the experiment that wrote it (settings of speed or
+    place, such as data.workers or output.dir, may change)."""
+    from biasbench.recipe import experiment_identity
+
+    old, new = experiment_identity(recorded), experiment_identity(_comparable(recipe))
+    if old != new or recorded_seed != seed:
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        what = f"recipe keys {', '.join(changed[:4])}" if changed else f"seed {recorded_seed}"
+        raise UserError(f"`{path}` was written with other settings ({what} differ); resume with the same "
+                        "recipe and overrides, pass --overwrite to start again, or choose another --out")
 
 
 def describe_model(model: torch.nn.Module) -> dict[str, Any]:
@@ -354,19 +378,19 @@ def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, 
     """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes."""
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
-    todo, done = _plan_replicates(recipe, resume, overwrite, ctx, console)
+    todo, done = _plan_replicates(recipe, resume, overwrite, console)
     if jobs > 1 and len(todo) > 1:
-        docs = done | _train_parallel(recipe, todo, device, resume, stop_after, jobs, console)
+        docs = done | _train_parallel(recipe, todo, device, resume, overwrite, stop_after, jobs, console)
     else:
         docs = dict(done)
         for r, seed in todo:
             console.rule(f"{recipe.output.name} · replicate {r + 1}/{recipe.train.replicates} · seed {seed}")
             docs[r] = train_run(recipe, seed, r, device, resume=resume, stop_after=stop_after, console=console,
-                                ctx=ctx)
+                                ctx=ctx, fresh=overwrite)
     return [docs[r] for r in sorted(docs)]
 
 
-def _plan_replicates(recipe, resume, overwrite, ctx, console) -> tuple[list[tuple[int, int]], dict[int, dict]]:
+def _plan_replicates(recipe, resume, overwrite, console) -> tuple[list[tuple[int, int]], dict[int, dict]]:
     """Check every replicate's folder before training any: (replicates to run, finished ones)."""
     from biasbench.results import load_results
 
@@ -381,29 +405,28 @@ def _plan_replicates(recipe, resume, overwrite, ctx, console) -> tuple[list[tupl
                             "to start again, or --out to write elsewhere")
         if resume and paths.results.exists():
             previous = load_results(paths.results)
+            _check_same_experiment(paths.results, previous["recipe"], previous["seed"], recipe, seed)
             if previous["status"] in ("completed", "diverged"):
                 console.print(f"{paths.dir}: already {previous['status']}, skipped")
                 done[r] = previous
                 continue
+        if resume and paths.checkpoint.exists():
+            ckpt = load_checkpoint(paths.checkpoint)
+            _check_same_experiment(paths.checkpoint, ckpt["recipe"], ckpt["seed"], recipe, seed)
         todo.append((r, seed))
-    if overwrite and not resume and ctx.is_main:
-        for _, seed in todo:
-            for p in (run_paths(recipe, seed).results, run_paths(recipe, seed).checkpoint):
-                p.unlink(missing_ok=True)
-    ctx.barrier()
     return todo, done
 
 
-def _replicate_worker(recipe: Recipe, r: int, seed: int, device: str, resume: bool, stop_after: int | None,
-                      threads: int) -> dict[str, Any]:
+def _replicate_worker(recipe: Recipe, r: int, seed: int, device: str, resume: bool, fresh: bool,
+                      stop_after: int | None, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     try:
-        return train_run(recipe, seed, r, torch.device(device), resume=resume, stop_after=stop_after)
+        return train_run(recipe, seed, r, torch.device(device), resume=resume, stop_after=stop_after, fresh=fresh)
     except Interrupted:
         return json.loads(run_paths(recipe, seed).results.read_text())
 
 
-def _train_parallel(recipe, todo, device, resume, stop_after, jobs, console) -> dict[int, dict]:
+def _train_parallel(recipe, todo, device, resume, fresh, stop_after, jobs, console) -> dict[int, dict]:
     """Replicates as separate processes; CPU threads are split between them."""
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -413,7 +436,7 @@ def _train_parallel(recipe, todo, device, resume, stop_after, jobs, console) -> 
     console.print(f"training {len(todo)} replicates, {jobs} at a time ({threads} threads each)")
     docs: dict[int, dict] = {}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_replicate_worker, recipe, r, seed, str(device), resume, stop_after, threads): r
+        futures = {pool.submit(_replicate_worker, recipe, r, seed, str(device), resume, fresh, stop_after, threads): r
                    for r, seed in todo}
         try:
             for fut in cf.as_completed(futures):

@@ -85,3 +85,21 @@ def test_truncated_checkpoint(recipe, tmp_path):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     one_line_error(*run_cli(["eval", str(truncated)])[::2], "not a readable checkpoint")
+
+
+def test_overwrite_with_bad_input_keeps_the_earlier_run(recipe, tmp_path):
+    assert run_cli(["train", str(recipe), "-q"])[0] == 0
+    run_dir = tmp_path / "runs" / "r" / "seed0"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    code, _, err = run_cli(["train", str(recipe), "-q", "--overwrite", "--set", "model.options.widht=3"])
+    one_line_error(code, err, "no option `widht`")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_resume_refuses_a_run_of_another_experiment(recipe, tmp_path):
+    assert run_cli(["train", str(recipe), "-q"])[0] == 0
+    code, _, err = run_cli(["train", str(recipe), "-q", "--resume", "--set", "optim.lr=0.5"])
+    one_line_error(code, err, "optim.lr", "--overwrite")
+    # settings of place and speed may change: the finished run is found and skipped
+    code, out, _ = run_cli(["train", str(recipe), "--resume", "--set", "train.eval_batch_size=7"])
+    assert code == 0 and "already completed, skipped" in out

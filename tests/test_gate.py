@@ -234,3 +234,31 @@ def test_ci_script_is_executable_bash() -> None:
     assert script.stat().st_mode & 0o111
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash") and "recipes/gates/quickstart_smoke.yaml" in text
+
+
+def test_all_runs_diverged_fails_even_when_divergence_is_allowed(
+    runs_dir: Path, docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    bad = [copy.deepcopy(docs[0])]
+    bad[0]["status"] = "diverged"
+    runs = write_runs(tmp_path / "runs", bad)
+    spec = {"replicates": {"min": 1, "max_diverged": 1}, "metrics": {"test_acc": {"floor": 0.5}}}
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))])
+    assert code == 1 and "no run completed" in out
+
+
+def test_drop_just_beyond_tolerance_is_tested_against_the_tolerance(
+    runs_dir: Path, docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    # Paired drops of 4.5, 6.0 and 5.1 points: clearly a drop, but not clearly beyond 5 points.
+    ref_acc = [d["final"]["test_acc"] for d in docs]
+    runs = write_runs(tmp_path / "runs", docs, [-0.045, -0.060, -0.051])
+    spec = {"reference": str(runs_dir), "metrics": {"test_acc": {"max_drop": 0.05}}}
+    code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))])
+    assert code == 0 and "INCONCLUSIVE" in out and "beyond tolerance but not statistically clear" in out
+    import scipy.stats as sps  # the p-value shown: the paired test of the drops against 5 points
+
+    shown = float(out.split("p=")[1].split(",")[0])
+    drops = [0.045, 0.060, 0.051]
+    expected = sps.ttest_rel([r - 0.05 for r in ref_acc], [r - d for r, d in zip(ref_acc, drops)]).pvalue
+    assert shown == pytest.approx(expected, rel=1e-2)

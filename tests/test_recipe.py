@@ -72,3 +72,16 @@ def test_every_shipped_recipe_validates():
         assert r.train.epochs >= 1, path
         if r.smoke:
             load_recipe(path, smoke=True)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.val_folds=5", "data.val_fold=7"], "`data.val_fold` is 7, but folds are 0..4"),
+    (["data.val_fold=1"], "`data.val_fold` needs `data.val_folds`"),
+    (["optim.betas=[2, 0.9]"], "`optim.betas` must be two numbers in [0, 1)"),
+    (["optim.eps=-1"], "`optim.eps` must be positive"),
+])
+def test_values_torch_would_reject_are_caught_first(tmp_path, overrides, message):
+    p = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
+    with pytest.raises(UserError) as e:
+        load_recipe(p, overrides)
+    assert message in str(e.value)

@@ -162,3 +162,10 @@ def test_results_of_another_schema_version_are_refused_with_one_line(tmp_path):
         load_results(future)
     code, _, err = run_cli(["compare", str(future.parent)])
     one_line_error(code, err, "schema version 99")
+
+
+def test_history_records_each_epochs_own_learning_rate(tmp_path):
+    doc = tiny_recipe(tmp_path, schedule={"name": "multistep", "per": "epoch", "milestones": [2], "gamma": 0.1},
+                      train={"epochs": 3})
+    (res,) = _train(write_recipe(tmp_path / "r.yaml", doc), tmp_path)
+    assert [h["lr"] for h in res["history"]] == pytest.approx([0.05, 0.05, 0.005])

@@ -12,6 +12,7 @@ trainer reports is in log2 scale.
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 
 from biasbench.data import DataBundle, Split, register_dataset
 from biasbench.data.common import HOLDOUT_SEED, check_options, data_root, require_files
-from biasbench.data.splits import fraction_split, kfold_split
+from biasbench.data.splits import fraction_split, validation_split
 from biasbench.errors import UserError
 
 SGEMM_CSV = "sgemm_product.csv"
@@ -88,13 +89,9 @@ def sgemm(cfg: Any, replicate: int = 0) -> DataBundle:
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
 
     rest, test = fraction_split(y, f_test, HOLDOUT_SEED)
-    if cfg.val_folds:
-        fold = cfg.val_fold if cfg.val_fold is not None else replicate % cfg.val_folds
-        tr, va = kfold_split(y[rest], cfg.val_folds, fold, cfg.split_seed)
-        split_info = {"val_split": "kfold", "val_folds": cfg.val_folds, "val_fold": fold}
-    else:
-        tr, va = fraction_split(y[rest], f_val / (f_train + f_val), cfg.split_seed)
-        split_info = {"val_split": "fraction", "split": [f_train, f_val, f_test]}
+    # The validation part of the rest, as every data set splits it (fraction from options.split).
+    tr, va, split_info = validation_split(y[rest], replace(cfg, val_fraction=f_val / (f_train + f_val)), replicate)
+    split_info["split"] = [f_train, f_val, f_test]
     train, val = rest[tr], rest[va]
 
     mean = x[train].mean(dim=0)
