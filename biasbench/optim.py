@@ -40,6 +40,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Opt
             (weights if roles[name] == "weight" else others).append(p)
     groups = [{"params": weights, "weight_decay": cfg.weight_decay, "role": "weight"},
               {"params": others, "weight_decay": cfg.bias_weight_decay, "role": "bias"}]
+    if cfg.weight_decay == cfg.bias_weight_decay:  # one group: half the optimiser's kernel launches
+        groups = [{"params": weights + others, "weight_decay": cfg.weight_decay, "role": "all"}]
     groups = [g for g in groups if g["params"]]
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)

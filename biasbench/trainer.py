@@ -10,6 +10,7 @@ checkpoint holds model, optimiser, scheduler, loss state and RNG states.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -252,8 +253,9 @@ def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, cfg,
     loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    n = torch.zeros((), device=loader.device, dtype=torch.long)
-    autocast = torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+    n = 0
+    autocast = (torch.autocast(loader.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
+                else contextlib.nullcontext())
     to_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(loader):
@@ -272,14 +274,15 @@ def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, cfg,
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach().float() * len(y)
+        loss_sum.add_(loss.detach(), alpha=len(y))
         if criterion.task == "classification":
             correct += (out.detach().argmax(1) == y).sum()
         n += len(y)
-        done = (step + 1) * loader.batch_size
-        progress.update(task, advance=1, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} samples/s")
-    loss_sum, correct, n = ctx.sum(loss_sum, correct, n)
-    count = max(int(n.item()), 1)
+        if not progress.disable:  # no per-step work for a bar nobody sees
+            done = (step + 1) * loader.batch_size
+            progress.update(task, advance=1, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f} samples/s")
+    loss_sum, correct, total = ctx.sum(loss_sum, correct, torch.tensor(n, device=loader.device))
+    count = max(int(total.item()), 1)
     metrics = {"loss": loss_sum.item() / count}
     if criterion.task == "classification":
         metrics["acc"] = correct.item() / count
