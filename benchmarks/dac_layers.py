@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_memory import peak_step_bytes, run_child  # noqa: E402  (benchmarks/)
+
 from biasbench.layers import BatchNorm2dNoShift, DACConv2d, DACLinear  # noqa: E402
 
 # (in, out, spatial size, stride) of the 3x3 convs in a CIFAR ResNet20.
@@ -135,24 +136,7 @@ def time_pair(plain: Callable[[], None], dac: Callable[[], None], reps: int) -> 
     return statistics.median(tp), statistics.median(td)
 
 
-# -- peak memory (child process) -------------------------------------------------------------------
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def peak_step_bytes(make: Callable[[], Callable[[], None]]) -> int:
-    step = make()
-    step()  # warm-up, so one-off allocations are not counted
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    before = _rss_kib("VmRSS")
-    step()
-    return (_rss_kib("VmHWM") - before) * 1024
-
+# -- peak memory (child process; benchmarks/peak_memory.py) ------------------------------------
 
 def memory_child(args) -> None:
     res = {}
@@ -163,17 +147,10 @@ def memory_child(args) -> None:
 
 
 def measure_memory(args) -> dict[str, list[int]] | None:
-    if not Path("/proc/self/clear_refs").exists():
-        return None
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    cmd = [sys.executable, __file__, "--memory-child", "--batch", str(args.batch), "--impl", args.impl]
+    cmd = ["--memory-child", "--batch", str(args.batch), "--impl", args.impl]
     if not args.resnet:
         cmd.append("--no-resnet")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, cmd)
 
 
 def main() -> None:

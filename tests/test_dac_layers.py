@@ -235,6 +235,19 @@ FAST_CASES = CONV_CASES + [
     (2, 3, 3, 2, 0, 20, 34),
     (2, 3, 5, 1, 2, 11, 29),
     (2, 3, 1, 2, 0, 12, 35),
+    # Lane-blocked kernels (k = 1, 3) vectorise over 8 float / 4 double output channels: several
+    # channel blocks with a partial last one, output widths off the 4-position (forward) and
+    # 2-position (weight gradient) blocks, planes whose size is no multiple of the lane count
+    # (dz's lane sums), both column phases of stride 2 (padding 1 and 0), and row tiles (33x35).
+    (5, 11, 3, 1, 1, 9, 13),
+    (4, 19, 3, 2, 1, 10, 17),
+    (3, 9, 3, 2, 0, 11, 15),
+    (6, 17, 1, 1, 0, 6, 9),
+    (5, 13, 1, 2, 1, 7, 11),
+    (2, 8, 3, 1, 1, 33, 35),
+    (2, 5, 3, 2, 1, 33, 35),
+    # other kernel sizes keep the plane-per-output-channel kernels, stride 2 included
+    (3, 4, 5, 2, 2, 12, 13),
 ]
 
 
@@ -262,6 +275,26 @@ def test_cpp_kernel_matches_chunked_and_reference(case, dtype):
         torch.testing.assert_close(a, b, **tol)
     if dtype == torch.float64 and batch == 3 and h < 10:  # and the loop reference, on small shapes
         check_conv_against_reference(fast, h, w)
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (1, 1), (5, 1)])
+def test_cpp_kernel_gradients_do_not_depend_on_the_thread_count(k, stride):
+    # A seed must fix a run on any CPU: the same bits with 1 thread as with several.
+    _cpp_or_skip()
+    layer = _conv_layer(6, 11, k, stride, k // 2, "kernel", impl="cpp", dtype=torch.float32)
+    z = torch.randn(40, 6, 9, 9, requires_grad=True)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = layer(z)
+            results.append([out, *_grads(out, [z, layer.weight, layer.unshared_bias])])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
 
 
 def test_cpp_kernel_is_what_auto_picks_and_saves_only_inputs():
@@ -292,6 +325,18 @@ def test_auto_falls_back_when_the_compiler_fails(monkeypatch):
     monkeypatch.setattr(dac_cpu, "_state", {})
     monkeypatch.setenv("BIASBENCH_DAC_CPP", "0")
     assert not dac_cpu.available()
+
+
+def test_cpp_build_name_covers_the_cpu_flags():
+    # -march=native code is only safe where the ISA matches; model names alone ("AMD EPYC" under
+    # a hypervisor) can cover CPUs with and without AVX-512.
+    from pathlib import Path
+
+    from biasbench.kernels import dac_cpu
+    info = Path("/proc/cpuinfo")
+    if not info.exists() or "flags" not in info.read_text():
+        pytest.skip("no x86 /proc/cpuinfo here")
+    assert "flags" in dac_cpu._cpu_model()
 
 
 def test_non_relu_and_fully_unshared_layers_take_the_chunked_path():

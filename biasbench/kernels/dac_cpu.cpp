@@ -2,15 +2,20 @@
 //
 //   out[n,i,p] = sum_j sum_(a,b) W[i,j,a,b] relu(B[i,j] + zpad[n,j,p*s+(a,b)])
 //
-// For every (n, i, j) the activated, zero-bordered plane relu(z[n,j] + B[i,j]) is built once in
-// a small thread-local buffer (it stays in L1) and every kernel tap reads it: the paper's
+// The activated, zero-bordered plane relu(z[n,j] + B[i,j]) is built once per (n, i, j) in a
+// small thread-local buffer (it stays in cache) and every kernel tap reads it: the paper's
 // "caching" FLOP convention; nothing out_channels-fold ever exists in memory, and backward
 // rebuilds the planes instead of saving them. Padding stays zero because it is added after
 // the activation (spec section 1).
 //
-// Planes are stored in "phase" layout: padded column u lives in phase u % s at index u / s, so
-// a stride-s tap reads contiguous memory and vectorises like stride 1. Vectors are GCC/Clang
-// vector extensions (32 bytes): portable C++, AVX2 where -march=native has it.
+// Two kernel families:
+//  - namespace lanes (kernel sizes 1 and 3, what ResNets use): vectors over 8 output channels,
+//    see the comment there. The fast path.
+//  - the plane kernels below (any other kernel size): vectors over positions, one plane per
+//    (n, i, j) in "phase" layout (padded column u lives in phase u % s at index u / s, so a
+//    stride-s tap reads contiguous memory).
+// Vectors are GCC/Clang vector extensions (32 bytes): portable C++, AVX2 where -march=native
+// has it (relu uses vmaxps when __AVX__ is defined).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -19,8 +24,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+#include <cstdlib>
 #include <cstring>
 #include <vector>
+
+// Partial sums of the weight and bias gradients are kept per chunk of samples and added in
+// chunk order. The chunks depend on the batch size only, never on the thread count, so the
+// gradients are the same bits with 1 or 16 threads (a seed fixes a run on any CPU).
+static inline int batch_chunks(int n) { return std::max(1, std::min(n, 32)); }
+
 
 namespace {
 
@@ -30,8 +45,16 @@ struct V {
   typedef T type __attribute__((vector_size(32)));
   static inline type load(const T* p) { type v; std::memcpy(&v, p, sizeof(v)); return v; }
   static inline void store(T* p, type v) { std::memcpy(p, &v, sizeof(v)); }
-  static inline type splat(T x) { type v; for (int l = 0; l < L; ++l) v[l] = x; return v; }
-  static inline type relu(type v) { const type zero = splat(T(0)); return v > zero ? v : zero; }
+  // scalar + vector broadcasts (one vbroadcastss); a lane-by-lane loop compiles to inserts
+  static inline type splat(T x) { return type{} + x; }
+  static inline type relu(type v) {
+#if defined(__AVX__)
+    if constexpr (sizeof(type) == 32 && sizeof(T) == 4) return (type)_mm256_max_ps((__m256)v, _mm256_setzero_ps());
+    if constexpr (sizeof(type) == 32 && sizeof(T) == 8) return (type)_mm256_max_pd((__m256d)v, _mm256_setzero_pd());
+#endif
+    const type zero = splat(T(0));
+    return v > zero ? v : zero;
+  }
   static inline type mask(type m, type v) { const type zero = splat(T(0)); return m > zero ? v : zero; }
   static inline T sum(type v) { T s = T(0); for (int l = 0; l < L; ++l) s += v[l]; return s; }
   // (a0 b0 a1 b1 ...) <-> (a0 a1 ...), (b0 b1 ...): stride-2 columns to / from phase layout
@@ -165,7 +188,7 @@ void backward_impl(const Geo& g, const T* z, const T* w, const T* b, const T* gr
   // time on horizontal sums.
   const int NB = std::max(1, std::min(16, 2048 / std::max(1, g.H * g.W)));
   // One weight/bias-gradient accumulator per batch range, summed at the end (no atomics).
-  const int nchunks = std::max(1, std::min(g.N, at::get_num_threads()));
+  const int nchunks = batch_chunks(g.N);
   const int64_t nw = int64_t(g.O) * g.C * kk, nb = int64_t(g.O) * g.C;
   const int64_t zplane = int64_t(g.H) * g.W, gplane = int64_t(g.Ho) * g.Wo;
   std::vector<T> gw_acc(nchunks * nw, T(0)), gb_acc(nchunks * nb, T(0));
@@ -309,6 +332,324 @@ void backward_impl(const Geo& g, const T* z, const T* w, const T* b, const T* gr
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Lane-blocked kernels (kernel sizes 1 and 3; others use the plane kernels above).
+//
+// Vectors run over L = 32 / sizeof(T) consecutive OUTPUT channels i (an "i-block") instead of
+// over positions: lane l of A[u][v] holds relu(z[j, u-pad, v-pad] + B[i0+l, j]). For one
+// (sample, i-block, j) the activated zero-bordered plane is built once (one broadcast, add and
+// max per input position for L output channels) and every tap then is one aligned vector FMA
+// against a weight vector held in a register, for any stride: a stride-s tap only reads every
+// s-th position of the lane plane, no phase split. The weight and bias gradients accumulate
+// per lane (no horizontal sums); only dz sums over i, once per input position per (n, j) after
+// all i-blocks. Output channels past O are zero lanes of the packed weights and biases.
+namespace lanes {
+
+template <typename T>
+struct Buf {  // 64-byte aligned, zero-initialised scratch
+  T* p = nullptr;
+  explicit Buf(int64_t n) {
+    const size_t bytes = ((std::max<int64_t>(n, 1) * sizeof(T) + 63) / 64) * 64;
+    p = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(p != nullptr, "dac_cpu: out of memory");
+    std::memset(p, 0, bytes);
+  }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+};
+
+template <typename T>
+struct Pack {  // w: (i-block, j, tap, lane), b: (i-block, j, lane)
+  int IB;
+  std::vector<T> w, b;
+};
+
+template <typename T>
+Pack<T> pack(const Geo& g, const T* w, const T* b) {
+  constexpr int L = V<T>::L;
+  const int kk = g.k * g.k;
+  Pack<T> p;
+  p.IB = (g.O + L - 1) / L;
+  p.w.assign(int64_t(p.IB) * g.C * kk * L, T(0));
+  p.b.assign(int64_t(p.IB) * g.C * L, T(0));
+  for (int i = 0; i < g.O; ++i)
+    for (int j = 0; j < g.C; ++j) {
+      const int64_t blk = int64_t(i / L) * g.C + j;
+      p.b[blk * L + i % L] = b[int64_t(i) * g.C + j];
+      for (int e = 0; e < kk; ++e) p.w[(blk * kk + e) * L + i % L] = w[(int64_t(i) * g.C + j) * kk + e];
+    }
+  return p;
+}
+
+// Padded rows u0 .. u0+nrows-1 of the lane plane relu(z + bv), row stride Wp*L. Border columns
+// are never written, so they keep the zeros the buffer started with; rows outside the input
+// are zeroed here.
+template <typename T>
+inline void build(const Geo& g, const T* __restrict__ zj, typename V<T>::type bv, int u0, int nrows,
+                  T* __restrict__ A) {
+  using Vt = V<T>;
+  constexpr int L = Vt::L;
+  const int64_t rs = int64_t(g.Wp) * L;
+  for (int r = 0; r < nrows; ++r) {
+    const int y = u0 + r - g.pad;
+    T* row = A + r * rs;
+    if (y < 0 || y >= g.H) {
+      std::fill(row, row + rs, T(0));
+      continue;
+    }
+    const T* zr = zj + int64_t(y) * g.W;
+    T* dst = row + int64_t(g.pad) * L;
+    for (int x = 0; x < g.W; ++x) Vt::store(dst + int64_t(x) * L, Vt::relu(Vt::splat(zr[x]) + bv));
+  }
+}
+
+// M output positions of one row: o[m] += sum_(a,b) W[a,b] * A[a, m*s + b], the taps' partial
+// sums spread over P accumulators per position. Measured on AVX2 (16 registers), M = 4, P = 1
+// beats M = 6 or 8 and P = 2 or 3 by 5-15%: larger blocks spill.
+template <typename T, int K, int S, int M, int P>
+inline void fblock(const typename V<T>::type* wr, const T* arow, int64_t rs, T* o) {
+  using Vt = V<T>;
+  constexpr int L = Vt::L;
+  typename Vt::type acc[P][M];
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) {
+    acc[0][m] = Vt::load(o + m * L);
+#pragma GCC unroll 8
+    for (int q = 1; q < P; ++q) acc[q][m] = Vt::splat(T(0));
+  }
+#pragma GCC unroll 8
+  for (int a = 0; a < K; ++a)
+#pragma GCC unroll 8
+    for (int b = 0; b < K; ++b)
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m)
+        acc[(a * K + b) % P][m] += wr[a * K + b] * Vt::load(arow + a * rs + (m * S + b) * L);
+#pragma GCC unroll 8
+  for (int m = 0; m < M; ++m) {
+#pragma GCC unroll 8
+    for (int q = 1; q < P; ++q) acc[0][m] += acc[q][m];
+    Vt::store(o + m * L, acc[0][m]);
+  }
+}
+
+template <typename T, int K, int S>
+void forward(const Geo& g, const T* z, const Pack<T>& pk, T* out) {
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  constexpr int L = Vt::L, KK = K * K;
+  const int IB = pk.IB;
+  const int64_t rs = int64_t(g.Wp) * L, zplane = int64_t(g.H) * g.W;
+  // Output rows per tile: the tile's lane plane and output accumulators stay within ~24 KiB (L1).
+  const int64_t budget = 24576 / int64_t(sizeof(T) * L);
+  int R = g.Ho;
+  while (R > 1 && int64_t((R - 1) * S + K) * g.Wp + int64_t(R) * g.Wo > budget) --R;
+  at::parallel_for(0, int64_t(g.N) * IB, 1, [&](int64_t begin, int64_t end) {
+    Buf<T> A(int64_t((R - 1) * S + K) * rs), Oa(int64_t(R) * g.Wo * L);
+    for (int64_t t = begin; t < end; ++t) {
+      const int n = int(t / IB), ib = int(t % IB);
+      const int nl = std::min(L, g.O - ib * L);
+      for (int y0 = 0; y0 < g.Ho; y0 += R) {
+        const int rows = std::min(R, g.Ho - y0), nar = (rows - 1) * S + K;
+        std::fill(Oa.p, Oa.p + int64_t(rows) * g.Wo * L, T(0));
+        for (int j = 0; j < g.C; ++j) {
+          const int64_t blk = int64_t(ib) * g.C + j;
+          build(g, z + (int64_t(n) * g.C + j) * zplane, Vt::load(pk.b.data() + blk * L), y0 * S, nar, A.p);
+          VT wr[KK];
+          for (int e = 0; e < KK; ++e) wr[e] = Vt::load(pk.w.data() + (blk * KK + e) * L);
+          for (int yy = 0; yy < rows; ++yy) {
+            T* orow = Oa.p + int64_t(yy) * g.Wo * L;
+            const T* arow = A.p + int64_t(yy) * S * rs;
+            int x = 0;
+            for (; x + 4 <= g.Wo; x += 4) fblock<T, K, S, 4, 1>(wr, arow + int64_t(x) * S * L, rs, orow + int64_t(x) * L);
+            for (; x < g.Wo; ++x) {
+              VT acc = Vt::load(orow + int64_t(x) * L);
+              for (int a = 0; a < K; ++a)
+                for (int b = 0; b < K; ++b)
+                  acc += wr[a * K + b] * Vt::load(arow + a * rs + int64_t(x * S + b) * L);
+              Vt::store(orow + int64_t(x) * L, acc);
+            }
+          }
+        }
+        const int64_t np = int64_t(rows) * g.Wo;
+        for (int l = 0; l < nl; ++l) {
+          T* o = out + ((int64_t(n) * g.O + ib * L + l) * g.Ho + y0) * g.Wo;
+          for (int64_t p = 0; p < np; ++p) o[p] = Oa.p[p * L + l];
+        }
+      }
+    }
+  });
+}
+
+// Sum of the L lanes of each of L consecutive vectors, as one vector (pairwise, by shuffles).
+template <typename T>
+inline typename V<T>::type hsum_block(const T* M) {
+  using Vt = V<T>;
+  typename Vt::type buf[Vt::L], e, o;
+  for (int q = 0; q < Vt::L; ++q) buf[q] = Vt::load(M + q * Vt::L);
+  for (int w = Vt::L; w > 1; w /= 2)
+    for (int q = 0; q < w / 2; ++q) {
+      Vt::split(buf[2 * q], buf[2 * q + 1], e, o);
+      buf[q] = e + o;
+    }
+  return buf[0];
+}
+
+// Transposed conv at a padded input position (u, v) whose row / column phases are RA / RB:
+// sum of W[a,b] * G[(u-a)/s, (v-b)/s] over the taps with a = RA, b = RB (mod s). gp points at
+// G[(u-RA)/s, (v-RB)/s] in the lane-layout gradient, which has a zero border wide enough that
+// no bounds checks are needed; every other offset is a compile-time multiple of gs or L.
+template <typename T, int K, int S, int RA, int RB>
+inline typename V<T>::type tsum(const typename V<T>::type* wr, const T* gp, int64_t gs) {
+  using Vt = V<T>;
+  typename Vt::type t = Vt::splat(T(0));
+#pragma GCC unroll 8
+  for (int a = RA; a < K; a += S)
+#pragma GCC unroll 8
+    for (int b = RB; b < K; b += S)
+      t += wr[a * K + b] * Vt::load(gp - ((a - RA) / S) * gs - ((b - RB) / S) * Vt::L);
+  return t;
+}
+
+// One input row of d = relu'(z + B) * (transposed conv of the gradient): adds d into the lane
+// sums dr (the first i-block stores) and into db. grow points at gradient row (u-RA)/s (with
+// the border offset E); P0 is the column phase of x = 0, i.e. pad % s.
+template <typename T, int K, int S, int RA, int P0>
+inline void drow(const Geo& g, const typename V<T>::type* wr, const T* grow, int64_t gs, int E,
+                 const T* arow, T* dr, bool first, typename V<T>::type& db) {
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  constexpr int L = Vt::L, M = 4;  // positions per step (independent FMA chains), a multiple of s
+  constexpr int P1 = S == 1 ? 0 : 1 - P0;
+  // gradient column offset (in vectors) of position x: ((x + pad) - phase) / s + E
+  auto gcol = [&](int x, int ph) { return grow + int64_t((x + g.pad - ph) / S + E) * L; };
+  VT db2[2] = {db, Vt::splat(T(0))};  // two partial sums: shorter add chain
+  auto put = [&](int x, VT t) {
+    const VT d = Vt::mask(Vt::load(arow + int64_t(x + g.pad) * L), t);
+    T* dp = dr + int64_t(x) * L;
+    Vt::store(dp, first ? d : Vt::load(dp) + d);
+    db2[x & 1] += d;
+  };
+  int x = 0;
+  for (; x + M <= g.W; x += M) {
+    VT t[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+      t[m] = (m % S == 0) ? tsum<T, K, S, RA, P0>(wr, gcol(x + m, P0), gs)
+                          : tsum<T, K, S, RA, P1>(wr, gcol(x + m, P1), gs);
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) put(x + m, t[m]);
+  }
+  for (; x < g.W; ++x)
+    put(x, (x % S == 0) ? tsum<T, K, S, RA, P0>(wr, gcol(x, P0), gs)
+                        : tsum<T, K, S, RA, P1>(wr, gcol(x, P1), gs));
+  db = db2[0] + db2[1];
+}
+
+template <typename T, int K, int S>
+void backward(const Geo& g, const T* z, const Pack<T>& pk, const T* grad, T* gz, T* gw, T* gb) {
+  static_assert(S == 1 || S == 2, "strides 1 and 2");
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  constexpr int L = Vt::L, KK = K * K;
+  const int IB = pk.IB;
+  const int E = (K - 1 + S - 1) / S;  // zero border of the lane-layout gradient
+  const int Gh = g.Ho + 2 * E, Gw = g.Wo + 2 * E;
+  const int64_t gs = int64_t(Gw) * L, gplane = int64_t(Gh) * gs, rs = int64_t(g.Wp) * L;
+  const int64_t zplane = int64_t(g.H) * g.W, oplane = int64_t(g.Ho) * g.Wo;
+  const int nchunks = batch_chunks(g.N);
+  const int64_t nw = int64_t(IB) * g.C * KK * L, nbias = int64_t(IB) * g.C * L;
+  Buf<T> gw_acc(nchunks * nw), gb_acc(nchunks * nbias);  // per-chunk partial sums, no atomics
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    Buf<T> Gt(IB * gplane), A(int64_t(g.Hp) * rs), D(zplane * L);
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      T* gwl = gw_acc.p + ch * nw;
+      T* gbl = gb_acc.p + ch * nbias;
+      const int n0 = int(int64_t(g.N) * ch / nchunks), n1 = int(int64_t(g.N) * (ch + 1) / nchunks);
+      for (int n = n0; n < n1; ++n) {
+        for (int i = 0; i < g.O; ++i) {  // grad[n] into lane layout (borders stay zero)
+          const T* gi = grad + (int64_t(n) * g.O + i) * oplane;
+          T* G = Gt.p + (i / L) * gplane + i % L;
+          for (int y = 0; y < g.Ho; ++y)
+            for (int x = 0; x < g.Wo; ++x) G[(y + E) * gs + int64_t(x + E) * L] = gi[int64_t(y) * g.Wo + x];
+        }
+        for (int j = 0; j < g.C; ++j) {
+          const T* zj = z + (int64_t(n) * g.C + j) * zplane;
+          for (int ib = 0; ib < IB; ++ib) {
+            const int64_t blk = int64_t(ib) * g.C + j;
+            build(g, zj, Vt::load(pk.b.data() + blk * L), 0, g.Hp, A.p);
+            VT wr[KK];
+            for (int e = 0; e < KK; ++e) wr[e] = Vt::load(pk.w.data() + (blk * KK + e) * L);
+            const T* G = Gt.p + ib * gplane;
+            // dW[a,b] += sum_p grad[p] * A[p*s + (a,b)]: K*K accumulators, one FMA each per
+            // position, so the chains are independent and stay in registers
+            T* dw = gwl + blk * KK * L;
+            {
+              VT acc[KK];
+#pragma GCC unroll 16
+              for (int e = 0; e < KK; ++e) acc[e] = Vt::splat(T(0));
+              for (int y = 0; y < g.Ho; ++y) {
+                const T* grow = G + (y + E) * gs + int64_t(E) * L;
+                const T* arow = A.p + int64_t(y) * S * rs;
+                for (int x = 0; x < g.Wo; ++x) {
+                  const VT g0 = Vt::load(grow + int64_t(x) * L);
+                  const T* ap = arow + int64_t(x) * S * L;
+#pragma GCC unroll 8
+                  for (int a = 0; a < K; ++a)
+#pragma GCC unroll 8
+                    for (int b = 0; b < K; ++b) acc[a * K + b] += g0 * Vt::load(ap + a * rs + b * L);
+                }
+              }
+#pragma GCC unroll 16
+              for (int e = 0; e < KK; ++e) Vt::store(dw + e * L, Vt::load(dw + e * L) + acc[e]);
+            }
+            // d = relu'(z + B) * transposed conv; dB += d, D += d (summed over lanes below)
+            VT db = Vt::splat(T(0));
+            const int p0 = g.pad % S;
+            const bool first = ib == 0;
+            for (int y = 0; y < g.H; ++y) {
+              const int u = y + g.pad, ra = u % S;
+              const T* arow = A.p + u * rs;
+              const T* grow = G + int64_t((u - ra) / S + E) * gs;
+              T* dr = D.p + int64_t(y) * g.W * L;
+              constexpr int R1 = S > 1 ? 1 : 0;
+              if (S == 1) drow<T, K, S, 0, 0>(g, wr, grow, gs, E, arow, dr, first, db);
+              else if (ra == 0 && p0 == 0) drow<T, K, S, 0, 0>(g, wr, grow, gs, E, arow, dr, first, db);
+              else if (ra == 0) drow<T, K, S, 0, R1>(g, wr, grow, gs, E, arow, dr, first, db);
+              else if (p0 == 0) drow<T, K, S, R1, 0>(g, wr, grow, gs, E, arow, dr, first, db);
+              else drow<T, K, S, R1, R1>(g, wr, grow, gs, E, arow, dr, first, db);
+            }
+            Vt::store(gbl + blk * L, Vt::load(gbl + blk * L) + db);
+          }
+          // dz[n, j, q] = sum over the lanes of D[q]
+          T* gzj = gz + (int64_t(n) * g.C + j) * zplane;
+          int64_t q = 0;
+          for (; q + L <= zplane; q += L) Vt::store(gzj + q, hsum_block(D.p + q * L));
+          for (; q < zplane; ++q) {
+            T s = T(0);
+            for (int l = 0; l < L; ++l) s += D.p[q * L + l];
+            gzj[q] = s;
+          }
+        }
+      }
+    }
+  });
+  for (int i = 0; i < g.O; ++i)
+    for (int j = 0; j < g.C; ++j) {
+      const int64_t blk = int64_t(i / L) * g.C + j;
+      T s = T(0);
+      for (int ch = 0; ch < nchunks; ++ch) s += gb_acc.p[ch * nbias + blk * L + i % L];
+      gb[int64_t(i) * g.C + j] = s;
+      for (int e = 0; e < KK; ++e) {
+        T w = T(0);
+        for (int ch = 0; ch < nchunks; ++ch) w += gw_acc.p[ch * nw + (blk * KK + e) * L + i % L];
+        gw[(int64_t(i) * g.C + j) * KK + e] = w;
+      }
+    }
+}
+
+}  // namespace lanes
+
 void check(const at::Tensor& z, const at::Tensor& w, const at::Tensor& b) {
   TORCH_CHECK(z.dim() == 4 && w.dim() == 4 && b.dim() == 2, "dac_cpu: bad ranks");
   TORCH_CHECK(z.is_contiguous() && w.is_contiguous() && b.is_contiguous(), "dac_cpu: contiguous");
@@ -328,11 +669,18 @@ at::Tensor dac_forward(const at::Tensor& z, const at::Tensor& w, const at::Tenso
                                 b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
     auto run = [&](auto fn) { std::apply([&](auto... a) { fn(g, a...); }, args); };
     // S must be the real stride: 0 is not a wildcard here, so only 1 and 2 are instantiated.
-    if (g.k == 3 && g.s == 1) run(forward_impl<scalar_t, 3, 1>);
-    else if (g.k == 3 && g.s == 2) run(forward_impl<scalar_t, 3, 2>);
-    else if (g.k == 1 && g.s == 1) run(forward_impl<scalar_t, 1, 1>);
-    else if (g.k == 1 && g.s == 2) run(forward_impl<scalar_t, 1, 2>);
-    else if (g.s == 1) run(forward_impl<scalar_t, 0, 1>);
+    if (g.k == 3 || g.k == 1) {  // lane-blocked kernels
+      const auto pk = lanes::pack(g, w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>());
+      const scalar_t* zp = z.data_ptr<scalar_t>();
+      scalar_t* op = out.data_ptr<scalar_t>();
+      if (g.k == 3 && g.s == 1) lanes::forward<scalar_t, 3, 1>(g, zp, pk, op);
+      else if (g.k == 3 && g.s == 2) lanes::forward<scalar_t, 3, 2>(g, zp, pk, op);
+      else if (g.k == 1 && g.s == 1) lanes::forward<scalar_t, 1, 1>(g, zp, pk, op);
+      else if (g.k == 1 && g.s == 2) lanes::forward<scalar_t, 1, 2>(g, zp, pk, op);
+      else TORCH_CHECK(false, "dac_cpu: stride must be 1 or 2");
+      return;
+    }
+    if (g.s == 1) run(forward_impl<scalar_t, 0, 1>);
     else if (g.s == 2) run(forward_impl<scalar_t, 0, 2>);
     else TORCH_CHECK(false, "dac_cpu: stride must be 1 or 2");
   });
@@ -352,11 +700,20 @@ std::vector<at::Tensor> dac_backward(const at::Tensor& z, const at::Tensor& w, c
                                 gb.data_ptr<scalar_t>());
     auto run = [&](auto fn) { std::apply([&](auto... a) { fn(g, a...); }, args); };
     // S must be the real stride: 0 is not a wildcard here, so only 1 and 2 are instantiated.
-    if (g.k == 3 && g.s == 1) run(backward_impl<scalar_t, 3, 1>);
-    else if (g.k == 3 && g.s == 2) run(backward_impl<scalar_t, 3, 2>);
-    else if (g.k == 1 && g.s == 1) run(backward_impl<scalar_t, 1, 1>);
-    else if (g.k == 1 && g.s == 2) run(backward_impl<scalar_t, 1, 2>);
-    else if (g.s == 1) run(backward_impl<scalar_t, 0, 1>);
+    if (g.k == 3 || g.k == 1) {  // lane-blocked kernels
+      const auto pk = lanes::pack(g, w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>());
+      auto lrun = [&](auto fn) {
+        fn(g, z.data_ptr<scalar_t>(), pk, grad.data_ptr<scalar_t>(), gz.data_ptr<scalar_t>(),
+           gw.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>());
+      };
+      if (g.k == 3 && g.s == 1) lrun(lanes::backward<scalar_t, 3, 1>);
+      else if (g.k == 3 && g.s == 2) lrun(lanes::backward<scalar_t, 3, 2>);
+      else if (g.k == 1 && g.s == 1) lrun(lanes::backward<scalar_t, 1, 1>);
+      else if (g.k == 1 && g.s == 2) lrun(lanes::backward<scalar_t, 1, 2>);
+      else TORCH_CHECK(false, "dac_cpu: stride must be 1 or 2");
+      return;
+    }
+    if (g.s == 1) run(backward_impl<scalar_t, 0, 1>);
     else if (g.s == 2) run(backward_impl<scalar_t, 0, 2>);
     else TORCH_CHECK(false, "dac_cpu: stride must be 1 or 2");
   });

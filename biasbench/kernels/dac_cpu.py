@@ -12,6 +12,7 @@ back to the chunked path.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -29,13 +30,20 @@ _state: dict[str, object] = {}
 
 
 def _cpu_model() -> str:
+    """The CPU's model name and ISA flags: a -march=native build is only valid where both match
+    (a model name alone, e.g. "AMD EPYC" under a hypervisor, can cover CPUs with and without
+    AVX-512)."""
+    found: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+            key = line.split(":", 1)[0].strip()
+            if key in ("model name", "flags", "Features", "CPU part") and key not in found:
+                found[key] = line
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if found:
+        return "\n".join(found.values())
+    return f"{platform.processor()} {platform.machine()}"
 
 
 def cache_dir() -> Path:
@@ -44,6 +52,9 @@ def cache_dir() -> Path:
 
 
 def _build() -> None:
+    # torch logs "No CUDA runtime is found" on importing its extension builder without CUDA:
+    # noise for a CPU-only build.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     source = _SOURCE.read_text()
