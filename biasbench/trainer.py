@@ -155,7 +155,6 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
     paths = run_paths(recipe, seed)
-    ensure_dir(paths.dir)
     seed_everything(seed)
     bundle, model = build_for_recipe(recipe, replicate, device)
     criterion = build_criterion(recipe, bundle, model).to(device)
@@ -169,6 +168,7 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
         # Each rank would update the running means from its shard alone: not what one process does.
         raise UserError(f"variant `{recipe.model.variant}` keeps per-class running means in its loss, which "
                         "data-parallel training does not synchronise yet; train it in one process")
+    ensure_dir(paths.dir)  # only now: bad input above leaves no empty run folder behind
     if fresh and ctx.is_main:
         for stale in (paths.results, paths.checkpoint):
             stale.unlink(missing_ok=True)
