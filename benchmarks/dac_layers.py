@@ -1,6 +1,9 @@
-"""DAC conv against a plain (ReLU -> conv) layer on the CIFAR ResNet20 shapes, side by side.
+"""DAC layers against plain (ReLU -> conv / ReLU -> Linear) layers, side by side.
 
-    .venv/bin/python benchmarks/dac_layers.py [--batch 128] [--reps 5] [--json out.json]
+Conv rows: the CIFAR ResNet20 3x3 shapes at --batch. Dense rows: DACLinear against ReLU +
+nn.Linear on the DAC paper's SGEMM MLP shapes (141x141, 200x200, 250x250) at --dense-batch.
+
+    .venv/bin/python benchmarks/dac_layers.py [--batch 128] [--dense-batch 256] [--reps 5] [--json out.json]
                                               [--impl auto|cpp|chunked|triton] [--threads N] [--no-resnet]
 
 Time: forward + backward of one layer (and one SGD training step of a whole ResNet20), median
@@ -37,6 +40,8 @@ from biasbench.layers import BatchNorm2dNoShift, DACConv2d, DACLinear  # noqa: E
 
 # (in, out, spatial size, stride) of the 3x3 convs in a CIFAR ResNet20.
 LAYERS = [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
+# (in, out) of the hidden layers of the DAC paper's SGEMM MLPs.
+DENSE = [(141, 141), (200, 200), (250, 250)]
 
 
 # -- a CIFAR ResNet20 v1 with option-A shortcuts, baseline and DAC (spec section 1) ----------
@@ -103,6 +108,27 @@ def layer_step(cin: int, cout: int, hw: int, stride: int, batch: int, dac: bool,
     return step
 
 
+def dense_step(cin: int, cout: int, batch: int, dac: bool, impl: str) -> Callable[[], None]:
+    torch.manual_seed(0)
+    z = torch.randn(batch, cin, requires_grad=True)
+    if dac:
+        # the fused kernels are CPU / ReLU only; "triton" means chunked for DACLinear
+        layer = DACLinear(cin, cout, impl="chunked" if impl == "triton" else impl)
+        with torch.no_grad():
+            layer.unshared_bias.normal_(0, 0.1)
+        fn = layer
+    else:
+        lin = nn.Linear(cin, cout)
+
+        def fn(x):
+            return lin(torch.relu(x))
+
+    def step():
+        out = fn(z)
+        out.backward(torch.ones_like(out))
+    return step
+
+
 def resnet_step(batch: int, dac: bool, impl: str) -> Callable[[], None]:
     torch.manual_seed(0)
     model = resnet20(dac, impl)
@@ -120,6 +146,9 @@ def cases(args) -> list[tuple[str, Callable[[bool], Callable[[], None]]]]:
     out = [(f"conv {ci}->{co} {hw}x{hw} s{s}",
             lambda dac, c=(ci, co, hw, s): layer_step(*c, args.batch, dac, args.impl))
            for ci, co, hw, s in LAYERS]
+    out += [(f"dense {ci}x{co} b{args.dense_batch}",
+             lambda dac, c=(ci, co): dense_step(*c, args.dense_batch, dac, args.impl))
+            for ci, co in DENSE]
     if args.resnet:
         out.append(("ResNet20 train step", lambda dac: resnet_step(args.batch, dac, args.impl)))
     return out
@@ -147,7 +176,8 @@ def memory_child(args) -> None:
 
 
 def measure_memory(args) -> dict[str, list[int]] | None:
-    cmd = ["--memory-child", "--batch", str(args.batch), "--impl", args.impl]
+    cmd = ["--memory-child", "--batch", str(args.batch), "--dense-batch", str(args.dense_batch),
+           "--impl", args.impl]
     if not args.resnet:
         cmd.append("--no-resnet")
     return run_child(__file__, cmd)
@@ -156,6 +186,7 @@ def measure_memory(args) -> dict[str, list[int]] | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--dense-batch", type=int, default=256, help="batch of the dense rows")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--impl", default="auto", choices=["auto", "cpp", "chunked", "triton"])
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -171,10 +202,11 @@ def main() -> None:
 
     from tabulate import tabulate
 
-    from biasbench.kernels import dac_cpu
-    impl = args.impl
+    from biasbench.kernels import dac_cpu, dac_linear_cpu
+    impl = dense_impl = args.impl
     if impl == "auto":
         impl = "cpp" if dac_cpu.available() else "chunked"
+        dense_impl = "cpp" if dac_linear_cpu.available() else "chunked"
     mem = measure_memory(args) if args.memory else None
     rows, records = [], []
     for name, make in cases(args):
@@ -189,10 +221,10 @@ def main() -> None:
                      f"{mem[name][1] / 2**20:.1f}" if mem else "n/a",
                      f"{rec['memory_ratio']:.2f}x" if mem and rec.get("memory_ratio") else "n/a"])
         gc.collect()
-    meta = {"batch": args.batch, "reps": args.reps, "impl": impl, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "device": "cpu"}
-    print(f"DAC conv vs ReLU+conv, batch {args.batch}, impl={impl}, {meta['threads']} threads, "
-          f"median of {args.reps}")
+    meta = {"batch": args.batch, "dense_batch": args.dense_batch, "reps": args.reps, "impl": impl,
+            "dense_impl": dense_impl, "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu"}
+    print(f"DAC vs ReLU+conv / ReLU+Linear, batch {args.batch} (dense {args.dense_batch}), "
+          f"impl={impl} (dense {dense_impl}), {meta['threads']} threads, median of {args.reps}")
     print(tabulate(rows, headers=["case", "plain ms", "DAC ms", "time", "plain MiB", "DAC MiB",
                                   "memory"]))
     if args.json:

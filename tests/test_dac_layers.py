@@ -339,6 +339,119 @@ def test_cpp_build_name_covers_the_cpu_flags():
     assert "flags" in dac_cpu._cpu_model()
 
 
+# -- fused dense kernel (biasbench/kernels/dac_linear_cpu.cpp) ----------------------------------
+
+def _linear_cpp_or_skip():
+    from biasbench.kernels import dac_linear_cpu
+    if not dac_linear_cpu.available():
+        pytest.skip(f"C++ DAC linear kernel unavailable here: {dac_linear_cpu._state.get('error')}")
+
+
+def _autograd_names(out: torch.Tensor) -> list[str]:
+    """Autograd nodes from `out` down to the DAC operator (DACLinear adds the output bias and
+    restores leading dims after it), following the first non-leaf input."""
+    names, node = [], out.grad_fn
+    while node is not None:
+        names.append(type(node).__name__)
+        node = next((f for f, _ in node.next_functions
+                     if f is not None and type(f).__name__ != "AccumulateGrad"), None)
+    return names
+
+
+def _linear_layer(cin, cout, impl, dtype, bias=True):
+    torch.manual_seed(0)
+    layer = DACLinear(cin, cout, bias=bias, impl=impl, dtype=dtype)
+    with torch.no_grad():
+        layer.unshared_bias.normal_(0, 0.7)
+    return layer
+
+
+# (leading dims, in, out): sizes no multiple of the vector width (8 floats / 4 doubles), a
+# single sample, sample counts that leave partial blocks of 4, and leading dimensions.
+LINEAR_CASES = [((37,), 13, 7), ((1,), 13, 7), ((37,), 141, 141), ((2, 3), 13, 7), ((5,), 8, 3),
+                ((70,), 300, 9)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: f"{c[0]}x{c[1]}->{c[2]}")
+def test_cpp_linear_matches_chunked_and_reference(case, dtype):
+    _linear_cpp_or_skip()
+    lead, cin, cout = case
+    fast = _linear_layer(cin, cout, "cpp", dtype)
+    slow = _linear_layer(cin, cout, "chunked", dtype)
+    z = torch.randn(*lead, cin, dtype=dtype, requires_grad=True)
+    out, ref = fast(z), slow(z)
+    assert out.shape == (*lead, cout)
+    assert any(n.startswith("_DACLinearCPU") for n in _autograd_names(out))
+    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
+    loop = dac_linear_reference(z.reshape(-1, cin), fast.weight, fast.unshared_bias) + fast.bias
+    loop = loop.reshape(*lead, cout)
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(out, loop, **tol)
+    got = _grads(out, [z, fast.weight, fast.unshared_bias, fast.bias])
+    want = _grads(ref, [z, slow.weight, slow.unshared_bias, slow.bias])
+    want_loop = _grads(loop, [z, fast.weight, fast.unshared_bias, fast.bias])
+    for a, b, c in zip(got, want, want_loop, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(a, c, **tol)
+
+
+def test_cpp_linear_gradients_do_not_depend_on_the_thread_count():
+    _linear_cpp_or_skip()
+    for cin, cout, batch in ((141, 19, 70), (13, 7, 37)):
+        layer = _linear_layer(cin, cout, "cpp", torch.float32)
+        z = torch.randn(batch, cin, requires_grad=True)
+        before = torch.get_num_threads()
+        results = []
+        try:
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)
+                out = layer(z)
+                results.append([out, *_grads(out, [z, layer.weight, layer.unshared_bias])])
+        finally:
+            torch.set_num_threads(before)
+        for other in results[1:]:
+            for a, b in zip(results[0], other, strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_linear_is_what_auto_picks_and_saves_only_inputs(dtype):
+    _linear_cpp_or_skip()
+    layer = DACLinear(64, 48, impl="auto", dtype=dtype)
+    z = torch.randn(32, 64, dtype=dtype, requires_grad=True)
+    assert any(n.startswith("_DACLinearCPU") for n in _autograd_names(layer(z)))
+    sizes = _saved_numels(lambda: layer(z))
+    assert sizes and max(sizes) <= 2 * max(z.numel(), layer.weight.numel())
+    # other activations keep the chunked path
+    tanh = DACLinear(64, 48, activation="tanh", dtype=dtype)
+    assert any(n.startswith("_ChunkedDAC") for n in _autograd_names(tanh(z)))
+    with pytest.raises(RuntimeError, match="cannot run"):
+        DACLinear(64, 48, activation="tanh", impl="cpp", dtype=dtype)(z)
+
+
+def test_linear_auto_falls_back_when_the_compiler_fails(monkeypatch):
+    from biasbench.kernels import dac_linear_cpu
+
+    def broken_build():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(dac_linear_cpu, "_state", {})
+    monkeypatch.setattr(dac_linear_cpu, "_build", broken_build)
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        assert not dac_linear_cpu.available()
+    layer = _linear_layer(6, 5, "auto", torch.float64, bias=False)
+    z = torch.randn(4, 6, dtype=torch.float64)
+    out = layer(z)
+    assert any(n.startswith("_ChunkedDAC") for n in _autograd_names(out))
+    torch.testing.assert_close(out, dac_linear_reference(z, layer.weight, layer.unshared_bias))
+    with pytest.raises(RuntimeError, match="cannot run"):  # a forced kernel never falls back
+        _linear_layer(6, 5, "cpp", torch.float64)(z)
+    monkeypatch.setattr(dac_linear_cpu, "_state", {})
+    monkeypatch.setenv("BIASBENCH_DAC_CPP", "0")
+    assert not dac_linear_cpu.available()
+
+
 def test_non_relu_and_fully_unshared_layers_take_the_chunked_path():
     z = torch.randn(1, 2, 5, 5)
     for layer in (DACConv2d(2, 3, 3, activation="tanh"), DACConv2d(2, 3, 3, bias_sharing="none")):

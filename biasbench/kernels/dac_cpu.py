@@ -6,7 +6,8 @@ first time a ReLU DAC conv runs on CPU (about a minute; later processes reuse th
 source, flags, torch version and CPU model, because `-march=native` code must not be reused on
 another CPU. Set `BIASBENCH_DAC_CPP=0` to disable it. Any failure (no compiler, no headers,
 compile error) is reported once as a warning and `available()` answers False, so callers fall
-back to the chunked path.
+back to the chunked path. `build_source` / `load_once` are that machinery for any CPU kernel
+of the package (`dac_linear_cpu.py` uses them for the dense layer).
 """
 
 from __future__ import annotations
@@ -51,15 +52,18 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _build() -> None:
+def build_source(source_file: Path, prefix: str) -> None:
+    """Compile and load `source_file` (a TORCH_LIBRARY operator) into the kernel cache, named
+    `prefix` + a hash of the source, flags, torch version and CPU model/flags. Shared by every
+    CPU kernel of this package; raises on any failure."""
     # torch logs "No CUDA runtime is found" on importing its extension builder without CUDA:
     # noise for a CPU-only build.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
-    source = _SOURCE.read_text()
+    source = source_file.read_text()
     key = "\n".join([source, " ".join(_FLAGS), torch.__version__, _cpu_model()])
-    name = "biasbench_dac_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    name = prefix + hashlib.sha256(key.encode()).hexdigest()[:12]
     build = cache_dir() / name
     build.mkdir(parents=True, exist_ok=True)
     if shutil.which("ninja") is None:  # the `ninja` wheel puts it beside this Python, maybe not on PATH
@@ -69,23 +73,34 @@ def _build() -> None:
                               no_implicit_headers=True, with_cuda=False, verbose=False)
 
 
-def available() -> bool:
-    """True once the C++ operator is loaded; compiles it on the first call."""
-    if "ok" not in _state:
+def load_once(state: dict[str, object], build, namespace: str, what: str) -> bool:
+    """True once `build()` has registered torch.ops.<namespace>.forward; the first call builds.
+    `state` caches the answer (and the error); a failure warns once. `BIASBENCH_DAC_CPP=0`
+    answers False without building."""
+    if "ok" not in state:
         with _lock:
-            if "ok" not in _state:
-                _state["ok"] = False
+            if "ok" not in state:
+                state["ok"] = False
                 if os.environ.get("BIASBENCH_DAC_CPP", "1") == "0":
                     return False
                 try:
-                    _build()
-                    _state["ok"] = hasattr(torch.ops.biasbench_dac, "forward")
+                    build()
+                    state["ok"] = hasattr(getattr(torch.ops, namespace), "forward")
                 except Exception as exc:  # no compiler, missing headers, compile error...
-                    _state["error"] = exc
-                    warnings.warn(f"biasbench: DAC C++ kernel unavailable ({type(exc).__name__}: "
+                    state["error"] = exc
+                    warnings.warn(f"biasbench: {what} C++ kernel unavailable ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}); using the "
-                                  "slower pure-PyTorch path", RuntimeWarning, stacklevel=2)
-    return bool(_state["ok"])
+                                  "slower pure-PyTorch path", RuntimeWarning, stacklevel=3)
+    return bool(state["ok"])
+
+
+def _build() -> None:
+    build_source(_SOURCE, "biasbench_dac_cpu_")
+
+
+def available() -> bool:
+    """True once the C++ conv operator is loaded; compiles it on the first call."""
+    return load_once(_state, lambda: _build(), "biasbench_dac", "DAC")
 
 
 class _DACConvCPU(torch.autograd.Function):

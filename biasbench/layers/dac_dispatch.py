@@ -2,7 +2,8 @@
 
 "auto": the fused Triton kernel on CUDA, the fused C++ kernel on CPU when it compiled (strides
 1 and 2), the chunked pure-PyTorch path otherwise (any activation, fully unshared biases, other
-strides, no compiler, no Triton).
+strides, no compiler, no Triton). DACLinear: the fused C++ kernel for ReLU on CPU float32 /
+float64 tensors, the chunked path otherwise (no CUDA kernel for it).
 Asking for "cpp" / "triton" explicitly raises if that kernel cannot serve the call, so a test
 or benchmark never silently measures the fallback.
 """
@@ -42,8 +43,26 @@ def dac_conv2d(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tenso
     return kernel.dac_conv2d(z, weight, unshared_bias, stride, padding)
 
 
+def _fast_linear(impl: str, z: torch.Tensor, relu: bool):
+    """The fused linear kernel module to use, or None for the chunked path."""
+    if impl == "triton":
+        raise RuntimeError("DACLinear has no 'triton' kernel; use 'auto', 'cpp' or 'chunked'")
+    if impl == "chunked":
+        return None
+    if impl in ("auto", "cpp") and z.device.type == "cpu":
+        from biasbench.kernels import dac_linear_cpu
+        if relu and z.dtype in (torch.float32, torch.float64) and dac_linear_cpu.available():
+            return dac_linear_cpu
+    if impl == "auto":
+        return None
+    raise RuntimeError(f"DACLinear impl {impl!r} cannot run here (device={z.device}, relu={relu}, "
+                       f"dtype={z.dtype})")
+
+
 def dac_linear(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tensor,
                phi: ActivationFn, *, relu: bool, impl: str = "auto") -> torch.Tensor:
-    if impl not in ("auto", "chunked"):
-        raise RuntimeError(f"DACLinear has no {impl!r} kernel; use 'auto' or 'chunked'")
-    return dac_linear_chunked(z, weight, unshared_bias, phi)
+    """z is (N, in); callers flatten leading dimensions."""
+    kernel = _fast_linear(impl, z, relu)
+    if kernel is None:
+        return dac_linear_chunked(z, weight, unshared_bias, phi)
+    return kernel.dac_linear(z, weight, unshared_bias)
