@@ -1,6 +1,6 @@
 """Slow: every shipped recipe's smoke form trains to completion and beats chance.
 
-    make test-slow     (about 10 minutes on 2 CPU cores)
+    make test-slow     (about 15 minutes on 2 CPU cores)
 """
 
 from __future__ import annotations
