@@ -14,7 +14,7 @@ $(BIN)/biasbench: pyproject.toml
 setup: $(BIN)/biasbench
 
 quickstart: setup
-	$(BIN)/biasbench train recipes/quickstart.yaml --out runs/quickstart --overwrite
+	$(BIN)/biasbench train recipes/quickstart.yaml --out runs --overwrite
 
 test: setup
 	$(BIN)/python -m pytest

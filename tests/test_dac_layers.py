@@ -282,7 +282,11 @@ def test_cpp_kernel_gradients_do_not_depend_on_the_thread_count(k, stride):
     # A seed must fix a run on any CPU: the same bits with 1 thread as with several.
     _cpp_or_skip()
     layer = _conv_layer(6, 11, k, stride, k // 2, "kernel", impl="cpp", dtype=torch.float32)
-    z = torch.randn(40, 6, 9, 9, requires_grad=True)
+    assert_same_bits_for_any_thread_count(layer, torch.randn(40, 6, 9, 9, requires_grad=True))
+
+
+def assert_same_bits_for_any_thread_count(layer, z: torch.Tensor) -> None:
+    """Output and gradients are bit-identical with 1, 2 and 3 threads."""
     before = torch.get_num_threads()
     results = []
     try:
@@ -400,19 +404,7 @@ def test_cpp_linear_gradients_do_not_depend_on_the_thread_count():
     _linear_cpp_or_skip()
     for cin, cout, batch in ((141, 19, 70), (13, 7, 37)):
         layer = _linear_layer(cin, cout, "cpp", torch.float32)
-        z = torch.randn(batch, cin, requires_grad=True)
-        before = torch.get_num_threads()
-        results = []
-        try:
-            for threads in (1, 2, 3):
-                torch.set_num_threads(threads)
-                out = layer(z)
-                results.append([out, *_grads(out, [z, layer.weight, layer.unshared_bias])])
-        finally:
-            torch.set_num_threads(before)
-        for other in results[1:]:
-            for a, b in zip(results[0], other, strict=True):
-                assert torch.equal(a, b)
+        assert_same_bits_for_any_thread_count(layer, torch.randn(batch, cin, requires_grad=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
