@@ -19,7 +19,6 @@ from biasbench.errors import UserError
 
 SCHEMA_VERSION = 1
 KIND = "biasbench-run"
-STATUSES = ("completed", "diverged", "interrupted")
 
 
 def higher_is_better(metric: str) -> bool:

@@ -103,3 +103,11 @@ def test_resume_refuses_a_run_of_another_experiment(recipe, tmp_path):
     # settings of place and speed may change: the finished run is found and skipped
     code, out, _ = run_cli(["train", str(recipe), "--resume", "--set", "train.eval_batch_size=7"])
     assert code == 0 and "already completed, skipped" in out
+
+
+def test_impossible_variant_option_gives_one_line(tmp_path):
+    from tests.conftest import RECIPES
+
+    code, _, err = run_cli(["train", str(RECIPES / "dnrt/cifar10/vit_tiny_dnrt.yaml"), "--smoke", "-q",
+                            "--out", str(tmp_path), "--set", "model.variant_options.lam=-1"])
+    one_line_error(code, err, "variant `dnrt`", "lam >= 0")

@@ -25,17 +25,20 @@ class _RAAUnits(Variant):
         return RAA2d(num_features, self.activation) if dims == 2 else RAA(num_features, self.activation)
 
 
-class _ARROptions:
+class _ARRVariant(Variant):
     # A variant that adds a loss term: the trainer refuses a model that offers none.
     adds_loss_terms = True
 
-    def _arr_options(self, lam: float, momentum: float, target: str) -> ARRConfig:
+    def __init__(
+        self, activation: str = "relu", lam: float = 10.0, momentum: float = 0.1, target: str = "pre"
+    ):
+        super().__init__(activation)
         if lam < 0 or not 0 < momentum <= 1 or target not in ("pre", "post"):
             raise ValueError(
                 "ARR needs lam >= 0, momentum in (0, 1] and target pre or post; "
                 f"got lam={lam}, momentum={momentum}, target={target!r}"
             )
-        return ARRConfig(float(lam), float(momentum), target)  # type: ignore[arg-type]
+        self.arr = ARRConfig(float(lam), float(momentum), target)  # type: ignore[arg-type]
 
 
 @VARIANTS.register("raa")
@@ -44,22 +47,10 @@ class RAAVariant(_RAAUnits):
 
 
 @VARIANTS.register("arr")
-class ARRVariant(_ARROptions, Variant):
+class ARRVariant(_ARRVariant):
     name = "arr"
-
-    def __init__(
-        self, activation: str = "relu", lam: float = 10.0, momentum: float = 0.1, target: str = "pre"
-    ):
-        super().__init__(activation)
-        self.arr = self._arr_options(lam, momentum, target)
 
 
 @VARIANTS.register("dnrt")
-class DNRTVariant(_ARROptions, _RAAUnits):
+class DNRTVariant(_ARRVariant, _RAAUnits):
     name = "dnrt"
-
-    def __init__(
-        self, activation: str = "relu", lam: float = 10.0, momentum: float = 0.1, target: str = "pre"
-    ):
-        super().__init__(activation)
-        self.arr = self._arr_options(lam, momentum, target)

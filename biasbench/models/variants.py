@@ -103,5 +103,5 @@ def build_variant(name: str, **options: Any) -> Variant:
     cls = VARIANTS.get(name)
     try:
         return cls(**options)
-    except TypeError as e:
-        raise UserError(f"variant `{name}`: bad variant_options ({e})") from None
+    except (TypeError, ValueError) as e:  # unknown option names, impossible values
+        raise UserError(f"variant `{name}`: bad model.variant_options ({e})") from None
