@@ -4,8 +4,7 @@ rejection of bad input with key paths and suggestions."""
 from __future__ import annotations
 
 import json
-import math
-import tomllib
+import re
 import typing
 
 import pytest
@@ -14,7 +13,7 @@ import yaml
 import biasbench
 from biasbench.errors import UserError
 from biasbench.recipe import load_raw, load_recipe, parse_yaml, recipe_document, recipe_yaml
-from tests.conftest import REPO, RECIPES, one_line_error, run_cli, tiny_recipe, write_recipe
+from tests.conftest import RECIPES, REPO, one_line_error, run_cli, tiny_recipe, write_recipe
 
 
 def test_extends_merges_and_file_wins(tmp_path):
@@ -98,9 +97,8 @@ def test_every_float_form_is_a_number_in_files_and_in_set(tmp_path, text, value)
     # PyYAML's YAML 1.1 reads 1e-3, 1e8 and 1.0e8 as strings; recipes use YAML 1.2 rules.
     doc = tiny_recipe(tmp_path)
     doc["optim"].pop("lr")
-    path = write_text(tmp_path / "r.yaml", yaml.safe_dump(doc) + f"\n# written by hand\n")
-    text_recipe = path.read_text().replace("optim:\n", f"optim:\n  lr: {text}\n", 1)
-    assert load_recipe(write_text(path, text_recipe)).optim.lr == value
+    by_hand = yaml.safe_dump(doc).replace("optim:\n", f"optim:\n  lr: {text}\n", 1)
+    assert load_recipe(write_text(tmp_path / "r.yaml", by_hand)).optim.lr == value
     assert load_recipe(write_recipe(tmp_path / "s.yaml", tiny_recipe(tmp_path)), [f"optim.lr={text}"]).optim.lr == value
 
 
@@ -163,7 +161,7 @@ def test_schema_type_hints_are_resolved_once_not_per_load(tmp_path, monkeypatch)
 
 def test_version_matches_the_package_metadata():
     code, out, _ = run_cli(["--version"])
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    declared = re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M).group(1)
     assert code == 0 and out.strip() == f"biasbench {declared}" and biasbench.__version__ == declared
 
 
