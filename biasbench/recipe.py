@@ -47,6 +47,7 @@ class DataConfig:
     val_fold: int | None = None  # which fold; None = replicate index mod val_folds
     split_seed: int = 0  # fixes the validation split independently of the run seed
     augment: str = "none"  # named augmentation, see biasbench.data.augment
+    augment_options: dict[str, Any] = field(default_factory=dict)  # the augmentation's settings (timm's)
     workers: int | None = None  # DataLoader processes for per-image pipelines (default: one per core, <= 8)
     options: dict[str, Any] = field(default_factory=dict)  # data set specific (size, image_size...)
 
@@ -70,7 +71,10 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["constant", "multistep", "cosine"] = "constant"
+    # cosine: from lr (after warm-up) to min_lr at the last epoch. timm_cosine: timm's
+    # CosineLRScheduler(warmup_prefix=False) as the DNRT authors drive it: the cosine runs on
+    # absolute steps and reaches min_lr warmup_epochs before the end (epoch 280 of 300).
+    name: Literal["constant", "multistep", "cosine", "timm_cosine"] = "constant"
     per: Literal["step", "epoch"] = "epoch"
     milestones: list[float] = field(default_factory=list)  # epochs, for multistep
     gamma: float = 0.1
@@ -93,9 +97,10 @@ class TrainConfig:
     trainable: str = "all"
     # `normal_fan_in` redraws every weight from N(0, 1/fan_in) (the bias-learning paper's option).
     weight_init: Literal["default", "normal_fan_in"] = "default"
-    # The lean GPU path (ignored where they do not apply): bf16 autocast, channels_last memory
-    # format for conv nets, and torch.compile of the model.
-    amp: Literal["none", "bf16"] = "none"
+    # The lean GPU path (ignored where they do not apply): bf16 autocast (fp16 with a gradient
+    # scaler, the DNRT authors' setting), channels_last memory format for conv nets, and
+    # torch.compile of the model.
+    amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
 
@@ -284,12 +289,21 @@ RESULT_NEUTRAL_KEYS = frozenset({
 })
 
 
+# Mappings whose keys the schema does not know (the model's, the variant's, the data set's and the
+# augmentation's own settings, checked by them): `--set` may name any key below them.
+FREE_FORM = frozenset({"options", "variant_options", "augment_options"})
+
+
+def _free_form(dotted: str) -> bool:
+    return any(part in FREE_FORM for part in dotted.split(".")[:-1])
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; `options` mappings stay whole (free-form keys)."""
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; free-form mappings (`options`) stay whole."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in ("options", "variant_options"):
+        if isinstance(v, dict) and k not in FREE_FORM:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
@@ -460,8 +474,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], origin: str 
     keys = known_keys()
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        free_form = any(p in ("options", "variant_options") for p in parts[:-1])
-        if dotted not in keys and not free_form:
+        if dotted not in keys and not _free_form(dotted):
             raise UserError(f"{origin}: unknown recipe key `{dotted}`{did_you_mean(dotted, keys)}")
         node = out
         for p in parts[:-1]:
@@ -481,13 +494,16 @@ def from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
         value = getattr(getattr(recipe, section), key)
         if not ok(value):
             raise UserError(f"recipe key `{path}` {msg}, got {value!r}")
+    if recipe.schedule.name == "timm_cosine" and recipe.schedule.per != "step":
+        raise UserError("schedule `timm_cosine` moves every optimiser step (timm's t_in_epochs=False, as the DNRT "
+                        "authors); set schedule.per: step")
     fold, folds = recipe.data.val_fold, recipe.data.val_folds
     if fold is not None and not (folds and 0 <= fold < folds):
         raise UserError(f"recipe key `data.val_fold` is {fold}, but folds are 0..{folds - 1} "
                         f"(data.val_folds = {folds})" if folds else
                         "recipe key `data.val_fold` needs `data.val_folds` (K of a K-fold split), which is 0")
     for key in recipe.smoke:
-        if key not in known_keys() and ".options." not in f".{key}" and "variant_options." not in key:
+        if key not in known_keys() and not _free_form(key):
             raise UserError(f"recipe key `smoke.{key}` names no recipe key{did_you_mean(key, known_keys())}")
     return recipe
 
