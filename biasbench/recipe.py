@@ -3,8 +3,10 @@
 A recipe has the sections `model`, `data`, `optim`, `schedule`, `train`, `output` (and an
 optional `smoke` block of dotted overrides for a smoke-sized run). `extends: base.yaml` merges
 this file over another one, so paper recipes share one protocol file. `--set a.b=value`
-overrides single keys. Unknown keys, wrong types and impossible values are rejected with the
-key path and a suggestion.
+overrides single keys. Files and `--set` values are read with YAML 1.2's number rules (`1e-3`
+is a number) and a key given twice in one mapping is refused. Unknown keys, wrong types,
+non-finite numbers and impossible values are rejected with the key path and a suggestion.
+`recipe_yaml` writes a resolved recipe back as YAML that loads to the same recipe.
 """
 
 from __future__ import annotations
