@@ -149,7 +149,7 @@ def test_loaders_on_cuda_match_the_cpu():
 def test_training_with_vit_resumes_exactly(tmp_path):
     from biasbench import trainer
     from biasbench.recipe import load_recipe
-    from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
+    from tests.conftest import tiny_recipe, write_recipe
 
     write_cifar10(tmp_path / "data", per_batch=8, n_test=6)
     doc = tiny_recipe(tmp_path, data={"name": "cifar10", "root": str(tmp_path / "data"), "augment": "vit"},

@@ -7,7 +7,7 @@ import re
 
 from biasbench.recipe import Recipe, load_recipe, parse_yaml, recipe_document
 from biasbench.trainer import run_paths
-from tests.conftest import REPO, RECIPES, run_cli
+from tests.conftest import RECIPES, REPO, run_cli
 
 
 def test_readme_recipe_block_is_the_defaults():
