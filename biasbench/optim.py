@@ -57,6 +57,8 @@ def lr_factor(cfg: ScheduleConfig, base_lr: float, step: int, steps_per_epoch: i
 
     With `per: epoch` the schedule moves at epoch boundaries only; with `per: step` every step.
     """
+    if cfg.name == "timm_cosine":
+        return timm_cosine_lr(cfg, base_lr, step, steps_per_epoch, epochs) / base_lr
     t = step / steps_per_epoch if cfg.per == "step" else float(step // steps_per_epoch)
     if cfg.warmup_epochs > 0 and t < cfg.warmup_epochs:
         start = cfg.warmup_start_lr / base_lr
@@ -70,6 +72,26 @@ def lr_factor(cfg: ScheduleConfig, base_lr: float, step: int, steps_per_epoch: i
     progress = min(max((t - cfg.warmup_epochs) / span, 0.0), 1.0)
     floor = cfg.min_lr / base_lr
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def timm_cosine_lr(cfg: ScheduleConfig, base_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """The learning rate of optimiser step `step` (from 0) as the DNRT authors get it from timm.
+
+    They build `CosineLRScheduler(t_initial=S - W, warmup_t=W, warmup_lr_init, lr_min,
+    cycle_limit=1, t_in_epochs=False)` with S = epochs * steps and W = warmup_epochs * steps
+    (`qtcls/schedulers/__init__.py`); warmup_prefix=False, so the cosine runs on the absolute step
+    and reaches lr_min at step S - W (epoch 280 of 300), where it stays. They call
+    `step_update(epoch * steps + batch)` after each step (`engine.py`), so step s runs with the
+    value for s - 1. The arithmetic is timm's, term for term.
+    """
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    span = int(epochs * steps_per_epoch) - warmup
+    t = max(step - 1, 0)
+    if t < warmup:
+        return cfg.warmup_start_lr + t * ((base_lr - cfg.warmup_start_lr) / warmup)
+    if t >= span:
+        return cfg.min_lr
+    return cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * t / span))
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: ScheduleConfig, base_lr: float, steps_per_epoch: int,

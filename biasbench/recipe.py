@@ -3,14 +3,19 @@
 A recipe has the sections `model`, `data`, `optim`, `schedule`, `train`, `output` (and an
 optional `smoke` block of dotted overrides for a smoke-sized run). `extends: base.yaml` merges
 this file over another one, so paper recipes share one protocol file. `--set a.b=value`
-overrides single keys. Unknown keys, wrong types and impossible values are rejected with the
-key path and a suggestion.
+overrides single keys. Files and `--set` values are read with YAML 1.2's number rules (`1e-3`
+is a number) and a key given twice in one mapping is refused. Unknown keys, wrong types,
+non-finite numbers and impossible values are rejected with the key path and a suggestion.
+`recipe_yaml` writes a resolved recipe back as YAML that loads to the same recipe.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +49,7 @@ class DataConfig:
     val_fold: int | None = None  # which fold; None = replicate index mod val_folds
     split_seed: int = 0  # fixes the validation split independently of the run seed
     augment: str = "none"  # named augmentation, see biasbench.data.augment
+    augment_options: dict[str, Any] = field(default_factory=dict)  # the augmentation's settings (timm's)
     workers: int | None = None  # DataLoader processes for per-image pipelines (default: one per core, <= 8)
     options: dict[str, Any] = field(default_factory=dict)  # data set specific (size, image_size...)
 
@@ -67,7 +73,10 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["constant", "multistep", "cosine"] = "constant"
+    # cosine: from lr (after warm-up) to min_lr at the last epoch. timm_cosine: timm's
+    # CosineLRScheduler(warmup_prefix=False) as the DNRT authors drive it: the cosine runs on
+    # absolute steps and reaches min_lr warmup_epochs before the end (epoch 280 of 300).
+    name: Literal["constant", "multistep", "cosine", "timm_cosine"] = "constant"
     per: Literal["step", "epoch"] = "epoch"
     milestones: list[float] = field(default_factory=list)  # epochs, for multistep
     gamma: float = 0.1
@@ -90,9 +99,10 @@ class TrainConfig:
     trainable: str = "all"
     # `normal_fan_in` redraws every weight from N(0, 1/fan_in) (the bias-learning paper's option).
     weight_init: Literal["default", "normal_fan_in"] = "default"
-    # The lean GPU path (ignored where they do not apply): bf16 autocast, channels_last memory
-    # format for conv nets, and torch.compile of the model.
-    amp: Literal["none", "bf16"] = "none"
+    # The lean GPU path (ignored where they do not apply): bf16 autocast (fp16 with a gradient
+    # scaler, the DNRT authors' setting), channels_last memory format for conv nets, and
+    # torch.compile of the model.
+    amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
 
@@ -225,6 +235,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"recipe key `{path}` must be a number, got {value!r}")
+        if not math.isfinite(value):  # no recipe number means anything as inf or nan
+            raise UserError(f"recipe key `{path}` must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -233,8 +245,15 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"unsupported recipe type {tp} at {path}")
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """{field: resolved type} of a schema dataclass. Resolving type hints is slow (ms per
+    class), so it happens once per class per process, not once per key per load."""
+    return typing.get_type_hints(cls)
+
+
 def _to_dataclass(raw: dict[str, Any], cls: type, path: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     kwargs = {}
     for key, value in raw.items():
         full = f"{path}.{key}" if path else str(key)
@@ -244,18 +263,18 @@ def _to_dataclass(raw: dict[str, Any], cls: type, path: str) -> Any:
     return cls(**kwargs)
 
 
-def _all_paths(cls: type, prefix: str = "") -> list[str]:
-    out = []
-    for f in dataclasses.fields(cls):
-        p = f"{prefix}.{f.name}" if prefix else f.name
+@functools.cache
+def _all_paths(cls: type, prefix: str = "") -> tuple[str, ...]:
+    out: list[str] = []
+    for name, tp in _field_types(cls).items():
+        p = f"{prefix}.{name}" if prefix else name
         out.append(p)
-        tp = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
             out.extend(_all_paths(tp, p))
-    return out
+    return tuple(out)
 
 
-def known_keys() -> list[str]:
+def known_keys() -> tuple[str, ...]:
     """Every dotted key a recipe (or --set) may name."""
     return _all_paths(Recipe)
 
@@ -272,12 +291,21 @@ RESULT_NEUTRAL_KEYS = frozenset({
 })
 
 
+# Mappings whose keys the schema does not know (the model's, the variant's, the data set's and the
+# augmentation's own settings, checked by them): `--set` may name any key below them.
+FREE_FORM = frozenset({"options", "variant_options", "augment_options"})
+
+
+def _free_form(dotted: str) -> bool:
+    return any(part in FREE_FORM for part in dotted.split(".")[:-1])
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; `options` mappings stay whole (free-form keys)."""
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; free-form mappings (`options`) stay whole."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in ("options", "variant_options"):
+        if isinstance(v, dict) and k not in FREE_FORM:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
@@ -303,13 +331,89 @@ def experiment_identity(recipe: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping (YAML requires unique keys; PyYAML keeps the last)."""
+
+    def __init__(self, key: str, first: yaml.Mark, second: yaml.Mark):
+        super().__init__(None, None, f"key `{key}` is given twice in one mapping, at lines {first.line + 1} "
+                         f"and {second.line + 1}; keep one", second)
+        self.key = key
+
+
+_LOADER_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when installed
+
+# YAML 1.2 core-schema numbers (PyYAML implements YAML 1.1, where `1e-3` and `1e8` are strings
+# and `010` is octal), plus Python's digit grouping `1_000`. Booleans and null stay as in 1.1.
+_DIGITS = r"[0-9](?:_?[0-9])*"
+_INT = re.compile(rf"^(?:[-+]?{_DIGITS}|[-+]?0x[0-9a-fA-F](?:_?[0-9a-fA-F])*|[-+]?0o[0-7](?:_?[0-7])*"
+                  rf"|[-+]?0b[01](?:_?[01])*)$")
+_FLOAT = re.compile(rf"^(?:[-+]?(?:{_DIGITS}\.(?:{_DIGITS})?|\.{_DIGITS})(?:[eE][-+]?{_DIGITS})?"
+                    rf"|[-+]?{_DIGITS}[eE][-+]?{_DIGITS}"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_DROPPED_TAGS = (_INT_TAG, _FLOAT_TAG, "tag:yaml.org,2002:timestamp")  # 1.2 has no implicit dates
+
+
+def _yaml12_resolvers() -> dict[str, list]:
+    table = {first: [(tag, rx) for tag, rx in entries if tag not in _DROPPED_TAGS]
+             for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for tag, rx, firsts in ((_INT_TAG, _INT, "-+0123456789"), (_FLOAT_TAG, _FLOAT, "-+0123456789.")):
+        for ch in firsts:
+            table.setdefault(ch, []).insert(0, (tag, rx))
+    return table
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    digits = text.lstrip("+-").lower()
+    return int(text, 0) if digits[:2] in ("0x", "0o", "0b") else int(text, 10)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = loader.construct_scalar(node).replace("_", "").lower()
+    if text.endswith((".inf", ".nan")):
+        return float(text.replace(".", ""))  # '-.inf' -> float('-inf')
+    return float(text)
+
+
+class RecipeLoader(_LOADER_BASE):  # type: ignore[misc, valid-type]
+    """Safe YAML with 1.2 number rules, refusing a key given twice in one mapping."""
+
+    yaml_implicit_resolvers = _yaml12_resolvers()
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[str, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in first:
+                raise DuplicateKeyError(key_node.value, first[key_node.value], key_node.start_mark)
+            first[key_node.value] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+RecipeLoader.add_constructor(_INT_TAG, _construct_int)
+RecipeLoader.add_constructor(_FLOAT_TAG, _construct_float)
+
+
+class RecipeDumper(yaml.SafeDumper):
+    """Writes what `RecipeLoader` reads back unchanged: quotes any string 1.2 reads as a number."""
+
+    yaml_implicit_resolvers = RecipeLoader.yaml_implicit_resolvers
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as recipes read it (1.2 numbers, duplicate keys refused)."""
+    return yaml.load(text, Loader=RecipeLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"recipe `{path}` does not exist; recipes live in `recipes/`")
     if path.is_dir():
         raise UserError(f"recipe `{path}` is a folder; give a .yaml file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -358,9 +462,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, _, value = text.partition("=")
     key = key.strip()
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value) if value.strip() else None
+    except DuplicateKeyError as e:
+        raise UserError(f"--set `{text}`: key `{e.key}` is given twice; keep one") from None
     except yaml.YAMLError:
-        parsed = value
+        parsed = value  # not YAML (e.g. `a: b: c`): the text itself, as a string
     return key, parsed
 
 
@@ -370,8 +476,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], origin: str 
     keys = known_keys()
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        free_form = any(p in ("options", "variant_options") for p in parts[:-1])
-        if dotted not in keys and not free_form:
+        if dotted not in keys and not _free_form(dotted):
             raise UserError(f"{origin}: unknown recipe key `{dotted}`{did_you_mean(dotted, keys)}")
         node = out
         for p in parts[:-1]:
@@ -391,13 +496,16 @@ def from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
         value = getattr(getattr(recipe, section), key)
         if not ok(value):
             raise UserError(f"recipe key `{path}` {msg}, got {value!r}")
+    if recipe.schedule.name == "timm_cosine" and recipe.schedule.per != "step":
+        raise UserError("schedule `timm_cosine` moves every optimiser step (timm's t_in_epochs=False, as the DNRT "
+                        "authors); set schedule.per: step")
     fold, folds = recipe.data.val_fold, recipe.data.val_folds
     if fold is not None and not (folds and 0 <= fold < folds):
         raise UserError(f"recipe key `data.val_fold` is {fold}, but folds are 0..{folds - 1} "
                         f"(data.val_folds = {folds})" if folds else
                         "recipe key `data.val_fold` needs `data.val_folds` (K of a K-fold split), which is 0")
     for key in recipe.smoke:
-        if key not in known_keys() and ".options." not in f".{key}" and "variant_options." not in key:
+        if key not in known_keys() and not _free_form(key):
             raise UserError(f"recipe key `smoke.{key}` names no recipe key{did_you_mean(key, known_keys())}")
     return recipe
 
@@ -417,3 +525,54 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, smoke: boo
     if recipe.output.name is None:
         recipe.output.name = path.stem + ("_smoke" if smoke else "")
     return recipe
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: what YAML and JSON write."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def recipe_document(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data (every section, defaults filled in), without `source`."""
+    doc = _plain(recipe.to_dict())
+    doc.pop("source", None)
+    return doc
+
+
+class _Inline(list):
+    """A list of scalars written on one line, `[0.9, 0.999]`."""
+
+
+class _InlineMap(dict):
+    """A small mapping of scalars written on one line, `{width: 16}`."""
+
+
+RecipeDumper.add_representer(_Inline, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+RecipeDumper.add_representer(
+    _InlineMap, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(), flow_style=True))
+
+
+def _layout(value: Any, inline_width: int) -> Any:
+    """Sections and long mappings as blocks, one key per line; short scalar lists and mappings inline."""
+    if isinstance(value, dict):
+        laid = {k: _layout(v, inline_width) for k, v in value.items()}
+        scalars = all(not isinstance(v, (dict, list)) for v in value.values())
+        return _InlineMap(laid) if scalars and len(str(value)) <= inline_width else laid
+    if isinstance(value, list):
+        scalars = all(not isinstance(v, (dict, list)) for v in value)
+        return _Inline(value) if scalars else [_layout(v, inline_width) for v in value]
+    return value
+
+
+def recipe_yaml(recipe: Recipe, width: int = 72) -> str:
+    """The resolved recipe as YAML that `load_recipe` reads back to the same recipe. Lines wrap
+    at `width` between words and list items only (a single long path stays whole)."""
+    doc = {section: _layout(body, 48) if isinstance(body, dict) and section not in ("smoke", "gate")
+           else body for section, body in recipe_document(recipe).items()}
+    doc = {k: (dict(v) if isinstance(v, _InlineMap) else v) for k, v in doc.items()}  # sections stay blocks
+    return yaml.dump(doc, Dumper=RecipeDumper, sort_keys=False, width=width, default_flow_style=False,
+                     allow_unicode=True)

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from biasbench.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from biasbench.data import DataBundle, build_data
-from biasbench.data.loader import TensorLoader, make_train_loader
+from biasbench.data.loader import TensorLoader, make_eval_loader, make_train_loader
 from biasbench.distributed import DistContext, wrap_model
 from biasbench.env import environment
 from biasbench.errors import UserError
@@ -160,7 +160,7 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
     criterion = build_criterion(recipe, bundle, model).to(device)
     step_model = _lean(model, recipe, device, ctx)  # what the training step calls (DDP / compiled)
     train_loader = make_train_loader(bundle, recipe.data, recipe.train.batch_size, device, seed)
-    eval_loaders = {name: TensorLoader(bundle, split, recipe.train.eval_batch_size, device)
+    eval_loaders = {name: make_eval_loader(bundle, split, recipe.data, recipe.train.eval_batch_size, device)
                     for name, split in (("val", bundle.val), ("test", bundle.test)) if split is not None}
     optimizer, l2 = build_optimizer(model, recipe.optim)
     scheduler = build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, len(train_loader), recipe.train.epochs)

@@ -11,6 +11,7 @@ from biasbench.data.augment import AUGMENTS, crop_flip, random_crop, random_flip
 from biasbench.data.loader import ImageLoader, TensorLoader, make_train_loader
 from biasbench.errors import UserError
 from biasbench.recipe import DataConfig
+from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
 from tests.test_data_formats import write_cifar10
 
 CPU = torch.device("cpu")
@@ -163,3 +164,25 @@ def test_training_with_vit_resumes_exactly(tmp_path):
     resumed = run("b", resume=True)
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
     assert straight["data"]["eval_transform"] == "vit"
+
+
+@pytest.mark.parametrize("augment, options, words", [
+    ("timm", {"re_prb": 0.5}, ["has no option `re_prb`", "did you mean `re_prob`"]),
+    ("timm", {"color_jitter": 0.4}, ["timm ignores colour jitter", "color_jitter: 0"]),
+    ("timm", {"re_mode": "noise"}, ["re_mode must be const, rand or pixel"]),
+    ("timm", {"auto_augment": "rand-zz9"}, ["not valid for timm's create_transform"]),
+    ("crop_flip", {"p": 0.5}, ["augmentation `crop_flip` has no option `p`", "it has no options"]),
+])
+def test_augmentation_options_are_checked_before_any_data_is_read(tmp_path, augment, options, words):
+    doc = tiny_recipe(tmp_path, data={"name": "cifar10", "root": str(tmp_path / "absent"), "augment": augment,
+                                      "augment_options": options})
+    code, _, err = run_cli(["train", str(write_recipe(tmp_path / "r.yaml", doc))])
+    one_line_error(code, err, *words)
+
+
+def test_timm_colour_jitter_is_allowed_without_randaugment(tmp_path):
+    from biasbench.data.augment import augment_options
+
+    options = augment_options("timm", {"color_jitter": 0.4, "auto_augment": None})
+    pipeline = AUGMENTS.get("timm").train((3, 32, 32), (0.5,) * 3, (0.25,) * 3, options)
+    assert "ColorJitter" in repr(pipeline)

@@ -2,6 +2,8 @@
 
 import typer
 
+import biasbench
+
 app = typer.Typer(
     name="biasbench",
     help="Benchmark neural-network units that put their capacity into biases.\n\n"
@@ -11,3 +13,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"biasbench {biasbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print biasbench's version and exit."),
+) -> None:
+    """Benchmark neural-network units that put their capacity into biases."""

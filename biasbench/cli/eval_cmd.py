@@ -14,7 +14,7 @@ from biasbench.env import resolve_device
 from biasbench.errors import UserError
 
 
-@app.command("eval", epilog="Examples:\n\n  biasbench eval runs/quickstart/quickstart/seed0/checkpoint.pt\n\n"
+@app.command("eval", epilog="Examples:\n\n  biasbench eval runs/quickstart/seed0/checkpoint.pt\n\n"
                             "  biasbench eval CHECKPOINT --split val --data-root /data/cifar --json")
 def eval_(
     checkpoint: Path = typer.Argument(..., help="A checkpoint.pt written by `biasbench train`."),
@@ -25,7 +25,7 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint: loss and accuracy (or MSE) on the test or validation split."""
     from biasbench.checkpoint import load_checkpoint
-    from biasbench.data.loader import TensorLoader
+    from biasbench.data.loader import make_eval_loader
     from biasbench.trainer import build_criterion, build_for_recipe, evaluate, recipe_from_checkpoint
 
     if split not in ("test", "val"):
@@ -41,7 +41,7 @@ def eval_(
     data = bundle.test if split == "test" else bundle.val
     if data is None:
         raise UserError("this run has no validation split (data.val_fraction was 0); use --split test")
-    metrics = evaluate(model, TensorLoader(bundle, data, recipe.train.eval_batch_size, dev),
+    metrics = evaluate(model, make_eval_loader(bundle, data, recipe.data, recipe.train.eval_batch_size, dev),
                        build_criterion(recipe, bundle, model).to(dev))
     out = {"checkpoint": str(checkpoint), "split": split, "epoch": ckpt["epoch"], "samples": len(data), **metrics}
     if as_json:

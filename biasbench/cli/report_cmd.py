@@ -16,7 +16,7 @@ from biasbench.errors import UserError
 @app.command(
     epilog="Examples:\n\n  biasbench report runs/ --out reports/today            (report.md + figures/)\n\n"
     "  biasbench report runs/base runs/dac --out rep --format html --baseline baseline\n\n"
-    "  biasbench report runs/quickstart/quickstart/seed0/results.json   (history table)\n\n"
+    "  biasbench report runs/quickstart/seed0/results.json   (history table)\n\n"
     "  biasbench report runs/ --history                     (every run's history table)"
 )
 def report(

@@ -4,6 +4,8 @@ A data set builder is a function `(cfg: DataConfig, replicate: int = 0) -> DataB
 registered with `@register_dataset(name)` (see docs/data.md for every set). Sets live in memory
 as tensors (uint8 images or float features) and are batched by `TensorLoader` without
 per-sample Python work, or by `ImageLoader` when `data.augment` names a per-image pipeline.
+Sets too large for memory (ImageNet) stay on disk as `FileSplit`s, decoded per image in
+DataLoader workers (`ImageLoader` for training, `FileEvalLoader` for evaluation).
 """
 
 from __future__ import annotations
@@ -28,10 +30,22 @@ class Split:
 
 
 @dataclass
+class FileSplit:
+    """Images left on disk (sets too large for memory, e.g. ImageNet): each is decoded when a
+    batch needs it, in DataLoader workers, through the recipe's per-image pipeline."""
+
+    files: list[str]
+    y: torch.Tensor  # int64 class labels
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
 class DataBundle:
-    train: Split
-    val: Split | None
-    test: Split
+    train: Split | FileSplit
+    val: Split | FileSplit | None
+    test: Split | FileSplit
     task: Literal["classification", "regression"]
     num_outputs: int  # classes, or regression targets
     input_shape: tuple[int, ...]
@@ -62,24 +76,32 @@ def list_datasets() -> list[str]:
 
 def build_data(cfg: Any, replicate: int = 0) -> DataBundle:
     """Build the data set a recipe's `data` section names; `replicate` picks the K-fold fold."""
-    from biasbench.data.augment import check_image_batch, eval_transform
+    from biasbench.data.augment import PerImageAugment, augment_options, check_image_batch, get_augment
 
     builder = DATASETS.get(cfg.name)
-    transform = eval_transform(cfg.augment)  # an unknown augmentation fails before any loading
+    aug = get_augment(cfg.augment)  # an unknown augmentation or option fails before any loading
+    options = augment_options(cfg.augment, cfg.augment_options)
     bundle = builder(cfg, replicate=replicate)
     if len(bundle.train) == 0:
         raise UserError(f"data set `{cfg.name}` has an empty training split")
-    if transform is not None:
+    if isinstance(bundle.train, FileSplit):
+        if not isinstance(aug, PerImageAugment) or aug.eval is None:
+            raise UserError(f"data set `{cfg.name}` reads images from disk as it trains, which needs a per-image "
+                            f"pipeline with an evaluation transform: set data.augment: timm (or vit), "
+                            f"not {cfg.augment}")
+        return bundle  # its evaluation images are transformed per image, as they are read
+    if isinstance(aug, PerImageAugment) and aug.eval is not None:
         check_image_batch(cfg.augment, bundle.train.x)
-        bundle = apply_eval_transform(bundle, transform, cfg.augment)
+        bundle = apply_eval_transform(bundle, aug.eval(bundle.train.x.shape[-1], options), cfg.augment)
     return bundle
 
 
-def apply_eval_transform(bundle: DataBundle, transform: Callable[[torch.Tensor], torch.Tensor],
-                         name: str) -> DataBundle:
-    """Transform the validation and test images once (e.g. ViT's resize 36 + centre-crop 32)."""
+def apply_eval_transform(bundle: DataBundle, transform: Callable[[Any], torch.Tensor], name: str) -> DataBundle:
+    """Transform the validation and test images once (e.g. resize 36 + centre-crop 32)."""
+    from biasbench.data.augment import apply_eval_images
+
     def apply(split: Split | None) -> Split | None:
-        return None if split is None else Split(transform(split.x), split.y)
+        return None if split is None else Split(apply_eval_images(transform, split.x), split.y)
 
     val, test = apply(bundle.val), apply(bundle.test)
     if tuple(test.x.shape[1:]) != tuple(bundle.train.x.shape[1:]):

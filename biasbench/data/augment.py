@@ -5,35 +5,46 @@ device; one that only moves pixels (crops, flips) sets `fn.moves_pixels_only = T
 gets the uint8 batch, before scaling. Its random numbers come from a CPU generator seeded per
 (run seed, epoch), so a resumed run sees the same ones. `crop_flip` is one gather per batch.
 
-A `PerImageAugment` (e.g. `vit`) is a torchvision.transforms.v2 pipeline run image by image in
-DataLoader workers (see `biasbench.data.loader.ImageLoader`), plus an optional fixed transform
-of the evaluation images that `build_data` applies once to the validation and test splits.
+A `PerImageAugment` (`vit`, `timm`) runs image by image in DataLoader workers (see
+`biasbench.data.loader.ImageLoader`), plus an evaluation transform (resize, centre-crop) that
+`build_data` applies once to in-memory validation and test images, and the evaluation loader
+applies per image to images streamed from disk. Its settings are `data.augment_options`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from biasbench.errors import UserError
+from biasbench.errors import UserError, did_you_mean
 from biasbench.registry import Registry
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-# (image shape (C, H, W), mean, std) -> transform of one uint8 image (C, H, W) to a float image.
-TrainTransformFactory = Callable[[tuple[int, ...], tuple | None, tuple | None],
-                                 Callable[[torch.Tensor], torch.Tensor]]
+Image = Any  # one image: a uint8 tensor (C, H, W), or a PIL image decoded from a file
+# (image shape (C, H, W), mean, std, options) -> transform of one image to a normalised float tensor.
+TrainTransformFactory = Callable[[tuple[int, ...], tuple | None, tuple | None, dict[str, Any]],
+                                 Callable[[Image], torch.Tensor]]
+# (side in pixels, options) -> transform of one image to a uint8 tensor (C, side, side).
+EvalTransformFactory = Callable[[int, dict[str, Any]], Callable[[Image], torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class PerImageAugment:
-    """A per-image training pipeline (normalises itself) and the matching evaluation transform."""
+    """A per-image training pipeline (it normalises) and the matching evaluation transform.
+
+    `options` are its settings with their defaults; `data.augment_options` overrides them by name
+    and `check_options` refuses what makes no sense, before any data is read."""
 
     train: TrainTransformFactory
-    eval: Callable[[torch.Tensor], torch.Tensor] | None  # uint8 (N, C, H, W) -> uint8 (N, C, H', W')
+    eval: EvalTransformFactory | None
     describe: str
+    options: dict[str, Any] = field(default_factory=dict)
+    check_options: Callable[[dict[str, Any]], None] = lambda opts: None
 
 
 AUGMENTS: Registry[Augment | PerImageAugment] = Registry("augmentation")
@@ -108,11 +119,21 @@ def resize_center_crop(x: torch.Tensor, resize: int, crop: int, chunk: int = 409
     return torch.cat(out)
 
 
-def _vit_train(shape: tuple[int, ...], mean: tuple | None, std: tuple | None) -> Callable:
+def as_tensor_image(image: Image) -> torch.Tensor:
+    """A uint8 tensor (C, H, W) for a PIL image or such a tensor."""
+    if isinstance(image, torch.Tensor):
+        return image
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.pil_to_tensor(image)
+
+
+def _vit_train(shape: tuple[int, ...], mean: tuple | None, std: tuple | None, options: dict) -> Callable:
     from torchvision.transforms import v2
 
     _, h, w = shape
     steps = [
+        v2.Lambda(as_tensor_image),
         v2.RandomResizedCrop((h, w), scale=(0.08, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandAugment(num_ops=2, magnitude=9),
@@ -124,10 +145,13 @@ def _vit_train(shape: tuple[int, ...], mean: tuple | None, std: tuple | None) ->
     return v2.Compose(steps)
 
 
-def _vit_eval(x: torch.Tensor) -> torch.Tensor:
-    """Evaluation images: resize to 9/8 of the size (36 for 32 px), centre-crop back."""
-    h = x.shape[-1]
-    return resize_center_crop(x, resize=round(h * 36 / 32), crop=h)
+def _resize_center_crop_image(image: Image, resize: int, crop: int) -> torch.Tensor:
+    return resize_center_crop(as_tensor_image(image)[None], resize, crop)[0]
+
+
+def _vit_eval(side: int, options: dict) -> Callable[[Image], torch.Tensor]:
+    """Resize to 9/8 of the side (36 for 32 px), centre-crop back."""
+    return functools.partial(_resize_center_crop_image, resize=round(side * 36 / 32), crop=side)
 
 
 AUGMENTS.register("vit")(PerImageAugment(
@@ -141,9 +165,31 @@ def get_augment(name: str) -> Augment | PerImageAugment:
     return AUGMENTS.get(name)
 
 
-def eval_transform(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def augment_options(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The augmentation's settings: its defaults with `data.augment_options` applied and checked."""
+    aug = get_augment(name)
+    allowed = aug.options if isinstance(aug, PerImageAugment) else {}
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        known = f"; its options: {', '.join(sorted(allowed))}" if allowed else "; it has no options"
+        raise UserError(f"data.augment_options: augmentation `{name}` has no option `{unknown[0]}`"
+                        f"{did_you_mean(unknown[0], allowed)}{known}")
+    options = {**allowed, **given}
+    if isinstance(aug, PerImageAugment):
+        aug.check_options(options)
+    return options
+
+
+def eval_transform(name: str) -> EvalTransformFactory | None:
     aug = get_augment(name)
     return aug.eval if isinstance(aug, PerImageAugment) else None
+
+
+def apply_eval_images(transform: Callable[[Image], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The evaluation transform of every image of a uint8 batch (N, C, H, W), as one tensor."""
+    if len(x) == 0:
+        return x
+    return torch.stack([transform(image) for image in x])
 
 
 def check_image_batch(name: str, x: torch.Tensor) -> None:

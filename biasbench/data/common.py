@@ -11,11 +11,12 @@ import torch
 from biasbench.data import DataBundle, Split
 from biasbench.data.bundled import _check_options
 from biasbench.data.splits import validation_split
-from biasbench.errors import UserError
+from biasbench.errors import UserError, did_you_mean
 
 HOLDOUT_SEED = 0  # test splits carved from a training set never move, whatever data.split_seed says
 
-__all__ = ["HOLDOUT_SEED", "check_options", "data_root", "require_files", "channel_stats", "image_bundle"]
+__all__ = ["HOLDOUT_SEED", "NORMALIZATIONS", "check_options", "data_root", "require_files", "channel_stats",
+           "normalization", "image_bundle"]
 
 check_options = _check_options  # one implementation, shared with the bundled data sets
 
@@ -60,17 +61,45 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(means), tuple(stds)
 
 
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Per-channel (mean, std) constants a recipe can ask for (`data.options.normalization`) instead of
+# statistics fitted on the training split (`fit`, the default). `dnrt`: the DNRT authors' constants
+# (qtcls/datasets/__init__.py); their CIFAR-10 std (0.2023, ...) is not CIFAR-10's (about 0.247),
+# and ABN's code uses it too.
+NORMALIZATIONS: dict[str, dict[str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
+    "dnrt": {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+             "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+             "imagenet": _IMAGENET},
+    "imagenet": {"cifar10": _IMAGENET, "cifar100": _IMAGENET, "imagenet": _IMAGENET},
+}
+
+
+def normalization(name: str, choice: str, train_x: torch.Tensor | None
+                  ) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, how) for `data.options.normalization`: `fit` on the training images, or constants."""
+    if choice == "fit" and train_x is not None:
+        return (*channel_stats(train_x), "fitted on the training split")
+    table = NORMALIZATIONS.get(choice, {})
+    if name not in table:
+        choices = ["fit"] * (train_x is not None) + [c for c, sets in NORMALIZATIONS.items() if name in sets]
+        raise UserError(f"data.options.normalization for `{name}` must be one of {', '.join(choices)}, "
+                        f"got {choice!r}{did_you_mean(str(choice), choices)}")
+    mean, std = table[name]
+    return mean, std, f"{choice} constants"
+
+
 def image_bundle(cfg: Any, replicate: int, train_x: torch.Tensor, train_y: torch.Tensor,
                  test_x: torch.Tensor, test_y: torch.Tensor, num_classes: int, info: dict[str, Any],
-                 val: tuple[torch.Tensor, torch.Tensor] | None = None) -> DataBundle:
-    """Validation from the training set (unless given), normalisation fitted on the training split."""
+                 val: tuple[torch.Tensor, torch.Tensor] | None = None, norm: str = "fit") -> DataBundle:
+    """Validation from the training set (unless given); normalisation fitted on the training split,
+    or the constants `norm` names."""
     if val is None:
         tr, va, split_info = validation_split(train_y, cfg, replicate)
         val_split = Split(train_x[va], train_y[va]) if len(va) else None
         train = Split(train_x[tr], train_y[tr])
     else:
         val_split, train, split_info = Split(*val), Split(train_x, train_y), {"val_split": "folder"}
-    mean, std = channel_stats(train.x)
+    mean, std, how = normalization(cfg.name, norm, train.x)
     return DataBundle(train, val_split, Split(test_x, test_y), "classification", num_classes,
                       tuple(train_x.shape[1:]), mean=mean, std=std,
-                      info={**info, **split_info, "mean": list(mean), "std": list(std)})
+                      info={**info, **split_info, "mean": list(mean), "std": list(std), "normalization": how})

@@ -2,24 +2,39 @@
 
 `TensorLoader`: in-memory tensors, a seeded permutation per epoch and index slicing, batched
 augmentation on the batch's device, no workers. `ImageLoader`: the same interface backed by a
-torch DataLoader for per-image pipelines (`PerImageAugment`, e.g. `vit`) run in worker processes.
+torch DataLoader for per-image pipelines (`PerImageAugment`: `vit`, `timm`) run in worker
+processes, on in-memory images or on image files (`FileSplit`, decoded in the workers).
+`FileEvalLoader`: evaluation batches of image files, decoded and resized in workers.
 
 The order of epoch e, and every random number of its augmentation, depend only on (seed, e), so a
 run resumed at epoch e sees exactly the batches an uninterrupted run would have seen. For
-`ImageLoader` this holds whatever the number of workers: each image's transform is seeded from
-(seed, epoch, position in the epoch).
+`ImageLoader` this holds whatever the number of workers: each image's transform runs with torch's,
+Python's and NumPy's generators seeded from (seed, epoch, position in the epoch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from biasbench.data import DataBundle, Split
-from biasbench.data.augment import Augment, PerImageAugment, check_image_batch, get_augment, no_augment
+from biasbench.data import DataBundle, FileSplit, Split
+from biasbench.data.augment import (
+    Augment,
+    Image,
+    PerImageAugment,
+    augment_options,
+    check_image_batch,
+    get_augment,
+    no_augment,
+)
+from biasbench.errors import UserError
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -86,20 +101,89 @@ class TensorLoader:
                 yield self._prepare(self.x[lo:hi], g), self.y[lo:hi]
 
 
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """torch's, Python's and NumPy's global generators seeded from `seed` (timm's ops draw from all
+    three), and put back afterwards, so that the caller's streams (workers=0) are untouched."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs 100x more
+        random.seed(seed)
+        np.random.seed(seed & 0xFFFF_FFFF)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class TensorImages:
+    """Images of an in-memory uint8 tensor (N, C, H, W), one at a time."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.x[index]
+
+
+class FileImages:
+    """Images of files, decoded to RGB PIL images as they are read (in DataLoader workers)."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+
+    def __getitem__(self, index: int) -> Image:
+        from PIL import Image as PIL
+
+        path = self.files[index]
+        try:
+            with PIL.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError, SyntaxError, PIL.DecompressionBombError) as e:
+            raise UserError(f"cannot decode image `{path}` ({type(e).__name__}: {e}); remove or replace the "
+                            "file") from None
+
+
+def images_of(split: Split | FileSplit) -> TensorImages | FileImages:
+    return FileImages(split.files) if isinstance(split, FileSplit) else TensorImages(split.x)
+
+
 class _SeededImages(Dataset):
     """Indexed by (index, seed): the image's transform runs under its own seed, in any process."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]):
-        self.x, self.y, self.transform = x, y, transform
+    def __init__(self, images: TensorImages | FileImages, y: torch.Tensor, transform: Callable[[Image], torch.Tensor]):
+        self.images, self.y, self.transform = images, y, transform
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key
-        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (workers=0) untouched
-            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed costs 100x more
-            return self.transform(self.x[index]), self.y[index]
+        with seeded_rngs(seed):
+            return self.transform(self.images[index]), self.y[index]
+
+
+class _TransformedImages(Dataset):
+    """Indexed by position: the evaluation transform of each image, in order."""
+
+    def __init__(self, images: FileImages, y: torch.Tensor, transform: Callable[[Image], torch.Tensor]):
+        self.images, self.y, self.transform = images, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[index]), self.y[index]
+
+
+def _worker_errors(batches: Iterator) -> Iterator:
+    """A UserError raised in a worker (an undecodable file) reaches the user as its one line."""
+    try:
+        yield from batches
+    except UserError as e:
+        last = str(e).strip().splitlines()[-1]
+        raise UserError(last.split("UserError: ", 1)[-1]) from None
 
 
 class _EpochBatches(Sampler):
@@ -127,16 +211,19 @@ def default_workers() -> int:
 class ImageLoader:
     """Training batches through a per-image pipeline in DataLoader workers; (x, y) on `device`."""
 
-    def __init__(self, bundle: DataBundle, split: Split, batch_size: int, device: torch.device,
-                 pipeline: PerImageAugment, seed: int = 0, workers: int | None = None):
-        check_image_batch("per-image", split.x)
+    def __init__(self, bundle: DataBundle, split: Split | FileSplit, batch_size: int, device: torch.device,
+                 pipeline: PerImageAugment, seed: int = 0, workers: int | None = None,
+                 options: dict[str, Any] | None = None):
+        if isinstance(split, Split):
+            check_image_batch("per-image", split.x)
+        shape = tuple(split.x.shape[1:]) if isinstance(split, Split) else tuple(bundle.input_shape)
         self.y = split.y
         self.device = device
         self.batch_size = batch_size
         self.workers = default_workers() if workers is None else workers
-        transform = pipeline.train(tuple(split.x.shape[1:]), bundle.mean, bundle.std)
+        transform = pipeline.train(shape, bundle.mean, bundle.std, dict(pipeline.options, **(options or {})))
         self._batches = _EpochBatches(len(split.y), batch_size, seed)
-        self._loader = DataLoader(_SeededImages(split.x, split.y, transform), batch_sampler=self._batches,
+        self._loader = DataLoader(_SeededImages(images_of(split), split.y, transform), batch_sampler=self._batches,
                                   num_workers=self.workers, pin_memory=device.type == "cuda",
                                   persistent_workers=self.workers > 0,
                                   generator=torch.Generator().manual_seed(seed))  # not the global RNG
@@ -149,8 +236,34 @@ class ImageLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pinned = self.device.type == "cuda"
-        for x, y in self._loader:
+        for x, y in _worker_errors(iter(self._loader)):
             yield x.to(self.device, non_blocking=pinned), y.to(self.device, non_blocking=pinned)
+
+
+class FileEvalLoader:
+    """Evaluation batches of image files: decoded and resized (the pipeline's evaluation transform)
+    in DataLoader workers, scaled and normalised on `device` like `TensorLoader`'s batches."""
+
+    def __init__(self, bundle: DataBundle, split: FileSplit, batch_size: int, device: torch.device,
+                 transform: Callable[[Image], torch.Tensor], workers: int | None = None):
+        self.y = split.y
+        self.device = device
+        self.batch_size = batch_size
+        self.workers = default_workers() if workers is None else workers
+        self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1)
+        self._loader = DataLoader(_TransformedImages(FileImages(split.files), split.y, transform),
+                                  batch_size=batch_size, shuffle=False, num_workers=self.workers,
+                                  pin_memory=device.type == "cuda", persistent_workers=self.workers > 0)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pinned = self.device.type == "cuda"
+        for x, y in _worker_errors(iter(self._loader)):
+            x = x.to(self.device, non_blocking=pinned).float().div_(255.0)
+            yield x.sub_(self.mean).div_(self.std), y.to(self.device, non_blocking=pinned)
 
 
 def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.device, seed: int,
@@ -158,14 +271,26 @@ def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.de
     """The training batches for a recipe's `data` section.
 
     Batched augmentations (`none`, `crop_flip`) give a `TensorLoader`; per-image pipelines
-    (`vit`) an `ImageLoader` with `workers` processes (default: `cfg.workers` if the recipe has
-    that key, else up to 8, one per core). Either offers `set_epoch(e)`, `__len__`, `__iter__`
-    yielding (x, y) on `device`, and attributes `device` and `y` (the training targets).
+    (`vit`, `timm`) an `ImageLoader` with `workers` processes (default: `cfg.workers`, else up to
+    8, one per core). Either offers `set_epoch(e)`, `__len__`, `__iter__` yielding (x, y) on
+    `device`, and attributes `device` and `y` (the training targets).
     """
     aug = get_augment(cfg.augment)
     if isinstance(aug, PerImageAugment):
-        workers = workers if workers is not None else getattr(cfg, "workers", None)
-        return ImageLoader(bundle, bundle.train, batch_size, device, aug, seed=seed, workers=workers)
+        workers = workers if workers is not None else cfg.workers
+        return ImageLoader(bundle, bundle.train, batch_size, device, aug, seed=seed, workers=workers,
+                           options=augment_options(cfg.augment, cfg.augment_options))
     if aug is not no_augment:
         check_image_batch(cfg.augment, bundle.train.x)
     return TensorLoader(bundle, bundle.train, batch_size, device, shuffle=True, augment=aug, seed=seed)
+
+
+def make_eval_loader(bundle: DataBundle, split: Split | FileSplit, cfg, batch_size: int,
+                     device: torch.device) -> TensorLoader | FileEvalLoader:
+    """Evaluation batches of a split, in order: in-memory splits are already transformed (see
+    `build_data`); image files get the pipeline's evaluation transform as they are read."""
+    if isinstance(split, Split):
+        return TensorLoader(bundle, split, batch_size, device)
+    aug = get_augment(cfg.augment)
+    transform = aug.eval(bundle.input_shape[-1], augment_options(cfg.augment, cfg.augment_options))
+    return FileEvalLoader(bundle, split, batch_size, device, transform, workers=cfg.workers)

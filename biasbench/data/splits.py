@@ -52,4 +52,6 @@ def validation_split(labels: torch.Tensor, cfg, replicate: int) -> tuple[torch.T
         return tr, va, {"val_split": "kfold", "val_folds": cfg.val_folds, "val_fold": fold,
                         "split_seed": cfg.split_seed}
     tr, va = fraction_split(labels, cfg.val_fraction, cfg.split_seed)
+    if len(va) == 0:  # val_fraction 0 (the DNRT authors' protocol): epochs can only be told apart on test
+        return tr, va, {"val_split": "none"}
     return tr, va, {"val_split": "fraction", "val_fraction": cfg.val_fraction, "split_seed": cfg.split_seed}

@@ -23,6 +23,7 @@ import torch
 
 from biasbench.data import DataBundle, register_dataset
 from biasbench.data.common import check_options, data_root, image_bundle, require_files
+from biasbench.data.imbalance import check_imbalance, long_tailed_subset
 from biasbench.errors import UserError
 
 
@@ -81,7 +82,8 @@ def _cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, tor
 def _cifar(cfg: Any, replicate: int, name: str, tv_class: str, label_key: str, names_key: str) -> DataBundle:
     from torchvision import datasets
 
-    opts = check_options(name, cfg.options, {"verify": False})
+    opts = check_options(name, cfg.options, {"verify": False, "normalization": "fit", "imbalance": None})
+    beta = check_imbalance(name, opts["imbalance"])
     cls = getattr(datasets, tv_class)
     root = data_root(cfg, name, f"`{cls.base_folder}/`")
     if cfg.download:
@@ -100,7 +102,16 @@ def _cifar(cfg: Any, replicate: int, name: str, tv_class: str, label_key: str, n
     test_x, test_y = _cifar_batches([folder / f for f in test_files], label_key)
     _check_labels(name, len(classes), train_y, test_y)
     info = {"source": f"{folder} (official {tv_class} python batches)", "test_split": "official"}
-    return image_bundle(cfg, replicate, train_x, train_y, test_x, test_y, len(classes), info)
+    if beta is None:
+        return image_bundle(cfg, replicate, train_x, train_y, test_x, test_y, len(classes), info,
+                            norm=opts["normalization"])
+    kept, info["imbalance"] = long_tailed_subset(name, train_y, len(classes), beta)
+    bundle = image_bundle(cfg, replicate, train_x[kept], train_y[kept], test_x, test_y, len(classes), info,
+                          norm=opts["normalization"])
+    bundle.info["class_counts"] = {split: torch.bincount(part.y, minlength=len(classes)).tolist()
+                                   for split, part in (("train", bundle.train), ("val", bundle.val),
+                                                       ("test", bundle.test)) if part is not None}
+    return bundle
 
 
 def _check_labels(name: str, num_classes: int, *labels: torch.Tensor) -> None:
