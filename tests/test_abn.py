@@ -71,7 +71,7 @@ def test_resnet_s_block_order_is_conv_bn_relu_conv_bn_add_relu():
 
 def test_dynamic_multi_bias_linear_equals_its_formula():
     torch.manual_seed(1)
-    layer = DynamicMultiBiasLinear(6, 5, num_biases=3)
+    layer = DynamicMultiBiasLinear(6, 5, K=3)
     with torch.no_grad():
         layer.bank.normal_()  # the bank starts at zero; give it values so the mixture matters
     x = torch.randn(4, 6)
@@ -80,14 +80,14 @@ def test_dynamic_multi_bias_linear_equals_its_formula():
     expected = x @ layer.weight.T + mix @ layer.bank
     torch.testing.assert_close(layer(x), expected)
     # at initialisation the bank is zero: a bias-free dense layer
-    fresh = DynamicMultiBiasLinear(6, 5, num_biases=3)
+    fresh = DynamicMultiBiasLinear(6, 5, K=3)
     assert torch.equal(fresh.bank, torch.zeros(3, 5))
     torch.testing.assert_close(fresh(x), x @ fresh.weight.T)
 
 
 def test_dynamic_modulated_conv_equals_its_formula_and_keeps_its_bias():
     torch.manual_seed(2)
-    layer = DynamicModulatedConv2d(3, 4, 3, num_biases=2, padding=1)
+    layer = DynamicModulatedConv2d(3, 4, 3, K=2, padding=1)
     with torch.no_grad():
         layer.modulator.bank.normal_()
     x = torch.randn(2, 3, 5, 5)

@@ -189,7 +189,8 @@ def block_diagonal(weights: list[torch.Tensor], biases: list[torch.Tensor], c_in
     weights are zero between groups: the DAC formula over all inputs, restricted to the group."""
     out = sum(w.shape[0] for w in weights)
     k = weights[0].shape[-1]
-    w_full, b_full = torch.zeros(out, c_in, k, k, dtype=weights[0].dtype), torch.zeros(out, c_in, dtype=weights[0].dtype)
+    dtype = weights[0].dtype
+    w_full, b_full = torch.zeros(out, c_in, k, k, dtype=dtype), torch.zeros(out, c_in, dtype=dtype)
     row = col = 0
     for w, b in zip(weights, biases, strict=True):
         w_full[row:row + w.shape[0], col:col + w.shape[1]] = w

@@ -26,7 +26,7 @@ from biasbench.layers.raa import RAA, RAA2d
 from biasbench.models import applicability, build_model, list_models, list_variants, model_hooks, model_spec
 from biasbench.models.multitask import MultiTaskBiases
 from biasbench.models.variants import VARIANTS, Variant
-from tests.conftest import run_cli
+from tests.conftest import RECIPES, one_line_error, run_cli
 
 MODELS, VARIANT_NAMES = list_models(), list_variants()
 UNITS = ("conv2d", "linear", "norm", "act", "backbone_act", "act_linear", "act_conv2d", "act_pool_linear")
@@ -305,3 +305,16 @@ def test_list_agrees_with_build_model(monkeypatch):
         for column, cell in zip(header[2:], row[2:], strict=True):
             assert cell == listed[row[0]][short.get(column, column)]
     assert all(len(line) <= 80 for line in out.splitlines())
+
+
+@pytest.mark.parametrize("override,words", [
+    ("model.variant=dmb", ["variant `dmb` modulates the second conv of residual blocks", "model `cnn` has none"]),
+    ("model.variant=arr", ["variant `arr`", "model `cnn` has none"]),
+    ("model.variant_options.activation=swish", ["unknown activation `swish`"]),
+])
+def test_training_a_pair_that_does_not_apply_is_refused_before_anything_is_written(tmp_path, override, words):
+    """The issue's first finding: the quick start with model.variant=dmb trained the baseline."""
+    code, _, err = run_cli(["train", str(RECIPES / "quickstart.yaml"), "--smoke", "--set", override,
+                            "--out", str(tmp_path / "runs")])
+    one_line_error(code, err, *words)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))

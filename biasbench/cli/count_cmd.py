@@ -47,6 +47,8 @@ def _shape(spec: Any, recipe_shape: tuple[int, ...] | None, features: int | None
         return recipe_shape
     if spec.inputs == "images":
         return (3, 32, 32)
+    if spec.inputs == "sequences":
+        raise UserError(f"model `{spec.name}` reads sequences (L, F): count a recipe, whose data set gives the shape")
     raise UserError(f"model `{spec.name}` reads {spec.inputs}: give --features N (or count a recipe)")
 
 

@@ -82,8 +82,8 @@ _DOCS = {"models": models_doc, "variants": variants_doc, "datasets": datasets_do
 @app.command("list", epilog="Examples:\n\n  biasbench list models\n\n  biasbench list variants --json\n\n"
                             "  biasbench list   (everything)")
 def list_command(
-    kind: str | None = typer.Argument(None, metavar="[models|variants|datasets|activations]",
-                                      help="What to list (default: all four)."),
+    kind: str | None = typer.Argument(None, metavar="[KIND]",
+                                      help="models, variants, datasets or activations (default: all four)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """List the models (with the variants that apply to each), variants, data sets and activations."""
@@ -148,5 +148,6 @@ def _print_activations(doc: list[dict[str, Any]]) -> None:
 
     rows = [[a["name"], a["formula"], ", ".join(a["variants_without"]) or "-"] for a in doc]
     print_table("activations (model.variant_options.activation)", ["activation", "formula", "not with"], rows,
-                left=frozenset({0, 1, 2}), notes=["not with: variants whose formula excludes it (mba: ReLU only; raa, dnrt: GELU or ReLU; "
+                left=frozenset({0, 1, 2}),
+                notes=["not with: variants whose formula excludes it (mba: ReLU only; raa, dnrt: GELU or ReLU; "
                  "dac, preact: element-wise only)."])

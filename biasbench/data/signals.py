@@ -34,7 +34,8 @@ def _signal_shape(o: dict) -> tuple[tuple[int, ...], int]:
     return (int(o["length"]), 2 if o["mode"] == "generate" else 1), 1
 
 
-@register_dataset("periodic_signal", DatasetInfo("periodic signal to generate or forecast (bias-only RNN)", bundled=True,
+@register_dataset("periodic_signal", DatasetInfo("periodic signal to generate or forecast (bias-only RNN)",
+                                                 bundled=True,
                                                    task="regression", shape=_signal_shape))
 def periodic_signal(cfg: Any, replicate: int = 0) -> DataBundle:
     unknown = set(cfg.options) - set(_DEFAULTS)

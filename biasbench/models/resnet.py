@@ -128,7 +128,8 @@ def cifar_resnet(v: Variant, depth: int, version: str, num_classes: int, in_chan
 
 def _register(depth: int, version: str) -> None:
     @register_model(f"resnet{depth}_{version}", inputs="images",
-                    summary=f"CIFAR ResNet-{depth} {version}: 3 stages of {(depth - 2) // 6} basic blocks (16/32/64 x width)",
+                    summary=f"CIFAR ResNet-{depth} {version}: 3 stages of {(depth - 2) // 6} basic blocks "
+                            "(16/32/64 x width)",
                     offers=("activations", "act_linear", "residual_blocks", "stages", "response_taps"),
                     taps=CifarResNet.response_taps)
     def build(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],

@@ -32,6 +32,7 @@ from biasbench.layers.grouped_dac import GroupedDACConv2d
 from biasbench.layers.preact import SharedBiasPreActivation
 from biasbench.models.variants import VARIANTS, Variant, factory_options
 
+
 def _layer_options(kwargs: dict[str, Any], what: str) -> dict[str, Any]:
     """DAC layers take device / dtype; any other layer option (dilation, ...) is refused."""
     other = sorted(set(kwargs) - set(factory_options(kwargs)))

@@ -33,7 +33,8 @@ class SharedBiasPreActVariant(Variant):
 
     def act_linear(self, in_features: int, out_features: int, bias: bool = True, *, role: str | None = None,
                    stage: int | None = None, **kwargs: Any) -> nn.Module:
-        return nn.Sequential(self._pre(in_features, kwargs, feature_dim=-1), nn.Linear(in_features, out_features, bias=bias, **kwargs))
+        return nn.Sequential(self._pre(in_features, kwargs, feature_dim=-1),
+                             nn.Linear(in_features, out_features, bias=bias, **kwargs))
 
     def act_conv2d(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                    padding: int = 0, bias: bool = False, *, groups: int = 1, role: str | None = None,

@@ -87,7 +87,8 @@ class Variant:
 
     def activation_refusal(self, spec: ModelSpec) -> str | None:
         if self.activation != spec.activation and "activations" not in spec.offers:
-            return f"model `{spec.name}` builds no activation through units; activation `{self.activation}` does not apply"
+            return (f"model `{spec.name}` builds no activation through units; activation `{self.activation}` "
+                    "does not apply")
         if self.activations is not None and self.activation not in self.activations:
             return (f"variant `{self.name}` {self.activation_rule}; model `{spec.name}` uses `{self.activation}` "
                     f"by default: set model.variant_options.activation to {' or '.join(self.activations)}")
