@@ -52,6 +52,19 @@ def _shape(spec: Any, recipe_shape: tuple[int, ...] | None, features: int | None
     raise UserError(f"model `{spec.name}` reads {spec.inputs}: give --features N (or count a recipe)")
 
 
+def _variants(model: str, variant: str, compare: bool) -> tuple[list[str], dict[str, str]]:
+    """The variants to count (baseline first) and, with --compare-variants, why the others do not
+    apply. The asked-for variant is always built, with its options: refused with its own reason
+    if it must be."""
+    from biasbench.models import applicable_variants
+
+    if not compare:
+        return list(dict.fromkeys(["baseline", variant])), {}
+    reasons = applicable_variants(model)
+    refused = {v: why for v, why in reasons.items() if why and v != variant}
+    return list(dict.fromkeys(v for v in ["baseline", variant, *sorted(reasons)] if v not in refused)), refused
+
+
 def _count(model_name: str, variant: str, variant_options: dict, options: dict, input_shape: tuple[int, ...],
            num_classes: int) -> dict[str, Any]:
     from biasbench.count import count_built
@@ -82,7 +95,7 @@ def count(
 ) -> None:
     """Count parameters, MACs and FLOPs (paper convention), with ratios to the baseline variant."""
     from biasbench.count import data_shape, ratios
-    from biasbench.models import applicable_variants, model_spec
+    from biasbench.models import model_spec
 
     options, v_options = _options(option, "--option"), _options(variant_option, "--variant-option")
     recipe_shape, classes = None, 10
@@ -102,11 +115,7 @@ def count(
     variant = variant or "baseline"
     classes = num_classes or classes
 
-    # the asked-for variant is built with its options (and refused with its own reason if it must be)
-    refused = {v: why for v, why in applicable_variants(model).items() if why and v != variant} \
-        if compare_variants else {}
-    names = [v for v in ["baseline", variant, *sorted(applicable_variants(model))] if v not in refused]
-    names = list(dict.fromkeys(names if compare_variants else ["baseline", variant]))
+    names, refused = _variants(model, variant, compare_variants)
     rows = {name: _count(model, name, v_options if name == variant else {}, options, shape, classes)
             for name in names}
     for row in rows.values():
