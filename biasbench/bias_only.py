@@ -6,8 +6,8 @@
 - `all`: everything (the default; must stand alone);
 - `biases`: role "bias": linear/conv biases, BN shifts, ABN bias banks, RAA's b;
 - `other`: role "other": BN / LayerNorm scales, class tokens, position embeddings, RAA's w;
-- `readout`: every parameter of the readout (the model's `readout` module if it names one,
-  else the last module owning a weight);
+- `readout`: every parameter of the readout (the module the model's registration names as its
+  readout, e.g. bias_rnn's; else the last module owning a weight);
 - `weights`: role "weight": every connection weight.
 
 `biases` freezes BN scales: they multiply activations, so training them is not bias learning
@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from biasbench.models.contract import model_hooks
 from biasbench.params import parameter_roles
 
 TOKENS = ("all", "biases", "other", "readout", "weights")
@@ -44,8 +45,9 @@ def parse_trainable(spec: str) -> frozenset[str]:
 
 def readout_parameters(model: nn.Module) -> set[str]:
     """Qualified names of the readout's parameters."""
-    named = getattr(model, "readout", None)
-    if isinstance(named, nn.Module):
+    hooks = model_hooks(model)
+    named = hooks.readout if hooks is not None else None
+    if named is not None:
         prefix = next(n for n, m in model.named_modules() if m is named)
         return {f"{prefix}.{n}" if prefix else n for n, _ in named.named_parameters()}
     roles = parameter_roles(model)

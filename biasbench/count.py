@@ -6,10 +6,11 @@
 The counting convention ("dac-paper"), for one input sample in inference mode:
 - conv / dense / matmul: 2 FLOPs per multiply-add, plus 1 per output element for a layer bias;
 - BatchNorm (and BN'): 2 FLOPs per element, the folded inference-time scale and shift (BN' keeps
-  a shift at inference: the running mean), as fvcore counts it; global average pooling 1 per
-  input element;
+  a shift at inference: the running mean); LayerNorm 5 per element (4 without affine);
+  global average pooling (any mean over positions) 1 per input element;
 - activations, residual additions and reshapes: not counted (the paper ignores activation
-  costs; residual additions are listed under `skipped_ops`, not silently dropped);
+  costs; every operator without a rule is listed under `skipped_ops`, ReLU and pure data
+  movement excepted, never silently dropped);
 - DAC conv with kernel-shared biases: 2 per multiply-add plus the *cached* pre-activation
   additions, out*in per input position the kernel reads (the paper's m*n*s*t; for a strided
   conv the cache covers every input position a tap touches). Fully unshared biases cannot be
@@ -17,59 +18,61 @@ The counting convention ("dac-paper"), for one input sample in inference mode:
 - MBA: one addition per output element (K*C per position); shared-bias pre-activation: one
   per element.
 
-fvcore traces the model and counts standard operators. DAC, MBA and shared-bias
-pre-activation layers are counted as whole modules: while counting, their forward is swapped
-for a custom operator (namespace `biasbench_count`) that fvcore sees as one node with its own
-handle, so their internals (grouped convs, kernels) never reach the count.
+How: the forward runs on the *meta* device (shapes only: counting never allocates activations,
+whatever the input size) under a `TorchDispatchMode` that sees every aten operator and applies
+the rules above. DAC, MBA and shared-bias pre-activation layers are counted as whole modules:
+while counting, their forward is swapped for a custom operator (namespace `biasbench_count`)
+that the counter sees as one operator with its own rule, so their internals (grouped convs,
+kernels) never reach the count. A model whose forward reads input *values* (multitask's task
+ids) cannot run on meta; for inputs up to `REAL_FALLBACK_ELEMENTS` it is counted on a real zero
+input instead. fvcore (used before) traces with torch.jit, which cannot run on meta tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
-import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-with warnings.catch_warnings():  # fvcore touches torch.jit.script, deprecated in recent torch
-    warnings.simplefilter("ignore", FutureWarning)
-    from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import batchnorm_flop_jit, get_shape
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from biasbench.errors import UserError
 from biasbench.layers.dac import DACConv2d, DACLinear
 from biasbench.layers.mba import MultiBiasActivation
 from biasbench.layers.preact import SharedBiasPreActivation
 from biasbench.params import count_by_role
 
 CONVENTION = "dac-paper"
+REAL_FALLBACK_ELEMENTS = 1 << 20  # input elements per sample a real (not meta) count may allocate
 
 # -- custom operators that stand for whole layers while counting --------------------------------
 _LIB = torch.library.Library("biasbench_count", "DEF")
 _LIB.define("dac_conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, bool cached) -> Tensor")
 _LIB.define("dac_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-_LIB.define("multi_bias(Tensor x, int K) -> Tensor")
+_LIB.define("multi_bias(Tensor x, int K, int dim) -> Tensor")
 _LIB.define("shared_bias_preact(Tensor x) -> Tensor")
 # The stand-ins only need the right output shapes: later layers' counts depend on shapes alone.
 _LIB.impl("dac_conv2d", lambda x, w, b, s, p, cached: F.conv2d(x, w, b, s, p), "CompositeExplicitAutograd")
 _LIB.impl("dac_linear", lambda x, w, b: F.linear(x, w, b), "CompositeExplicitAutograd")
-_LIB.impl("multi_bias", lambda x, k: torch.cat([x] * k, dim=1), "CompositeExplicitAutograd")
+_LIB.impl("multi_bias", lambda x, k, dim: torch.cat([x] * k, dim=dim), "CompositeExplicitAutograd")
 _LIB.impl("shared_bias_preact", lambda x: x.clone(), "CompositeExplicitAutograd")
 _OPS = torch.ops.biasbench_count
 
 
-def _stand_in(module: nn.Module):
+def _stand_in(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if isinstance(module, DACConv2d):
         cached = module.unshared_bias.dim() == 2
         return lambda x: _OPS.dac_conv2d(x, module.weight, module.bias, module.stride, module.padding, cached)
     if isinstance(module, DACLinear):
         return lambda x: _OPS.dac_linear(x, module.weight, module.bias)
     if isinstance(module, MultiBiasActivation):
-        return lambda x: _OPS.multi_bias(x, module.K)
+        return lambda x: _OPS.multi_bias(x, module.K, module.feature_dim)
     if isinstance(module, SharedBiasPreActivation):
         return lambda x: _OPS.shared_bias_preact(x)
     return None
@@ -90,64 +93,153 @@ def _layers_as_operators(model: nn.Module) -> Iterator[None]:
             del module.forward
 
 
-# -- handles: each returns FLOPs and adds its multiply-adds to the tally -----------------------
+# -- rules: (args, output) -> (FLOPs, multiply-adds) ---------------------------------------------
 def touched_positions(size: int, kernel: int, stride: int, padding: int) -> int:
     """Input positions along one axis that some kernel tap reads (padding excluded)."""
     out = (size + 2 * padding - kernel) // stride + 1
     return len({o * stride - padding + a for o in range(out) for a in range(kernel)} & set(range(size)))
 
 
-def _numel(value: Any) -> int:
-    shape = get_shape(value)
-    return math.prod(shape) if shape is not None else 0
+def _bias_adds(bias: Any, out: torch.Tensor) -> int:
+    return out.numel() if isinstance(bias, torch.Tensor) else 0
 
 
-def _handles(tally: Counter) -> dict[str, Any]:
-    def with_bias(macs: int, bias: Any, outputs: list) -> int:
-        tally["macs"] += macs
-        return 2 * macs + (_numel(outputs[0]) if get_shape(bias) is not None else 0)
+def _conv(args, out):  # convolution(x, weight, bias, stride, padding, dilation, transposed, out_pad, groups)
+    w = args[1]
+    macs = out.numel() * math.prod(w.shape[1:])  # w.shape[1] is in / groups
+    return 2 * macs + _bias_adds(args[2], out), macs
 
-    def conv(inputs, outputs):
-        w = get_shape(inputs[1])
-        return with_bias(_numel(outputs[0]) * math.prod(w[1:]), inputs[2], outputs)
 
-    def linear(inputs, outputs):  # aten::linear(x, weight, bias)
-        w = get_shape(inputs[1])
-        return with_bias(_numel(outputs[0]) * w[1], inputs[2], outputs)
+def _addmm(args, out):  # addmm(bias, x, w^T): a dense layer with its bias
+    macs = out.numel() * args[1].shape[-1]
+    return 2 * macs + out.numel(), macs
 
-    def addmm(inputs, outputs):  # aten::addmm(bias, x, weight^T)
-        return with_bias(_numel(outputs[0]) * get_shape(inputs[1])[-1], inputs[0], outputs)
 
-    def matmul(inputs, outputs):  # mm / matmul / bmm: inner dimension of the first operand
-        tally["macs"] += _numel(outputs[0]) * get_shape(inputs[0])[-1]
-        return 2 * _numel(outputs[0]) * get_shape(inputs[0])[-1]
+def _matmul(args, out):  # mm / bmm: inner dimension of the first operand
+    macs = out.numel() * args[0].shape[-1]
+    return 2 * macs, macs
 
-    def dac_conv(inputs, outputs):
-        n, c_in, h, w = get_shape(inputs[0])
-        c_out, _, k, _ = get_shape(inputs[1])
-        stride, padding, cached = (inputs[i].toIValue() for i in (3, 4, 5))
-        macs = _numel(outputs[0]) * c_in * k * k
-        if cached:  # phi(B[i,j] + z[j, p]) once per (i, j, input position read)
-            read = touched_positions(h, k, stride, padding) * touched_positions(w, k, stride, padding)
-            adds = n * c_out * c_in * read
-        else:  # one bias per weight: one addition per multiply-add
-            adds = macs
-        return with_bias(macs, inputs[2], outputs) + adds
 
-    def dac_dense(inputs, outputs):
-        macs = _numel(outputs[0]) * get_shape(inputs[1])[1]
-        return with_bias(macs, inputs[2], outputs) + macs  # + one bias addition per weight
+def _batch_norm(args, out):  # folded scale and shift at inference; scale only without affine
+    return args[0].numel() * (2 if isinstance(args[1], torch.Tensor) else 1), 0
 
-    def elementwise_out(inputs, outputs):
-        return _numel(outputs[0])
 
-    return {
-        "aten::_convolution": conv, "aten::linear": linear, "aten::addmm": addmm,
-        "aten::mm": matmul, "aten::matmul": matmul, "aten::bmm": matmul,
-        "aten::batch_norm": batchnorm_flop_jit,
-        "biasbench_count::dac_conv2d": dac_conv, "biasbench_count::dac_linear": dac_dense,
-        "biasbench_count::multi_bias": elementwise_out, "biasbench_count::shared_bias_preact": elementwise_out,
-    }
+def _layer_norm(args, out):  # native_layer_norm(x, shape, weight, bias, eps): fvcore's estimate
+    return args[0].numel() * (5 if isinstance(args[2], torch.Tensor) else 4), 0
+
+
+def _pool(args, out):  # global average pooling: one addition per input element
+    return args[0].numel(), 0
+
+
+def _dac_conv(args, out):
+    x, w, bias, stride, padding, cached = args
+    n, c_in, h, wd = x.shape
+    c_out, _, k, _ = w.shape
+    macs = out.numel() * c_in * k * k
+    if cached:  # phi(B[i,j] + z[j, p]) once per (i, j, input position read)
+        adds = n * c_out * c_in * touched_positions(h, k, stride, padding) * touched_positions(wd, k, stride, padding)
+    else:  # one bias per weight: one addition per multiply-add
+        adds = macs
+    return 2 * macs + _bias_adds(bias, out) + adds, macs
+
+
+def _dac_dense(args, out):
+    macs = out.numel() * args[1].shape[1]
+    return 2 * macs + _bias_adds(args[2], out) + macs, macs  # + one bias addition per weight
+
+
+def _elementwise_out(args, out):
+    return out.numel(), 0
+
+
+aten = torch.ops.aten
+_RULES: dict[Any, Callable[[tuple, torch.Tensor], tuple[int, int]]] = {
+    aten.convolution: _conv, aten.addmm: _addmm, aten.mm: _matmul, aten.bmm: _matmul,
+    aten.native_batch_norm: _batch_norm, aten._native_batch_norm_legit_no_training: _batch_norm,
+    aten.native_layer_norm: _layer_norm, aten.mean: _pool, aten._adaptive_avg_pool2d: _pool,
+    _OPS.dac_conv2d: _dac_conv, _OPS.dac_linear: _dac_dense,
+    _OPS.multi_bias: _elementwise_out, _OPS.shared_bias_preact: _elementwise_out,
+}
+# No arithmetic (views, copies, allocation, concatenation, padding) or ReLU, as fvcore had it.
+_QUIET = {getattr(aten, name) for name in (
+    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze", "slice",
+    "select", "alias", "clone", "detach", "contiguous", "split", "split_with_sizes", "unbind", "chunk", "cat",
+    "stack", "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "new_zeros", "new_empty", "ones",
+    "fill_", "zero_", "copy_", "_to_copy", "lift_fresh", "as_strided", "constant_pad_nd", "relu", "relu_",
+    "dropout", "flatten")}
+
+
+class _OperatorCounter(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Counting never runs under torch.compile; torch would otherwise wrap __torch_dispatch__
+        # to disable dynamo, which imports it on first use (seconds).
+        return False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops: Counter[str] = Counter()
+        self.macs = 0
+        self.skipped: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket
+        name = f"{func.namespace}::{packet.__name__}"
+        if packet in _RULES:
+            flops, macs = _RULES[packet](args, out[0] if isinstance(out, tuple) else out)
+            self.flops[name] += flops
+            self.macs += macs
+        elif packet not in _QUIET:
+            self.skipped[name] += 1
+        return out
+
+
+def _run(model: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor] | None) -> _OperatorCounter:
+    counter = _OperatorCounter()
+    with _layers_as_operators(model), torch.no_grad(), counter:
+        if tensors is None:
+            model(x)
+        else:
+            torch.func.functional_call(model, tensors, (x,))
+    return counter
+
+
+class _NeedsValues(Exception):
+    """A model built on meta whose forward fails there: it must be rebuilt on real tensors."""
+
+
+def _count(model: nn.Module, input_shape: tuple[int, ...]) -> _OperatorCounter:
+    """Run one sample through the model on meta tensors; on real zeros where meta cannot."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    on_meta = {n: torch.empty_like(t, device="meta") for n, t in
+               itertools.chain(model.named_parameters(), model.named_buffers())}
+    try:
+        return _run(model, torch.zeros((1, *input_shape), device="meta", dtype=dtype), on_meta)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
+        meta_error = e
+    if math.prod(input_shape) <= REAL_FALLBACK_ELEMENTS and first is not None and first.is_meta:
+        raise _NeedsValues()
+    if math.prod(input_shape) > REAL_FALLBACK_ELEMENTS or (first is not None and first.is_meta):
+        raise UserError(f"cannot count this model on an input of shape {'x'.join(map(str, input_shape))}: "
+                        f"{_first_line(meta_error)}")
+    # The forward reads input values (or failed): try once on a real zero input.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one small sample: one thread is fastest, and far faster on a busy machine
+    try:
+        device = first.device if first is not None else "cpu"
+        return _run(model, torch.zeros((1, *input_shape), device=device, dtype=dtype), None)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
+        raise UserError(f"cannot count this model on an input of shape {'x'.join(map(str, input_shape))}: "
+                        f"{_first_line(e)}") from None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def complexity(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> dict[str, Any]:
@@ -156,36 +248,36 @@ def complexity(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> di
     `flops_by_operator` splits the FLOPs; `skipped_ops` lists every operator the count did not
     cover, with how many times it occurred (residual `aten::add` is expected there)."""
     input_shape = tuple(int(s) for s in input_shape)
-    param = next(model.parameters(), None)
-    x = torch.zeros((1, *input_shape), device=param.device if param is not None else "cpu",
-                    dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32)
-    tally: Counter = Counter()
+    if not input_shape or any(s < 1 for s in input_shape):
+        raise UserError(f"input shape {list(input_shape)} has an empty dimension; give positive sizes")
     was_training = {m: m.training for m in model.modules()}
     model.eval()  # inference-time convention (BN folded to scale and shift)
-    threads = torch.get_num_threads()
-    # One sample through small convs: one thread is fastest, and far faster on a busy machine.
-    torch.set_num_threads(1)
     try:
-        with _layers_as_operators(model), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.jit tracing deprecation and tracer notices
-            analysis = FlopCountAnalysis(model, x).set_op_handle(**_handles(tally))
-            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-            flops = int(analysis.total())
-            by_op = {op: int(v) for op, v in sorted(analysis.by_operator().items()) if v}
-            skipped = dict(sorted(analysis.unsupported_ops().items()))
+        counter = _count(model, input_shape)
     finally:
-        torch.set_num_threads(threads)
         for m, training in was_training.items():
             m.training = training
     return {
         "convention": CONVENTION,
         "input_shape": list(input_shape),
         "params": count_by_role(model),
-        "macs": int(tally["macs"]),
-        "flops": flops,
-        "flops_by_operator": by_op,
-        "skipped_ops": skipped,
+        "macs": int(counter.macs),
+        "flops": int(sum(counter.flops.values())),
+        "flops_by_operator": dict(sorted(counter.flops.items())),
+        "skipped_ops": dict(sorted(counter.skipped.items())),
     }
+
+
+def count_built(build: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """`complexity` of the model `build()` makes, built on the meta device: nothing is allocated,
+    whatever the input size (a ViT's position embedding grows with it). A model whose forward
+    reads input values is rebuilt on the CPU for inputs up to REAL_FALLBACK_ELEMENTS."""
+    with torch.device("meta"):
+        model = build()
+    try:
+        return complexity(model, input_shape)
+    except _NeedsValues:
+        return complexity(build(), input_shape)
 
 
 def ratios(counts: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
@@ -198,26 +290,18 @@ def ratios(counts: dict[str, Any], reference: dict[str, Any]) -> dict[str, float
             "flops": ratio(counts["flops"], reference["flops"])}
 
 
-# -- the input a recipe's model sees, without reading its data ------------------------------------
-# (channels, classes) of the data sets whose files may be absent; image side from options.
-_IMAGE_SETS = {"cifar10": (3, 10, 32), "cifar100": (3, 100, 32), "svhn": (3, 10, 32), "mnist": (1, 10, 28),
-               "fashion_mnist": (1, 10, 28), "kmnist": (1, 10, 28),
-               "imagenette": (3, 10, 80), "imagewoof": (3, 10, 80), "isic2019": (3, 8, 80), "digits": (1, 10, 8)}
-_SGEMM_FEATURES = 14
-
-
 def data_shape(data_cfg: Any) -> tuple[tuple[int, ...], int]:
-    """(input shape without batch axis, number of outputs) for a recipe's `data` section."""
-    name = data_cfg.name
-    if name in _IMAGE_SETS:
-        channels, classes, side = _IMAGE_SETS[name]
-        side = int(data_cfg.options.get("image_size", side))
-        return (channels, side, side), classes
-    if name == "sgemm":
-        return (_SGEMM_FEATURES,), 1
-    if name == "synthetic" and data_cfg.options.get("task") == "regression":
-        return (int(data_cfg.options.get("features", 16)),), 1
-    from biasbench.data import build_data  # bundled sets: small enough to build
+    """(input shape without batch axis, number of outputs) for a recipe's `data` section,
+    from the data set's registration; bundled sets whose shape depends on their content are
+    built (they are small)."""
+    from biasbench.data import build_data, dataset_info
 
+    info = dataset_info(data_cfg.name)
+    known = info.shape(dict(data_cfg.options))
+    if known is not None:
+        return known
+    if not info.bundled:
+        raise UserError(f"the shape of data set `{data_cfg.name}` comes from its files; count with --model and "
+                        "--input-size / --in-channels / --num-classes instead")
     bundle = build_data(data_cfg)
     return tuple(bundle.input_shape), bundle.num_outputs

@@ -3,7 +3,9 @@
 Parameters are split by role (`params.parameter_roles`): weights get `weight_decay` / `l2`;
 biases and other parameters (norm scales, tokens) get `bias_weight_decay` / `bias_l2`.
 `l2` is added to the gradient as d/dw of `l2 * sum(w**2)`, which is exactly L2 in the loss (the
-DAC paper's choice), also under Adam, where it differs from decoupled decay.
+DAC paper's choice), also under Adam, where it differs from decoupled decay. A layer may ask for
+other settings for some of its parameters (`params.parameter_settings`: a learning-rate
+multiplier, no decay); those parameters get groups of their own, after the role groups.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from biasbench.params import parameter_roles
+from biasbench.params import ParamSettings, parameter_roles, parameter_settings
 from biasbench.recipe import OptimConfig, ScheduleConfig
 
 
@@ -33,15 +35,28 @@ class L2Penalty:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, L2Penalty]:
-    roles = parameter_roles(model)
+    roles, special = parameter_roles(model), parameter_settings(model)
     weights, others = [], []
+    by_settings: dict[tuple[str, ParamSettings], list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (weights if roles[name] == "weight" else others).append(p)
+        if not p.requires_grad:
+            continue
+        role = "weight" if roles[name] == "weight" else "bias"
+        if name in special:
+            by_settings.setdefault((role, special[name]), []).append(p)
+        else:
+            (weights if role == "weight" else others).append(p)
     groups = [{"params": weights, "weight_decay": cfg.weight_decay, "role": "weight"},
               {"params": others, "weight_decay": cfg.bias_weight_decay, "role": "bias"}]
     if cfg.weight_decay == cfg.bias_weight_decay:  # one group: half the optimiser's kernel launches
         groups = [{"params": weights + others, "weight_decay": cfg.weight_decay, "role": "all"}]
+    l2_groups = [(weights, cfg.l2), (others, cfg.bias_l2)]
+    for (role, settings), params in by_settings.items():  # after the role groups: group 0 keeps the base lr
+        decay = cfg.weight_decay if role == "weight" else cfg.bias_weight_decay
+        groups.append({"params": params, "weight_decay": decay if settings.decay else 0.0, "role": role,
+                       "lr": cfg.lr * settings.lr_mult, "lr_mult": settings.lr_mult})
+        if settings.decay:
+            l2_groups.append((params, cfg.l2 if role == "weight" else cfg.bias_l2))
     groups = [g for g in groups if g["params"]]
     if cfg.name == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -49,7 +64,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Opt
         opt = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
-    return opt, L2Penalty([(weights, cfg.l2), (others, cfg.bias_l2)])
+    return opt, L2Penalty(l2_groups)
 
 
 def lr_factor(cfg: ScheduleConfig, base_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:

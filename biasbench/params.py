@@ -1,13 +1,20 @@
-"""Which parameters are weights, which are biases: decided in one place.
+"""Which parameters are weights, which are biases, and which want their own optimiser settings.
 
 The optimiser (L2 / weight decay on weights only), `count` (weights / biases / other) and
-bias-only training all ask this module. A layer can state its own roles with a class attribute
-`param_roles = {"unshared_bias": "bias", ...}`; otherwise the rules below apply.
+bias-only training all ask this module. What a layer may declare, and how:
+
+- `ParamRoles`: a class attribute `param_roles = {"unshared_bias": "bias", ...}`; parameters it
+  does not name follow the rules in `_role`;
+- `ParamSettings`: a method `param_settings()` returning {attribute: ParamSettings(lr_mult,
+  decay)} for parameters that train differently from their role's group (MBA's biases in the
+  authors' caffe form: twice the learning rate, no decay).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -16,10 +23,25 @@ Role = Literal["weight", "bias", "other"]
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
+@runtime_checkable
+class DeclaresRoles(Protocol):
+    param_roles: ClassVar[Mapping[str, Role]]
+
+
+@dataclass(frozen=True)
+class ParamSettings:
+    lr_mult: float = 1.0  # times the recipe's learning rate (and its schedule)
+    decay: bool = True  # False: no weight decay and no L2, whatever the recipe says for the role
+
+
+@runtime_checkable
+class DeclaresSettings(Protocol):
+    def param_settings(self) -> Mapping[str, ParamSettings]: ...
+
+
 def _role(module: nn.Module, attr: str) -> Role:
-    declared = getattr(module, "param_roles", None)
-    if declared and attr in declared:
-        return declared[attr]
+    if isinstance(module, DeclaresRoles) and attr in module.param_roles:
+        return module.param_roles[attr]
     if attr == "bias" or attr.endswith("_bias") or attr.startswith("bias"):
         return "bias"
     if isinstance(module, _NORMS):
@@ -29,13 +51,28 @@ def _role(module: nn.Module, attr: str) -> Role:
     return "other"  # embeddings, class tokens, gates declared otherwise
 
 
+def _qualified(mod_name: str, attr: str) -> str:
+    return f"{mod_name}.{attr}" if mod_name else attr
+
+
 def parameter_roles(model: nn.Module) -> dict[str, Role]:
     """{qualified parameter name: role} for every parameter of the model."""
     roles: dict[str, Role] = {}
     for mod_name, module in model.named_modules():
         for attr, _ in module.named_parameters(recurse=False):
-            roles[f"{mod_name}.{attr}" if mod_name else attr] = _role(module, attr)
+            roles[_qualified(mod_name, attr)] = _role(module, attr)
     return roles
+
+
+def parameter_settings(model: nn.Module) -> dict[str, ParamSettings]:
+    """{qualified name: settings} for the parameters whose layer asks for non-default settings."""
+    out: dict[str, ParamSettings] = {}
+    for mod_name, module in model.named_modules():
+        if isinstance(module, DeclaresSettings):
+            for attr, settings in module.param_settings().items():
+                if settings != ParamSettings():
+                    out[_qualified(mod_name, attr)] = settings
+    return out
 
 
 def count_by_role(model: nn.Module, trainable_only: bool = False) -> dict[str, int]:

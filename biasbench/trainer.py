@@ -32,7 +32,7 @@ from biasbench.env import environment
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, ensure_dir
 from biasbench.losses import Criterion
-from biasbench.models import build_model
+from biasbench.models import build_model, model_hooks
 from biasbench.optim import build_optimizer, build_scheduler
 from biasbench.params import count_by_role
 from biasbench.recipe import Recipe, from_dict
@@ -95,13 +95,8 @@ def configure_parameters(model: torch.nn.Module, recipe: Recipe) -> None:
 
 
 def build_criterion(recipe: Recipe, bundle: DataBundle, model: torch.nn.Module) -> Criterion:
-    terms = getattr(model, "loss_terms", lambda: {})()  # stateful terms a variant attaches
-    from biasbench.models.variants import VARIANTS
-
-    if not terms and getattr(VARIANTS.get(recipe.model.variant), "adds_loss_terms", False):
-        raise UserError(f"variant `{recipe.model.variant}` adds a loss term that model `{recipe.model.name}` "
-                        "cannot feed (it names no response layers); see docs/abn_dnrt_bias_only.md")
-    return Criterion(bundle.task, recipe.train.label_smoothing, terms)
+    hooks = model_hooks(model)  # stateful terms a variant attaches (ARR); build_model refused misfits
+    return Criterion(bundle.task, recipe.train.label_smoothing, dict(hooks.loss_terms) if hooks else {})
 
 
 @torch.no_grad()
@@ -112,7 +107,8 @@ def evaluate(model: torch.nn.Module, loader: TensorLoader, criterion: Criterion)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
     # A model whose inputs carry a group id (multi-task: the task) reports accuracy per group too.
-    groups = getattr(model, "metric_groups", None) if criterion.task == "classification" else None
+    hooks = model_hooks(model)
+    groups = hooks.metric_groups if hooks and criterion.task == "classification" else None
     group_hits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for x, y in loader:
         out = model(x)

@@ -135,3 +135,12 @@ def test_rnn_learns_a_periodic_signal_by_its_biases(tmp_path):
     start, end = _initial_model(recipe, doc["seed"]), _final_state(tmp_path)
     for name in ("input_weight", "recurrent_weight", "readout.weight"):
         assert torch.equal(dict(start.named_parameters())[name], end[name])
+
+
+def test_the_readout_a_model_declares_is_the_readout_group():
+    """bias_rnn names its readout with its registration; other models fall back to the last
+    module owning a weight."""
+    rnn = build_model("bias_rnn", num_classes=1, in_channels=1, input_shape=(5, 2), hidden=8)
+    assert readout_parameters(rnn) == {"readout.weight", "readout.bias"}
+    counts = apply_trainable(rnn, "biases+readout")
+    assert counts["trainable"] == 8 + (8 + 1)  # the recurrent biases, the readout's weights and bias

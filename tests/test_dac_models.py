@@ -11,7 +11,10 @@ from torch import nn
 
 from biasbench.errors import UserError
 from biasbench.layers.dac import DACConv2d, DACLinear
+from biasbench.layers.dac_reference import dac_conv2d_reference
+from biasbench.layers.grouped_dac import GroupedDACConv2d
 from biasbench.layers.norm import BatchNorm2dNoShift
+from biasbench.layers.preact import SharedBiasPreActivation
 from biasbench.models import build_model
 from biasbench.models.resnet import BasicBlockV1
 from biasbench.models.variants import Variant, build_variant
@@ -178,3 +181,57 @@ def test_every_paper_model_runs_forward_and_backward_in_every_variant(name):
         out.square().mean().backward()
         grads = [p.grad for p in model.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), (name, variant)
+
+
+# -- grouped and depthwise convs (DAC paper, section 4) ------------------------------------------
+def block_diagonal(weights: list[torch.Tensor], biases: list[torch.Tensor], c_in: int) -> tuple[torch.Tensor, ...]:
+    """Per-group (out/g, in/g, k, k) weights and (out/g, in/g) biases as one dense DAC conv whose
+    weights are zero between groups: the DAC formula over all inputs, restricted to the group."""
+    out = sum(w.shape[0] for w in weights)
+    k = weights[0].shape[-1]
+    dtype = weights[0].dtype
+    w_full, b_full = torch.zeros(out, c_in, k, k, dtype=dtype), torch.zeros(out, c_in, dtype=dtype)
+    row = col = 0
+    for w, b in zip(weights, biases, strict=True):
+        w_full[row:row + w.shape[0], col:col + w.shape[1]] = w
+        b_full[row:row + w.shape[0], col:col + w.shape[1]] = b
+        row, col = row + w.shape[0], col + w.shape[1]
+    return w_full, b_full
+
+
+@pytest.mark.parametrize("c_in,c_out,groups", [(4, 6, 2), (3, 6, 3)])  # grouped; depthwise with multiplier 2
+def test_dac_on_a_grouped_conv_is_the_dac_formula_within_each_group(c_in, c_out, groups):
+    torch.manual_seed(0)
+    v = build_variant("dac")
+    layer = v.act_conv2d(c_in, c_out, 3, stride=1, padding=1, groups=groups).double()
+    assert isinstance(layer, GroupedDACConv2d)
+    with torch.no_grad():
+        for conv in layer.convs:
+            conv.unshared_bias.normal_()
+    z = torch.randn(2, c_in, 5, 5, dtype=torch.float64)
+    w, b = block_diagonal([c.weight for c in layer.convs], [c.unshared_bias for c in layer.convs], c_in)
+    torch.testing.assert_close(layer(z), dac_conv2d_reference(z, w, b, 1, 1))
+    # one bias per (output, input-in-its-group) pair: out x in/g, next to the grouped conv's weights
+    assert sum(c.unshared_bias.numel() for c in layer.convs) == c_out * c_in // groups
+
+
+def test_dac_on_a_depthwise_conv_reduces_to_a_standard_connection():
+    """Section 4: with one input per kernel the shared bias is already unshared; DAC's B has one
+    entry per channel and the layer is phi(z_c + b_c) followed by the plain depthwise conv."""
+    torch.manual_seed(1)
+    unit = build_variant("dac").act_conv2d(4, 4, 3, padding=1, groups=4).double()
+    pre, conv = unit
+    assert isinstance(pre, SharedBiasPreActivation) and isinstance(conv, nn.Conv2d) and conv.groups == 4
+    with torch.no_grad():
+        pre.bias.normal_()
+    z = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    w, b = block_diagonal([conv.weight[c:c + 1] for c in range(4)], [pre.bias[c:c + 1, None] for c in range(4)], 4)
+    torch.testing.assert_close(unit(z), dac_conv2d_reference(z, w, b, 1, 1))  # the DAC formula, B (C, 1)
+    assert sum(p.numel() for p in unit.parameters()) == 4 * 9 + 4
+
+
+def test_units_pass_layer_options_through_and_dac_refuses_what_its_layers_lack():
+    assert Variant().act_conv2d(4, 4, 3, padding=2, dilation=2)[1].dilation == (2, 2)
+    assert build_variant("dac").act_conv2d(4, 4, 3, dtype=torch.float64).weight.dtype == torch.float64
+    with pytest.raises(ValueError, match="dilation"):
+        build_variant("dac").act_conv2d(4, 4, 3, dilation=2)

@@ -12,7 +12,7 @@ from biasbench import trainer
 from biasbench.errors import UserError
 from biasbench.layers.arr import AggregatedResponseLoss
 from biasbench.layers.raa import RAA, RAA2d
-from biasbench.models import build_model
+from biasbench.models import build_model, model_hooks
 from biasbench.recipe import load_recipe
 from tests.conftest import RECIPES, tiny_recipe, write_recipe
 
@@ -158,11 +158,25 @@ def test_vit_tiny_patch4_parameter_counts():
 def test_resnet18_cifar_count_and_raa_everywhere():
     base = build_model("resnet18", "baseline", num_classes=10, in_channels=3, input_shape=(3, 32, 32))
     assert n_params(base) == 11_173_962  # the usual CIFAR ResNet-18 (3x3 stem, no max-pool)
-    raa = build_model(
-        "resnet18", "raa", num_classes=10, in_channels=3, input_shape=(3, 32, 32), activation="gelu"
-    )
+    raa = build_model("resnet18", "raa", num_classes=10, in_channels=3, input_shape=(3, 32, 32),
+                      variant_options={"activation": "gelu"}, width=8)
     assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.GELU)) for m in raa.modules())
-    assert all(m.form == "gelu" for m in raa.modules() if isinstance(m, RAA2d))
+    forms = {m.form for m in raa.modules() if isinstance(m, RAA2d)}
+    assert forms == {"gelu"}
+    relu_form = build_model("resnet18", "raa", num_classes=10, in_channels=3, input_shape=(3, 32, 32), width=8)
+    assert {m.form for m in relu_form.modules() if isinstance(m, RAA2d)} == {"relu"}  # resnet18's own ReLU
+
+
+def test_the_activation_is_a_variant_option_and_never_ignored():
+    """`activation` as a model option was honoured by some models and ignored by others: now it is
+    refused with the key to use, and the variant option reaches every model that builds activations."""
+    with pytest.raises(UserError, match="model.variant_options.activation"):
+        build_model("resnet_s", num_classes=10, in_channels=3, input_shape=(3, 32, 32), activation="gelu")
+    for name in ("resnet_s", "cnn", "resnet20_v1"):
+        net = build_model(name, num_classes=10, in_channels=3, input_shape=(3, 32, 32),
+                          variant_options={"activation": "gelu"})
+        assert any(isinstance(m, torch.nn.GELU) for m in net.modules()), name
+        assert not any(isinstance(m, torch.nn.ReLU) for m in net.modules()), name
 
 
 def test_arr_terms_follow_the_variant_and_read_every_block():
@@ -178,30 +192,42 @@ def test_arr_terms_follow_the_variant_and_read_every_block():
         depth=3,
         heads=2,
     )
-    (term,) = model.loss_terms().values()
+    (term,) = model_hooks(model).loss_terms.values()
     assert (term.lam, term.target, term.dims) == (20.0, "post", [16, 16, 16])
-    assert (
-        build_model(
-            "vit_tiny_patch4",
-            "raa",
-            num_classes=10,
-            in_channels=1,
-            input_shape=(1, 8, 8),
-            patch=2,
-            dim=16,
-            depth=1,
-            heads=2,
-        ).loss_terms()
-        == {}
-    )
+    # the term reads the class token of every block, in training only
+    model.train()(torch.randn(4, 1, 8, 8))
+    responses = term.tap.take()
+    assert [tuple(r.shape) for r in responses] == [(4, 16)] * 3
+    raa = build_model("vit_tiny_patch4", "raa", num_classes=10, in_channels=1, input_shape=(1, 8, 8), patch=2,
+                      dim=16, depth=1, heads=2)
+    assert dict(model_hooks(raa).loss_terms) == {}
+
+
+def test_arr_taps_every_stage_of_the_cifar_resnets():
+    """DNRT's long-tailed experiment runs ResNet-32: ARR reads each stage's pooled output."""
+    model = build_model("resnet32_v1", "arr", num_classes=10, in_channels=3, input_shape=(3, 16, 16))
+    (term,) = model_hooks(model).loss_terms.values()
+    assert term.dims == [16, 32, 64]
+    x = torch.randn(3, 3, 16, 16)
+    model.train()(x)
+    responses = term.tap.take()
+    stage_ends = [model[i] for i in model.stage_ends]  # the last block of each stage
+    assert len(stage_ends) == 3
+    h = model[0:2](x)  # stem conv + BN
+    expected = []
+    for i, layer in enumerate(list(model)[2:-1], start=2):
+        h = layer(h)
+        if i in model.stage_ends:
+            expected.append(h.mean(dim=(2, 3)))
+    for got, want in zip(responses, expected, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_arr_variant_on_a_model_without_response_layers_is_refused(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, model={"variant": "arr"}))
     recipe = load_recipe(path)
-    bundle, model = trainer.build_for_recipe(recipe, 0, CPU)
-    with pytest.raises(UserError, match="cannot feed"):
-        trainer.build_criterion(recipe, bundle, model)
+    with pytest.raises(UserError, match="variant `arr` regularises the responses .*model `mlp` has none"):
+        trainer.build_for_recipe(recipe, 0, CPU)
 
 
 # -- training: smoke recipes learn, evaluation leaves ARR alone, resume restores the means ----------

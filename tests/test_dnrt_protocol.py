@@ -16,7 +16,7 @@ from biasbench import trainer
 from biasbench.data import build_data
 from biasbench.data.augment import AUGMENTS, augment_options
 from biasbench.data.loader import ImageLoader, TensorLoader, seeded_rngs
-from biasbench.models import build_model
+from biasbench.models import build_model, model_hooks
 from biasbench.optim import build_optimizer, build_scheduler
 from biasbench.params import parameter_roles
 from biasbench.recipe import load_recipe
@@ -210,8 +210,9 @@ def test_authors_protocol_trains_on_every_image_says_there_is_no_validation_and_
 
 
 def test_the_long_tailed_resnet32_counts_its_parameters_from_its_layers():
-    model = build_model("resnet32_basic", "baseline", num_classes=10, in_channels=3, input_shape=(3, 32, 32),
-                        activation="gelu")
+    # He et al.'s option-A ResNet-32 (identity shortcuts padded with zeros: no parameters).
+    model = build_model("resnet32_v1", "baseline", num_classes=10, in_channels=3, input_shape=(3, 32, 32),
+                        variant_options={"activation": "gelu"})
     conv = lambda c_in, c_out, k: c_in * c_out * k * k  # noqa: E731  (no conv biases)
     bn = lambda c: 2 * c  # noqa: E731
     total = conv(3, 16, 3) + bn(16)
@@ -219,12 +220,10 @@ def test_the_long_tailed_resnet32_counts_its_parameters_from_its_layers():
     for width in (16, 32, 64):
         for _ in range(5):
             total += conv(c_in, width, 3) + bn(width) + conv(width, width, 3) + bn(width)
-            if c_in != width:
-                total += conv(c_in, width, 1) + bn(width)  # projection shortcut
             c_in = width
     total += 64 * 10 + 10
-    assert sum(p.numel() for p in model.parameters()) == total
-    dnrt = build_model("resnet32_basic", "dnrt", num_classes=10, in_channels=3, input_shape=(3, 32, 32),
-                       activation="gelu")
-    assert len(dnrt.loss_terms()) == 1 and any(type(m).__name__ == "RAA2d" for m in dnrt.modules())
+    assert sum(p.numel() for p in model.parameters()) == total == 464_154
+    dnrt = build_model("resnet32_v1", "dnrt", num_classes=10, in_channels=3, input_shape=(3, 32, 32),
+                       variant_options={"activation": "gelu"})
+    assert len(model_hooks(dnrt).loss_terms) == 1 and any(type(m).__name__ == "RAA2d" for m in dnrt.modules())
     assert not any(isinstance(m, torch.nn.GELU) for m in dnrt.modules())

@@ -1,7 +1,9 @@
 """`biasbench count`: parameters (weights / biases / other), MACs and FLOPs of a model.
 
 FLOPs follow the DAC paper's convention (see `biasbench.count` and docs/dac.md); every row is
-compared with the same model's baseline variant.
+compared with the same model's baseline variant. Models are built and run on the meta device,
+so any input size is counted without allocating it; shapes the model cannot read are refused
+before anything is built.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from biasbench.cli.app import app
 from biasbench.errors import UserError
@@ -29,14 +29,50 @@ def _options(pairs: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def _shape(spec: Any, recipe_shape: tuple[int, ...] | None, features: int | None, input_size: int | None,
+           in_channels: int | None) -> tuple[int, ...]:
+    """The input shape to count, from the flags, the recipe or the model's kind of input."""
+    if features is not None:
+        if input_size is not None or in_channels is not None:
+            raise UserError("--features gives a flat input; do not combine it with --input-size / --in-channels")
+        return (features,)
+    if input_size is not None or in_channels is not None:
+        if spec.inputs != "images":
+            raise UserError(f"--input-size and --in-channels describe images; model `{spec.name}` reads "
+                            f"{spec.inputs}: give --features N")
+        base = recipe_shape if recipe_shape is not None and len(recipe_shape) == 3 else (3, 32, 32)
+        side = input_size or base[-1]
+        return (in_channels or base[0], side, side)
+    if recipe_shape is not None:
+        return recipe_shape
+    if spec.inputs == "images":
+        return (3, 32, 32)
+    if spec.inputs == "sequences":
+        raise UserError(f"model `{spec.name}` reads sequences (L, F): count a recipe, whose data set gives the shape")
+    raise UserError(f"model `{spec.name}` reads {spec.inputs}: give --features N (or count a recipe)")
+
+
+def _variants(model: str, variant: str, compare: bool) -> tuple[list[str], dict[str, str]]:
+    """The variants to count (baseline first) and, with --compare-variants, why the others do not
+    apply. The asked-for variant is always built, with its options: refused with its own reason
+    if it must be."""
+    from biasbench.models import applicable_variants
+
+    if not compare:
+        return list(dict.fromkeys(["baseline", variant])), {}
+    reasons = applicable_variants(model)
+    refused = {v: why for v, why in reasons.items() if why and v != variant}
+    return list(dict.fromkeys(v for v in ["baseline", variant, *sorted(reasons)] if v not in refused)), refused
+
+
 def _count(model_name: str, variant: str, variant_options: dict, options: dict, input_shape: tuple[int, ...],
            num_classes: int) -> dict[str, Any]:
-    from biasbench.count import complexity
+    from biasbench.count import count_built
     from biasbench.models import build_model
 
-    model = build_model(model_name, variant, num_classes=num_classes, in_channels=input_shape[0],
-                        input_shape=input_shape, variant_options=variant_options, **options)
-    return complexity(model, input_shape)
+    return count_built(lambda: build_model(model_name, variant, num_classes=num_classes, in_channels=input_shape[0],
+                                           input_shape=input_shape, variant_options=variant_options, **options),
+                       input_shape)
 
 
 @app.command(epilog="Examples:\n\n  biasbench count --model resnet20_v2 --variant dac --input-size 80\n\n"
@@ -45,82 +81,80 @@ def _count(model_name: str, variant: str, variant_options: dict, options: dict, 
                     "  biasbench count recipes/resnet32_dac.yaml --json")
 def count(
     recipe_path: Path | None = typer.Argument(None, metavar="[RECIPE.yaml]", help="Count the recipe's model."),
-    model: str | None = typer.Option(None, "--model", help="Model name (see `biasbench.models.list_models`)."),
-    variant: str | None = typer.Option(None, "--variant", help="Variant: baseline, dac, preact, mba, ..."),
+    model: str | None = typer.Option(None, "--model", help="Model name (`biasbench list models`)."),
+    variant: str | None = typer.Option(None, "--variant", help="Variant (`biasbench list variants`)."),
     input_size: int | None = typer.Option(None, "--input-size", min=1, help="Image side in pixels (default 32)."),
     num_classes: int | None = typer.Option(None, "--num-classes", min=1, help="Outputs (default 10)."),
     in_channels: int | None = typer.Option(None, "--in-channels", min=1, help="Image channels (default 3)."),
     features: int | None = typer.Option(None, "--features", min=1, help="Flat input of this many features (MLPs)."),
     option: list[str] = typer.Option([], "--option", help="Model option key=value (repeatable)."),
     variant_option: list[str] = typer.Option([], "--variant-option", help="Variant option key=value, e.g. K=8."),
-    compare_variants: bool = typer.Option(False, "--compare-variants", help="Every variant side by side."),
+    compare_variants: bool = typer.Option(False, "--compare-variants",
+                                          help="Every variant that applies to the model, side by side."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Count parameters, MACs and FLOPs (paper convention), with ratios to the baseline variant."""
     from biasbench.count import data_shape, ratios
-    from biasbench.models import list_variants
+    from biasbench.models import model_spec
 
     options, v_options = _options(option, "--option"), _options(variant_option, "--variant-option")
+    recipe_shape, classes = None, 10
     if recipe_path is not None:
         if model is not None:
             raise UserError("give a recipe or --model, not both")
         recipe = load_recipe(recipe_path)
         model, variant = recipe.model.name, variant or recipe.model.variant
-        shape, classes = data_shape(recipe.data)
+        recipe_shape, classes = data_shape(recipe.data)
         options = {**recipe.model.options, **options}
         v_options = {**recipe.model.variant_options, **v_options}
     elif model is None:
         raise UserError("nothing to count: give a recipe file or --model NAME (e.g. --model resnet20_v1)")
-    else:
-        shape, classes = (3, 32, 32), 10
+    spec = model_spec(model)
+    shape = _shape(spec, recipe_shape, features, input_size, in_channels)
+    spec.check_input(shape)
     variant = variant or "baseline"
-    if features is not None:
-        shape = (features,)
-    elif input_size is not None or in_channels is not None:
-        side = input_size or (shape[-1] if len(shape) == 3 else 32)
-        shape = (in_channels or (shape[0] if len(shape) == 3 else 3), side, side)
     classes = num_classes or classes
 
-    names = list_variants() if compare_variants else list(dict.fromkeys(["baseline", variant]))
-    rows: dict[str, dict[str, Any]] = {}
-    for name in names:
-        try:
-            rows[name] = _count(model, name, v_options if name == variant else {}, options, shape, classes)
-        except UserError as e:
-            if name in ("baseline", variant):
-                raise
-            rows[name] = {"error": str(e)}  # a variant that does not apply to this model
-    base = rows["baseline"]
+    names, refused = _variants(model, variant, compare_variants)
+    rows = {name: _count(model, name, v_options if name == variant else {}, options, shape, classes)
+            for name in names}
     for row in rows.values():
-        if "error" not in row:
-            row["vs_baseline"] = ratios(row, base)
+        row["vs_baseline"] = ratios(row, rows["baseline"])
 
     if as_json:
         print(json.dumps({"model": model, "options": options, "variant_options": v_options,
-                          "input_shape": list(shape), "num_classes": classes, "variants": rows}, indent=2))
+                          "input_shape": list(shape), "num_classes": classes, "variants": rows,
+                          "not_applicable": refused}, indent=2))
         return
-    console = Console(highlight=False)
-    console.width = max(console.width, 132)  # the table is wide; never truncate numbers
-    _print_table(model, shape, classes, rows, console)
+    _print_table(model, shape, classes, rows, refused)
 
 
-def _print_table(model: str, shape: tuple[int, ...], classes: int, rows: dict[str, dict], console: Console) -> None:
-    table = Table(title=f"{model}, input {'x'.join(map(str, shape))}, {classes} outputs "
-                        f"(FLOPs: multiply-add = 2, DAC pre-activations cached)")
-    for col in ("variant", "weights", "biases", "other", "params", "params vs base", "MACs", "GFLOPs",
-                "FLOPs vs base"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    skipped: dict[str, int] = {}
+def si(value: float) -> str:
+    """4 significant digits with an SI suffix: 509.3M, 542.0M, 1.112G, 8,640; 1.234e+21 beyond."""
+    for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:#.4g}{suffix}" if value / scale < 1000 else f"{value:.3e}"
+    return f"{value:,.0f}"
+
+
+def _print_table(model: str, shape: tuple[int, ...], classes: int, rows: dict[str, dict],
+                 refused: dict[str, str]) -> None:
+    from biasbench.cli.tables import print_table
+
+    headers = ["variant", "weights", "biases", "other", "params", "x base", "FLOPs", "x base"]
+    table, skipped = [], {}
     for name, r in rows.items():
-        if "error" in r:
-            table.add_row(name, f"[dim]does not apply: {r['error']}[/dim]", *[""] * 7)
-            continue
         p, ratio = r["params"], r["vs_baseline"]
-        table.add_row(name, f"{p['weights']:,}", f"{p['biases']:,}", f"{p['other']:,}", f"{p['total']:,}",
-                      f"{ratio['params']:.3f}", f"{r['macs']:,}", f"{r['flops'] / 1e9:.4f}", f"{ratio['flops']:.3f}")
+        table.append([name, f"{p['weights']:,}", f"{p['biases']:,}", f"{p['other']:,}", f"{p['total']:,}",
+                      f"{ratio['params']:.3f}", si(r["flops"]), f"{ratio['flops']:.3f}"])
         for op, n in r["skipped_ops"].items():
             skipped[op] = max(skipped.get(op, 0), n)
-    console.print(table)
+    notes = ["FLOPs: multiply-add = 2, DAC pre-activations cached (docs/dac.md); x base: ratio to the baseline; "
+             "MACs and FLOPs per operator: --json."]
     if skipped:
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(skipped.items()))
-        console.print(f"not counted (no FLOP handle; residual additions are not counted by convention): {listed}")
+        notes.append(f"not counted (no rule; activations and residual additions are not counted by convention): "
+                     f"{listed}")
+    for name, why in refused.items():
+        notes.append(f"not applicable: {name}: {why}")
+    print_table(f"{model}, input {'x'.join(map(str, shape))}, {classes} outputs", headers, table, notes)

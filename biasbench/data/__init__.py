@@ -1,7 +1,8 @@
 """Data sets as in-memory tensors, looked up by name.
 
 A data set builder is a function `(cfg: DataConfig, replicate: int = 0) -> DataBundle`,
-registered with `@register_dataset(name)` (see docs/data.md for every set). Sets live in memory
+registered with `@register_dataset(name, info=DatasetInfo(...))` (see docs/data.md for every
+set); the info is what `biasbench list datasets` and `count` read without loading anything. Sets live in memory
 as tensors (uint8 images or float features) and are batched by `TensorLoader` without
 per-sample Python work, or by `ImageLoader` when `data.augment` names a per-image pipeline.
 Sets too large for memory (ImageNet) stay on disk as `FileSplit`s, decoded per image in
@@ -64,14 +65,39 @@ class DataBundle:
 
 DatasetBuilder = Callable[..., DataBundle]
 DATASETS: Registry[DatasetBuilder] = Registry("data set")
+Shape = tuple[tuple[int, ...], int]
 
 
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+def _from_the_data(options: dict[str, Any]) -> Shape | None:
+    return None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a data set is, declared with its registration (read without loading it)."""
+
+    summary: str
+    bundled: bool  # ships with an installed package or is generated: no data.root needed
+    task: str = "classification"
+    # (input shape, outputs) under these data.options; None: only the data can tell
+    shape: Callable[[dict[str, Any]], Shape | None] = _from_the_data
+
+
+_INFO: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, info: DatasetInfo | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    _INFO[name] = info or DatasetInfo("", bundled=False)
     return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     return DATASETS.names()
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    DATASETS.get(name)  # an unknown name fails here, with suggestions
+    return _INFO[name]
 
 
 def build_data(cfg: Any, replicate: int = 0) -> DataBundle:

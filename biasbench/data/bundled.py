@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from biasbench.data import DataBundle, Split, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Split, register_dataset
 from biasbench.data.splits import fraction_split, validation_split
 from biasbench.errors import UserError
 
@@ -34,7 +34,8 @@ def _with_validation(cfg, replicate: int, x: torch.Tensor, y: torch.Tensor) -> t
     return Split(x[tr], y[tr]), val, info
 
 
-@register_dataset("digits")
+@register_dataset("digits", DatasetInfo("scikit-learn's 8x8 handwritten digits", bundled=True,
+                                          shape=lambda o: ((1, 8, 8), 10)))
 def digits(cfg, replicate: int = 0) -> DataBundle:
     from sklearn.datasets import load_digits
 
@@ -58,7 +59,8 @@ def _mnist1d_arrays(num_samples: int, seed: int):
     return make_dataset(args)
 
 
-@register_dataset("mnist1d")
+@register_dataset("mnist1d", DatasetInfo("MNIST-1D (mnist1d package), 40 features", bundled=True,
+                                           shape=lambda o: ((40,), 10)))
 def mnist1d(cfg, replicate: int = 0) -> DataBundle:
     opts = _check_options("mnist1d", cfg.options, {"num_samples": 5000, "seed": 42})
     if opts["num_samples"] < 50:
@@ -72,7 +74,13 @@ def mnist1d(cfg, replicate: int = 0) -> DataBundle:
                       info={"source": "mnist1d.make_dataset", **opts, **info})
 
 
-@register_dataset("synthetic")
+def _synthetic_shape(o: dict) -> tuple[tuple[int, ...], int]:
+    regression = o.get("task", "classification") == "regression"
+    return (int(o.get("features", 16)),), 1 if regression else int(o.get("classes", 4))
+
+
+@register_dataset("synthetic", DatasetInfo("Gaussian clusters or a smooth regression (option task)", bundled=True,
+                                             task="classification or regression", shape=_synthetic_shape))
 def synthetic(cfg, replicate: int = 0) -> DataBundle:
     opts = _check_options("synthetic", cfg.options, {"task": "classification", "num_samples": 2000,
                                                       "features": 16, "classes": 4, "noise": 1.0, "seed": 0})

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, register_dataset
 from biasbench.data import cache as cache_mod
 from biasbench.data.common import HOLDOUT_SEED, check_options, data_root, image_bundle, require_files
 from biasbench.data.splits import fraction_split
@@ -164,17 +164,26 @@ def _folder_set(cfg: Any, replicate: int, name: str, release: str) -> DataBundle
     return image_bundle(cfg, replicate, *data["train"], *data["test"], len(classes), info)
 
 
-@register_dataset("imagenette")
+def _folder_shape(classes: int):
+    """(3, S, S) for the image_size option S (default 80), and a known number of classes."""
+    def shape(options: dict) -> tuple[tuple[int, ...], int]:
+        side = int(options.get("image_size", FOLDER_OPTIONS["image_size"]))
+        return (3, side, side), classes
+
+    return shape
+
+
+@register_dataset("imagenette", DatasetInfo("Imagenette (160 px release)", bundled=False, shape=_folder_shape(10)))
 def imagenette(cfg: Any, replicate: int = 0) -> DataBundle:
     return _folder_set(cfg, replicate, "imagenette", "imagenette2-160")
 
 
-@register_dataset("imagewoof")
+@register_dataset("imagewoof", DatasetInfo("Imagewoof (160 px release)", bundled=False, shape=_folder_shape(10)))
 def imagewoof(cfg: Any, replicate: int = 0) -> DataBundle:
     return _folder_set(cfg, replicate, "imagewoof", "imagewoof2-160")
 
 
-@register_dataset("image_folder")
+@register_dataset("image_folder", DatasetInfo("your own train/<class>/ test/<class>/ folders", bundled=False))
 def image_folder(cfg: Any, replicate: int = 0) -> DataBundle:
     """root/train/<class>/...; test/ is the test set (else val/, else a fixed 20% of train/)."""
     opts = _image_options("image_folder", cfg, {"test_fraction": 0.2})
@@ -252,7 +261,7 @@ def read_isic_csv(path: Path) -> tuple[list[str], list[int]]:
     return images, labels
 
 
-@register_dataset("isic2019")
+@register_dataset("isic2019", DatasetInfo("ISIC 2019 skin lesions, 8 classes", bundled=False, shape=_folder_shape(8)))
 def isic2019(cfg: Any, replicate: int = 0) -> DataBundle:
     """8 classes; no labelled official test set: a fixed stratified test_fraction of the training images."""
     opts = _image_options("isic2019", cfg, {"test_fraction": 0.2})

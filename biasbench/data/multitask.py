@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from biasbench.data import DataBundle, Split, build_data, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Split, build_data, register_dataset
 from biasbench.errors import UserError
 
 _TASK_KEYS = {"data", "name", "classes", "permute", "options"}
@@ -91,7 +91,8 @@ def _one_task(cfg: Any, replicate: int, t: int, spec: dict[str, Any]) -> tuple[s
     return str(spec.get("name", f"task{t}")), splits, n_out
 
 
-@register_dataset("multitask")
+@register_dataset("multitask", DatasetInfo("tasks from other registered sets, task id in the last column",
+                                             bundled=False))
 def multitask(cfg: Any, replicate: int = 0) -> DataBundle:
     names, parts, outputs = [], [], []
     for t, spec in enumerate(_task_specs(cfg)):

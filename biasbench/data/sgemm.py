@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, Split, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Split, register_dataset
 from biasbench.data.common import HOLDOUT_SEED, check_options, data_root, require_files
 from biasbench.data.splits import fraction_split, validation_split
 from biasbench.errors import UserError
@@ -76,7 +76,8 @@ def _split_fractions(opts: dict[str, Any]) -> tuple[float, float, float]:
     return float(split[0]), float(split[1]), float(split[2])
 
 
-@register_dataset("sgemm")
+@register_dataset("sgemm", DatasetInfo("SGEMM GPU kernel performance (UCI), log2 run time", bundled=False,
+                                         task="regression", shape=lambda o: ((14,), 1)))
 def sgemm(cfg: Any, replicate: int = 0) -> DataBundle:
     opts = check_options("sgemm", cfg.options, {"target": "mean", "split": [0.70, 0.15, 0.15]})
     if opts["target"] not in TARGETS:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from biasbench.data import DataBundle, Split, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Split, register_dataset
 from biasbench.data.splits import fraction_split, validation_split
 from biasbench.errors import UserError
 
@@ -29,7 +29,14 @@ def periodic_targets(phase: torch.Tensor, length: int, period: float, harmonics:
     return out
 
 
-@register_dataset("periodic_signal")
+def _signal_shape(o: dict) -> tuple[tuple[int, ...], int]:
+    o = {**_DEFAULTS, **o}
+    return (int(o["length"]), 2 if o["mode"] == "generate" else 1), 1
+
+
+@register_dataset("periodic_signal", DatasetInfo("periodic signal to generate or forecast (bias-only RNN)",
+                                                 bundled=True,
+                                                   task="regression", shape=_signal_shape))
 def periodic_signal(cfg: Any, replicate: int = 0) -> DataBundle:
     unknown = set(cfg.options) - set(_DEFAULTS)
     if unknown:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, register_dataset
 from biasbench.data.common import check_options, data_root, image_bundle, require_files
 from biasbench.data.imbalance import check_imbalance, long_tailed_subset
 from biasbench.errors import UserError
@@ -121,12 +121,12 @@ def _check_labels(name: str, num_classes: int, *labels: torch.Tensor) -> None:
                             "download the data set again")
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", DatasetInfo("CIFAR-10", bundled=False, shape=lambda o: ((3, 32, 32), 10)))
 def cifar10(cfg: Any, replicate: int = 0) -> DataBundle:
     return _cifar(cfg, replicate, "cifar10", "CIFAR10", "labels", "label_names")
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", DatasetInfo("CIFAR-100 (fine labels)", bundled=False, shape=lambda o: ((3, 32, 32), 100)))
 def cifar100(cfg: Any, replicate: int = 0) -> DataBundle:
     return _cifar(cfg, replicate, "cifar100", "CIFAR100", "fine_labels", "fine_label_names")
 
@@ -166,17 +166,17 @@ def _mnist_like(cfg: Any, replicate: int, name: str, tv_class: str) -> DataBundl
     return image_bundle(cfg, replicate, train_x, train_y, test_x, test_y, 10, info)
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", DatasetInfo("MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
 def mnist(cfg: Any, replicate: int = 0) -> DataBundle:
     return _mnist_like(cfg, replicate, "mnist", "MNIST")
 
 
-@register_dataset("fashion_mnist")
+@register_dataset("fashion_mnist", DatasetInfo("Fashion-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
 def fashion_mnist(cfg: Any, replicate: int = 0) -> DataBundle:
     return _mnist_like(cfg, replicate, "fashion_mnist", "FashionMNIST")
 
 
-@register_dataset("kmnist")
+@register_dataset("kmnist", DatasetInfo("Kuzushiji-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
 def kmnist(cfg: Any, replicate: int = 0) -> DataBundle:
     return _mnist_like(cfg, replicate, "kmnist", "KMNIST")
 
@@ -202,7 +202,7 @@ def _svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(y)
 
 
-@register_dataset("svhn")
+@register_dataset("svhn", DatasetInfo("SVHN cropped digits", bundled=False, shape=lambda o: ((3, 32, 32), 10)))
 def svhn(cfg: Any, replicate: int = 0) -> DataBundle:
     from torchvision.datasets import SVHN
 

@@ -13,3 +13,8 @@ from biasbench.layers.arr import AggregatedResponseLoss, ResponseTap  # noqa: E4
 from biasbench.layers.raa import RAA, RAA2d  # noqa: E402
 
 __all__ += ["DynamicModulatedConv2d", "DynamicMultiBiasLinear", "AggregatedResponseLoss", "ResponseTap", "RAA", "RAA2d"]
+from biasbench.layers.activations import ACTIVATIONS, make_activation  # noqa: E402
+from biasbench.layers.gdn import GDN  # noqa: E402
+from biasbench.layers.grouped_dac import GroupedDACConv2d  # noqa: E402
+
+__all__ += ["ACTIVATIONS", "make_activation", "GDN", "GroupedDACConv2d"]

@@ -1,9 +1,9 @@
 """ABN: dynamic multi-bias modulation (spec section 3, the author's public code).
 
 `DynamicMultiBiasLinear`: `y = W x + softmax(G x + g) @ bank`. The static bias of a dense layer
-is replaced by a convex mixture of K bias vectors, the mixture chosen per sample by a small
-gate. W has no static bias of its own; `bank` starts at zero, so at initialisation the layer is a
-bias-free dense layer whatever the gate says.
+is replaced by a convex mixture of K bias vectors (`K`, as MBA's K and the author's code name
+it), the mixture chosen per sample by a small gate. W has no static bias of its own; `bank`
+starts at zero, so at initialisation the layer is a bias-free dense layer whatever the gate says.
 
 `DynamicModulatedConv2d`: `y = Conv(x) * (1 + tanh(m))`, `m = DynamicMultiBiasLinear(GAP(x))`,
 computed from the conv's *input*; one factor per output channel and sample. The inner conv keeps
@@ -20,7 +20,7 @@ from torch import nn
 
 
 class DynamicMultiBiasLinear(nn.Module):
-    """Dense layer whose bias is a softmax-gated mixture of `num_biases` learned bias vectors."""
+    """Dense layer whose bias is a softmax-gated mixture of `K` learned bias vectors."""
 
     # `bank` holds biases (no weight decay under `bias_weight_decay: 0`, trainable in bias-only
     # mode); the gate is an ordinary Linear child and gets the default rules.
@@ -30,18 +30,18 @@ class DynamicMultiBiasLinear(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        num_biases: int = 8,
+        K: int = 8,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        if in_features < 1 or out_features < 1 or num_biases < 1:
-            raise ValueError("in_features, out_features and num_biases must be at least 1")
+        if in_features < 1 or out_features < 1 or K < 1:
+            raise ValueError("in_features, out_features and K must be at least 1")
         factory = {"device": device, "dtype": dtype}
-        self.in_features, self.out_features, self.num_biases = in_features, out_features, num_biases
+        self.in_features, self.out_features, self.K = in_features, out_features, K
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        self.bank = nn.Parameter(torch.empty(num_biases, out_features, **factory))
-        self.gate = nn.Linear(in_features, num_biases, **factory)
+        self.bank = nn.Parameter(torch.empty(K, out_features, **factory))
+        self.gate = nn.Linear(in_features, K, **factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -60,7 +60,7 @@ class DynamicMultiBiasLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, num_biases={self.num_biases}"
+            f"in_features={self.in_features}, out_features={self.out_features}, K={self.K}"
         )
 
 
@@ -72,7 +72,7 @@ class DynamicModulatedConv2d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, int],
-        num_biases: int = 4,
+        K: int = 4,
         stride: int | tuple[int, int] = 1,
         padding: int | tuple[int, int] = 0,
         dilation: int | tuple[int, int] = 1,
@@ -94,7 +94,7 @@ class DynamicModulatedConv2d(nn.Module):
             bias=bias,
             **factory,
         )
-        self.modulator = DynamicMultiBiasLinear(in_channels, out_channels, num_biases, **factory)
+        self.modulator = DynamicMultiBiasLinear(in_channels, out_channels, K, **factory)
 
     def reset_parameters(self) -> None:
         self.conv.reset_parameters()

@@ -86,7 +86,7 @@ class AggregatedResponseLoss(nn.Module):
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.tap is None:
-            raise RuntimeError("this ARR term has no response tap: build it through the model's loss_terms()")
+            raise RuntimeError("this ARR term has no response tap: build the model with the arr or dnrt variant")
         return self.loss(self.tap.take(), targets)
 
     def extra_repr(self) -> str:

@@ -4,54 +4,102 @@
     net = build_model("cnn", variant="baseline", num_classes=10, in_channels=1, width=16)
 
 A model builder is a function `(variant, num_classes, in_channels, input_shape, **options)`
-registered with `@register_model(name)`; it builds its layers through the variant's units
-(see `variants.py`), so every registered variant applies to every model.
+registered with `@register_model(name, summary=..., inputs=..., offers=...)`; the registration
+carries the model's metadata (`contract.ModelSpec`), which `biasbench list`, `count` and the
+checks read without building. It builds its layers through the variant's units (see
+`variants.py`); `build_model` builds a variant only where the model offers what the variant
+needs (`contract.check_applies`) and refuses in one line otherwise.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
 
 from biasbench.errors import UserError, did_you_mean
+from biasbench.models.contract import (
+    InputKind,
+    MetricGroups,
+    ModelHooks,
+    ModelSpec,
+    Taps,
+    attach_hooks,
+    check_applies,
+    model_hooks,
+    refusal,
+)
 from biasbench.models.variants import VARIANTS, Variant, build_variant
 from biasbench.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
-MODELS: Registry[ModelBuilder] = Registry("model")
+MODELS: Registry[ModelSpec] = Registry("model")
 _FIXED = ("variant", "num_classes", "in_channels", "input_shape")
 
+__all__ = ["MODELS", "ModelSpec", "Taps", "build_model", "list_models", "list_variants", "model_hooks",
+           "model_options", "model_spec", "register_model", "applicable_variants", "applicability"]
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    return MODELS.register(name)
+
+def register_model(name: str, *, summary: str, inputs: InputKind, offers: Iterable[str] = (),
+                   activation: str | None = "relu", taps: Callable[[nn.Module], Taps] | None = None,
+                   readout: Callable[[nn.Module], nn.Module] | None = None,
+                   metric_groups: Callable[[nn.Module], MetricGroups] | None = None,
+                   tiny_options: Mapping[str, Any] | None = None,
+                   tiny_input: tuple[int, ...] = (3, 8, 8)) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a builder with its metadata (see `contract.ModelSpec` for each field)."""
+    def add(builder: ModelBuilder) -> ModelBuilder:
+        spec = ModelSpec(name, builder, summary, inputs, frozenset(offers), activation, taps, readout,
+                         metric_groups, dict(tiny_options or {}), tiny_input)
+        MODELS.register(name)(spec)
+        return builder
+
+    return add
+
+
+def model_spec(name: str) -> ModelSpec:
+    return MODELS.get(name)
 
 
 def model_options(name: str) -> dict[str, Any]:
     """The options a model takes, with their defaults."""
-    sig = inspect.signature(MODELS.get(name))
+    sig = inspect.signature(MODELS.get(name).builder)
     return {k: p.default for k, p in sig.parameters.items() if k not in _FIXED}
 
 
 def build_model(name: str, variant: str | Variant = "baseline", num_classes: int = 10, in_channels: int = 3,
                 input_shape: tuple[int, ...] | None = None, variant_options: dict[str, Any] | None = None,
                 **options: Any) -> nn.Module:
-    builder = MODELS.get(name)
+    spec = MODELS.get(name)
     known = model_options(name)
     for key in options:
         if key not in known:
-            raise UserError(f"model `{name}` has no option `{key}`{did_you_mean(key, known)}; "
-                            f"options: {', '.join(known) or 'none'}")
-    v = variant if isinstance(variant, Variant) else build_variant(variant, **(variant_options or {}))
+            hint = " (the activation is a variant option: model.variant_options.activation)" \
+                if key == "activation" else did_you_mean(key, known)
+            raise UserError(f"model `{name}` has no option `{key}`{hint}; options: {', '.join(known) or 'none'}")
+    if isinstance(variant, Variant):
+        if variant_options:
+            raise UserError("give variant options to build_variant, not with a Variant instance")
+        v = variant.bind(spec)
+    else:
+        v = build_variant(variant, **(variant_options or {})).bind(spec)
+    check_applies(spec, v)
     if input_shape is None:
         input_shape = (in_channels,)
     try:
-        return builder(variant=v, num_classes=num_classes, in_channels=in_channels, input_shape=tuple(input_shape),
-                       **options)
+        net = spec.builder(variant=v, num_classes=num_classes, in_channels=in_channels,
+                           input_shape=tuple(input_shape), **options)
     except (TypeError, ValueError) as e:
         raise UserError(f"model `{name}` cannot be built with these options: {e}") from None
+    v.check_built(net, name)
+    attach_hooks(net, ModelHooks(
+        spec, v,
+        loss_terms=v.loss_terms(spec.taps(net) if spec.taps else None, num_classes),
+        metric_groups=spec.metric_groups(net) if spec.metric_groups else None,
+        readout=spec.readout(net) if spec.readout else None,
+    ))
+    return net
 
 
 def list_models() -> list[str]:
@@ -60,6 +108,24 @@ def list_models() -> list[str]:
 
 def list_variants() -> list[str]:
     return VARIANTS.names()
+
+
+def applicable_variants(name: str) -> dict[str, str | None]:
+    """{variant: None if it applies to model `name` with default options, else why not}."""
+    spec = MODELS.get(name)
+    return {v: refusal(spec, VARIANTS.get(v)().bind(spec)) for v in list_variants()}
+
+
+def applicability(name: str) -> dict[str, str]:
+    """{variant: "yes" (applies as the model is), an activation it needs instead of the model's
+    own (e.g. "relu" for mba on a GELU model), or "-" (does not apply)}."""
+    spec = MODELS.get(name)
+    out = {}
+    for v, reason in applicable_variants(name).items():
+        cls = VARIANTS.get(v)
+        fits = [a for a in cls.activations or () if refusal(spec, cls(activation=a).bind(spec)) is None]
+        out[v] = "yes" if reason is None else (fits[0] if fits else "-")
+    return out
 
 
 # Every module in this package registers its models and variants when imported: adding a file is

@@ -1,4 +1,7 @@
-"""A small CNN for the spine's bundled data: stem conv, four 3x3 conv units, GAP, dense."""
+"""A small CNN for the spine's bundled data: stem conv, four 3x3 conv units, GAP, dense.
+
+Stages by width (w, 2w, 4w): a unit's `stage` is the stage of the features its activation reads.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,16 @@ from biasbench.models import register_model
 from biasbench.models.variants import Variant
 
 
-@register_model("cnn")
+@register_model("cnn", summary="small CNN: stem, four 3x3 conv units (w, 2w, 4w), GAP, dense", inputs="images",
+                offers=("activations", "act_linear", "stages"), tiny_options={"width": 4})
 def cnn(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
         width: int = 32) -> nn.Module:
     w = width
+    stage = {w: 1, 2 * w: 2, 4 * w: 3}
     plan = [(w, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2)]  # (in, out, stride)
     layers: list[nn.Module] = [variant.conv2d(in_channels, w, 3, padding=1), variant.norm(w)]
     for c_in, c_out, stride in plan:
-        layers += [variant.act_conv2d(c_in, c_out, 3, stride=stride, padding=1), variant.norm(c_out)]
-    layers.append(variant.act_pool_linear(4 * w, num_classes))
+        layers += [variant.act_conv2d(c_in, c_out, 3, stride=stride, padding=1, stage=stage[c_in]),
+                   variant.norm(c_out)]
+    layers.append(variant.act_pool_linear(4 * w, num_classes, stage=3))
     return nn.Sequential(*layers)

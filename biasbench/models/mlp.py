@@ -27,7 +27,9 @@ def hidden_widths(depth: int, width: int, shape: str, factor: float = 1.0) -> li
     return [max(1, round(w * factor)) for w in widths]
 
 
-@register_model("mlp")
+@register_model("mlp", summary="Linear -> BN -> activation blocks, rectangular or pyramidal (SGEMM)",
+                inputs="features", offers=("activations", "act_linear"),
+                tiny_options={"depth": 2, "width": 8}, tiny_input=(6,))
 def mlp(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
         depth: int = 3, width: int = 128, shape: str = "rectangular", bn: bool = True) -> nn.Module:
     in_features = math.prod(input_shape)

@@ -7,7 +7,10 @@ all tasks. An input row is `[features..., task id]` (the `multitask` data set); 
 run through the base with that task's biases, via `torch.func.functional_call`.
 
 Bias-only multi-task learning is `train.trainable: biases`: the shared weights stay frozen and
-every task trains only its own biases. `metric_groups` lets evaluation report accuracy per task.
+every task trains only its own biases. `metric_groups` (declared with the registration) lets
+evaluation report accuracy per task. A variant applies to the base model, which `build_model`
+checks against the base's own registration; the wrapper offers what the default base (`mlp`)
+offers.
 """
 
 from __future__ import annotations
@@ -81,7 +84,10 @@ class MultiTaskBiases(nn.Module):
         return out
 
 
-@register_model("multitask")
+@register_model("multitask", summary="one shared frozen base (default mlp), one bias set per task",
+                inputs="task_rows", offers=("activations", "act_linear"),
+                metric_groups=lambda net: net.metric_groups,
+                tiny_options={"num_tasks": 1, "base_options": {"depth": 1, "width": 8}}, tiny_input=(7,))
 def multitask(
     variant: Variant,
     num_classes: int,

@@ -15,7 +15,8 @@ With the baseline units this is exactly `conv1 -> BN -> ReLU -> conv2 -> BN -> +
 into ReLU -> DynamicModulatedConv2d, which reads the activated input as the author's block does.
 
 ResNet-S (the ABN paper) ends in an 8x8 average pool, which is the global average pool for 32 px
-inputs; the global pool here also lets smoke runs use 8 px digits.
+inputs; the global pool here also lets smoke runs use 8 px digits. Units pass the stage of the
+features their activation reads (the stem's are stage 1); ARR taps every stage's output.
 """
 
 from __future__ import annotations
@@ -23,20 +24,21 @@ from __future__ import annotations
 from torch import nn
 
 from biasbench.models import register_model
-from biasbench.models.response import ResponseModel, finish_variant_model, with_activation
+from biasbench.models.contract import Taps, pooled
 from biasbench.models.variants import Variant
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, variant: Variant, c_in: int, c_out: int, stride: int):
+    def __init__(self, variant: Variant, c_in: int, c_out: int, stride: int, stages: tuple[int, int] = (1, 1)):
         super().__init__()
-        self.conv1 = variant.act_conv2d(c_in, c_out, 3, stride=stride, padding=1, role="block_conv1")
+        s_in, s = stages  # the stage of the block's input, its own
+        self.conv1 = variant.act_conv2d(c_in, c_out, 3, stride=stride, padding=1, role="block_conv1", stage=s_in)
         self.bn1 = variant.norm(c_out)
-        self.conv2 = variant.act_conv2d(c_out, c_out, 3, stride=1, padding=1, role="block_conv2")
+        self.conv2 = variant.act_conv2d(c_out, c_out, 3, stride=1, padding=1, role="block_conv2", stage=s)
         self.bn2 = variant.norm(c_out)
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                variant.act_conv2d(c_in, c_out, 1, stride=stride, role="shortcut"), variant.norm(c_out)
+                variant.act_conv2d(c_in, c_out, 1, stride=stride, role="shortcut", stage=s_in), variant.norm(c_out)
             )
         else:
             self.shortcut = variant.act(c_in, dims=2)
@@ -45,7 +47,7 @@ class BasicBlock(nn.Module):
         return self.bn2(self.conv2(self.bn1(self.conv1(z)))) + self.shortcut(z)
 
 
-class ResNetBasic(ResponseModel):
+class ResNetBasic(nn.Module):
     """Stem, stages of BasicBlocks, head. ARR reads the pooled output of every stage."""
 
     def __init__(
@@ -62,25 +64,16 @@ class ResNetBasic(ResponseModel):
             variant.conv2d(in_channels, widths[0], 3, padding=1), variant.norm(widths[0])
         )
         stages, c_in = [], widths[0]
-        for width, n, stride in zip(widths, blocks, strides, strict=True):
-            stages.append(
-                nn.Sequential(
-                    *[
-                        BasicBlock(variant, c_in if i == 0 else width, width, stride if i == 0 else 1)
-                        for i in range(n)
-                    ]
-                )
-            )
+        for s, (width, n, stride) in enumerate(zip(widths, blocks, strides, strict=True), start=1):
+            first = BasicBlock(variant, c_in, width, stride, (max(s - 1, 1), s))
+            stages.append(nn.Sequential(first, *[BasicBlock(variant, width, width, 1, (s, s)) for _ in range(n - 1)]))
             c_in = width
         self.stages = nn.ModuleList(stages)
-        self.head = variant.act_pool_linear(c_in, num_classes)
+        self.head = variant.act_pool_linear(c_in, num_classes, stage=len(widths))
         self.widths = list(widths)
 
-    def response_layers(self) -> list[nn.Module]:
-        return list(self.stages)
-
-    def response_dims(self) -> list[int]:
-        return self.widths
+    def response_taps(self) -> Taps:
+        return Taps(list(self.stages), self.widths, pooled)
 
     def forward(self, x):
         z = self.stem(x)
@@ -89,33 +82,20 @@ class ResNetBasic(ResponseModel):
         return self.head(z)
 
 
-@register_model("resnet_s")
-def resnet_s(
-    variant: Variant,
-    num_classes: int,
-    in_channels: int,
-    input_shape: tuple[int, ...],
-    width: int = 64,
-    activation: str | None = "relu",
-) -> nn.Module:
+_RESNET = dict(inputs="images", taps=ResNetBasic.response_taps, tiny_options={"width": 4},
+               offers=("activations", "act_linear", "residual_blocks", "stages", "response_taps"))
+
+
+@register_model("resnet_s", summary="ABN's ResNet-S: 3 stages of 2 basic blocks, widths 64/128/256", **_RESNET)
+def resnet_s(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
+             width: int = 64) -> nn.Module:
     """ABN's ResNet-S: widths w/2w/4w (64/128/256), two blocks per stage, strides 1/2/2."""
-    v = with_activation(variant, activation)
-    model = ResNetBasic(v, in_channels, num_classes, [width, 2 * width, 4 * width], [2, 2, 2], [1, 2, 2])
-    return finish_variant_model(model, v, num_classes)
+    return ResNetBasic(variant, in_channels, num_classes, [width, 2 * width, 4 * width], [2, 2, 2], [1, 2, 2])
 
 
-@register_model("resnet18")
-def resnet18(
-    variant: Variant,
-    num_classes: int,
-    in_channels: int,
-    input_shape: tuple[int, ...],
-    width: int = 64,
-    activation: str | None = "relu",
-) -> nn.Module:
+@register_model("resnet18", summary="CIFAR ResNet-18 (3x3 stem, no max-pool), widths 64-512, DNRT's", **_RESNET)
+def resnet18(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
+             width: int = 64) -> nn.Module:
     """CIFAR ResNet-18: 3x3 stem, no max-pool, widths 64/128/256/512, two blocks per stage."""
-    v = with_activation(variant, activation)
-    model = ResNetBasic(
-        v, in_channels, num_classes, [width, 2 * width, 4 * width, 8 * width], [2, 2, 2, 2], [1, 2, 2, 2]
-    )
-    return finish_variant_model(model, v, num_classes)
+    widths = [width, 2 * width, 4 * width, 8 * width]
+    return ResNetBasic(variant, in_channels, num_classes, widths, [2, 2, 2, 2], [1, 2, 2, 2])

@@ -4,7 +4,8 @@ A sequence of 3x3 convs, each `conv -> BN -> ReLU`, then global average pooling 
 layer. `vgg20_16`: 19 convs starting at 16 kernels, doubled to 32 and 64 after 7 and 13 layers.
 `vgg14_32`: 13 convs starting at 32, doubled after 5 and 9. The paper does not say where the
 resolution drops; the first conv of each doubled width has stride 2, as in the CIFAR ResNets
-and RepVGG (our choice; `downsample: false` keeps the full resolution throughout).
+and RepVGG (our choice; `downsample: false` keeps the full resolution throughout). A stage is a
+run of convs of one width; a unit's `stage` is the stage of the conv whose output it activates.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ def vgg_widths(convs: int, first: int, doubles_after: tuple[int, ...]) -> list[i
 def plain_vgg(v: Variant, num_classes: int, in_channels: int, convs: int, first: int,
               doubles_after: tuple[int, ...], downsample: bool) -> nn.Module:
     widths = vgg_widths(convs, first, doubles_after)
+    stage = {w: i + 1 for i, w in enumerate(dict.fromkeys(widths))}
     layers: list[nn.Module] = [v.conv2d(in_channels, widths[0], 3, padding=1, role="stem"), v.norm(widths[0])]
     for c_in, c_out in zip(widths[:-1], widths[1:]):
         stride = 2 if downsample and c_out != c_in else 1
-        layers += [v.act_conv2d(c_in, c_out, 3, stride=stride, padding=1), v.norm(c_out)]
-    layers.append(v.act_pool_linear(widths[-1], num_classes))
+        layers += [v.act_conv2d(c_in, c_out, 3, stride=stride, padding=1, stage=stage[c_in]), v.norm(c_out)]
+    layers.append(v.act_pool_linear(widths[-1], num_classes, stage=stage[widths[-1]]))
     return nn.Sequential(*layers)
 
 
-@register_model("vgg20_16")
+_VGG = dict(inputs="images", offers=("activations", "act_linear", "stages"))
+
+
+@register_model("vgg20_16", summary="DAC paper's plain net: 19 3x3 convs from 16 kernels (x2 after 7, 13)", **_VGG)
 def vgg20_16(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
              downsample: bool = True) -> nn.Module:
     return plain_vgg(variant, num_classes, in_channels, 19, 16, (7, 13), downsample)
 
 
-@register_model("vgg14_32")
+@register_model("vgg14_32", summary="DAC paper's plain net: 13 3x3 convs from 32 kernels (x2 after 5, 9)", **_VGG)
 def vgg14_32(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
              downsample: bool = True) -> nn.Module:
     return plain_vgg(variant, num_classes, in_channels, 13, 32, (5, 9), downsample)

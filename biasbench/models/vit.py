@@ -7,8 +7,10 @@ token -> Linear. timm's init: truncated normal (std .02) for Linear weights and 
 embedding, zero biases.
 
 The MLP's activation feeds fc2, so it is an `act_linear` unit: the `raa` variant makes it RAA
-(one shift per token), 769 parameters per block for dim 192. ARR reads the class token at the
-output of every block (the authors' code: before the final norm).
+(one shift per token), 769 parameters per block for dim 192; fc1's bias feeds that activation,
+so a variant that moves the shift into fc2 (`dac`, `preact`) drops it. ARR reads the class token
+at the output of every block (the authors' code: before the final norm). The activation is
+GELU unless `model.variant_options.activation` says otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biasbench.models import register_model
-from biasbench.models.response import ResponseModel, finish_variant_model, with_activation
+from biasbench.models.contract import Taps, class_token
 from biasbench.models.variants import Variant
 
 
@@ -49,11 +51,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        if torch.jit.is_tracing():  # `count` traces: spell the two matmuls out so they are counted
-            attn = (q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5)).softmax(dim=-1)
-            out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d_head)) v, fused
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d_head)) v, fused
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -66,7 +64,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = variant.linear(dim, hidden, bias=not variant.removes_activation_shift, role="mlp_fc1")
         self.act_fc2 = variant.act_linear(hidden, dim, bias=True, role="mlp_fc2")
         self.drop_path = DropPath(drop_path)
 
@@ -75,7 +73,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.act_fc2(self.fc1(self.norm2(x))))
 
 
-class VisionTransformer(ResponseModel):
+class VisionTransformer(nn.Module):
     def __init__(
         self,
         variant: Variant,
@@ -97,7 +95,7 @@ class VisionTransformer(ResponseModel):
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, (h // patch) * (w // patch) + 1, dim))
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # numbers, also when built on meta
         self.blocks = nn.ModuleList([Block(variant, dim, heads, mlp_ratio, qkv_bias, r) for r in rates])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
@@ -113,15 +111,8 @@ class VisionTransformer(ResponseModel):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def response_layers(self) -> list[nn.Module]:
-        return list(self.blocks)
-
-    def response_dims(self) -> list[int]:
-        return [self.dim] * self.depth
-
-    @staticmethod
-    def reduce_response(output: torch.Tensor) -> torch.Tensor:
-        return output[:, 0]  # the class token
+    def response_taps(self) -> Taps:
+        return Taps(list(self.blocks), [self.dim] * self.depth, class_token)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
@@ -131,7 +122,10 @@ class VisionTransformer(ResponseModel):
         return self.head(self.norm(tokens)[:, 0])
 
 
-@register_model("vit_tiny_patch4")
+@register_model("vit_tiny_patch4", summary="ViT-Tiny for 32 px (patch 4, dim 192, depth 12, 3 heads), DNRT's",
+                inputs="images", offers=("activations", "act_linear", "response_taps"), activation="gelu",
+                taps=VisionTransformer.response_taps,
+                tiny_options={"patch": 2, "dim": 8, "depth": 2, "heads": 2, "drop_path": 0.0})
 def vit_tiny_patch4(
     variant: Variant,
     num_classes: int,
@@ -144,22 +138,8 @@ def vit_tiny_patch4(
     mlp_ratio: float = 4.0,
     qkv_bias: bool = True,
     drop_path: float = 0.1,
-    activation: str | None = "gelu",
 ) -> nn.Module:
     if len(input_shape) != 3:
         raise ValueError(f"vit_tiny_patch4 needs images (C, H, W), got input shape {input_shape}")
-    v = with_activation(variant, activation)
-    model = VisionTransformer(
-        v,
-        (input_shape[1], input_shape[2]),
-        in_channels,
-        num_classes,
-        patch,
-        dim,
-        depth,
-        heads,
-        mlp_ratio,
-        qkv_bias,
-        drop_path,
-    )
-    return finish_variant_model(model, v, num_classes)
+    return VisionTransformer(variant, (input_shape[1], input_shape[2]), in_channels, num_classes, patch, dim, depth,
+                             heads, mlp_ratio, qkv_bias, drop_path)
