@@ -268,32 +268,49 @@ def example_bootstrap(baseline: np.ndarray, variant: np.ndarray, *, paired: bool
         raise ValueError("paired score matrices must have the same number of seeds")
     (sa, n), sb = a.shape, b.shape[0]
     diff = float(b.mean() - a.mean())
-    # An example scored the same by every seed of both sides adds exactly 0 to every resample;
-    # examples with the same column of scores add the same amount. So a resample only needs how
-    # many of its N draws fall in each group of identical informative columns: a multinomial
-    # over the groups (plus "the rest"), exact and cheap for classifiers (few distinct columns).
-    both = np.vstack([a, b])
-    informative = both[:, np.ptp(both, axis=0) > 0]
-    if informative.shape[1] == 0:
+    # An example that adds the same to both sides in every seed adds exactly 0 to every resample
+    # (paired: its per-seed differences are 0; unpaired: one score everywhere), and examples with
+    # the same column add the same amount: a resample only needs how many of its N draws land in
+    # each group of identical informative columns.
+    rows = b - a if paired else np.vstack([a, b])
+    keep = np.any(rows != 0, axis=0) if paired else np.ptp(rows, axis=0) > 0
+    k_inf = int(keep.sum())
+    if k_inf == 0:
         return ExampleTest(diff, (diff, diff), 1.0, n, 0, sa, sb, paired, 0)
-    columns, sizes = np.unique(informative, axis=1, return_counts=True)
-    xa, xb = columns[:sa], columns[sa:]
-    probs = np.append(sizes / n, 1 - sizes.sum() / n)
+    columns, group = np.unique(rows[:, keep], axis=1, return_inverse=True)
     rng = np.random.default_rng(seed)
-    chunk = max(1, min(resamples, 2_000_000 // len(probs)))
+    chunk = max(1, min(resamples, 4_000_000 // k_inf))
     draws = []
     for start in range(0, resamples, chunk):
         m = min(chunk, resamples - start)
         wa = rng.multinomial(sa, np.full(sa, 1 / sa), size=m) / sa
-        wb = wa if paired else rng.multinomial(sb, np.full(sb, 1 / sb), size=m) / sb
-        counts = rng.multinomial(n, probs, size=m)[:, :-1]
-        draws.append(((wb @ xb - wa @ xa) * counts).sum(axis=1) / n)
+        sums = _landings(rng, m, n, group.ravel(), columns.shape[1]) @ columns.T  # (m, rows): score sums
+        if paired:  # one seed draw for both sides
+            draws.append((sums * wa).sum(axis=1) / n)
+        else:
+            wb = rng.multinomial(sb, np.full(sb, 1 / sb), size=m) / sb
+            draws.append(((sums[:, sa:] * wb).sum(axis=1) - (sums[:, :sa] * wa).sum(axis=1)) / n)
     d = np.concatenate(draws)
     d[np.abs(d) < 1e-12] = 0.0  # a resample with no difference is 0 on both sides, not +-1e-17
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
     tail = min(int(np.sum(d <= 0)), int(np.sum(d >= 0)))
     p = min(1.0, 2 * (tail + 1) / (resamples + 1))
-    return ExampleTest(diff, (float(lo), float(hi)), p, n, int(sizes.sum()), sa, sb, paired, resamples)
+    return ExampleTest(diff, (float(lo), float(hi)), p, n, k_inf, sa, sb, paired, resamples)
+
+
+def _landings(rng: np.random.Generator, m: int, n: int, group: np.ndarray, groups: int) -> np.ndarray:
+    """(m, groups): in each of m resamples of n examples drawn with replacement, how many land in
+    each group of informative examples (`group[i]` is example i's group; the other n - K
+    examples are not listed). Exactly the multinomial of the draws, by the cheaper of two routes:
+    a multinomial over the groups (cost per resample ~ groups), or k ~ Binomial(n, K/n) draws
+    spread uniformly over the K examples (cost ~ K, cheaper when most groups are single)."""
+    k = len(group)
+    sizes = np.bincount(group, minlength=groups)
+    if groups * 5 <= k:
+        return rng.multinomial(n, np.append(sizes / n, 1 - k / n), size=m)[:, :groups].astype(float)
+    landed = rng.binomial(n, k / n, size=m)
+    cells = np.repeat(np.arange(m) * groups, landed) + group[rng.integers(0, k, size=int(landed.sum()))]
+    return np.bincount(cells, minlength=m * groups).reshape(m, groups).astype(float)
 
 
 def stricter_p(d: Difference, examples: ExampleTest | None) -> float | None:

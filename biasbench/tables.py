@@ -65,22 +65,25 @@ def _epochs(s: Any) -> str:
 
 
 def group_table(result: CompareResult) -> TextTable:
+    """Per group: runs and their fate, the estimate +- SE with its epochs, size and cost."""
     m = result.metric
     with_failed = any(s.failed for s in result.groups)
-    headers = ["group", "runs", "ok", "div", *(["fail"] if with_failed else []), "int", f"{m} ± SE",
-               "e* (window)" if result.estimator == "robust" else "epoch", "params", "FLOPs", "img/s"]
+    counts = "ok/div/fail/int" if with_failed else "ok/div/int"
+    epochs = {"robust": ["e* (window)"], "min_mean": ["epoch"]}.get(result.estimator, [])
+    headers = ["group", "runs", counts, f"{m} ± SE", *epochs, "params", "FLOPs", "img/s"]
     rows = []
     for s in result.groups:
         e = s.estimate
-        rows.append([s.label, str(s.runs), str(s.used), str(s.diverged), *([str(s.failed)] if with_failed else []),
-                     str(s.interrupted), _pm(e.value, e.summary.se, m) if e else "-", _epochs(s),
-                     f"{s.params:,}" if s.params is not None else "-", si(s.flops),
-                     f"{s.images_per_second:,.0f}" if s.images_per_second is not None else "-"])
+        fates = [s.used, s.diverged, *([s.failed] if with_failed else []), s.interrupted]
+        rows.append([s.label, str(s.runs), "/".join(map(str, fates)), _pm(e.value, e.summary.se, m) if e else "-",
+                     *([_epochs(s)] if epochs else []), f"{s.params:,}" if s.params is not None else "-",
+                     si(s.flops), f"{s.images_per_second:,.0f}" if s.images_per_second is not None else "-"])
     direction = "higher" if result.higher_is_better else "lower"
-    counts = "ok/div/fail/int" if with_failed else "ok/div/int"
+    last = {s.estimate.epoch for s in result.groups if s.estimate}
+    which = f"final (epoch {last.pop()})" if result.estimator == "final" and len(last) == 1 else result.estimator
     meaning = ("in the statistics / diverged / failed by the rule / interrupted" if with_failed
                else "in the statistics / diverged / interrupted")
-    return TextTable(headers, rows, title=f"{m}, {direction} is better; estimator: {result.estimator}",
+    return TextTable(headers, rows, title=f"{m}, {direction} is better; estimator: {which}",
                      caption=f"Estimator {result.estimator_description}. Runs {counts}: {meaning}. FLOPs per "
                      "example, forward pass.")
 

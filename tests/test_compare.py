@@ -194,7 +194,7 @@ def test_cli_table_and_json(
     code, out, _ = run_cli(["compare", str(runs_dir), "--json", str(tmp_path / "c.json")])
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("quickstart_smoke "))
-    assert row.split()[1:5] == ["3", "3", "0", "0"]  # runs, ok, div, int
+    assert row.split()[1:3] == ["3", "3/0/0"]  # runs; ok/div/int
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["metric"] == "test_acc" and doc["groups"][0]["completed"] == 3
     code, out, _ = run_cli(["compare", str(runs_dir), "--json", "-"])
@@ -348,7 +348,7 @@ def test_every_run_diverged_shows_the_table(template: dict[str, Any], tmp_path: 
     code, out, err = run_cli(["compare", str(tmp_path)])
     assert code == 0, err
     row = next(line for line in out.splitlines() if line.startswith("quickstart "))
-    assert row.split()[1:5] == ["2", "0", "2", "0"]  # runs 2: 0 ok, 2 diverged, 0 interrupted
+    assert row.split()[1:3] == ["2", "0/2/0"]  # runs 2: 0 ok, 2 diverged, 0 interrupted
     assert "every run diverged" in out
     code, _, err = run_cli(["report", str(tmp_path), "--out", str(tmp_path / "rep")])
     assert code == 0, err
@@ -401,14 +401,15 @@ def test_json_into_a_read_only_folder(runs_dir: Path, tmp_path: Path) -> None:
 
 
 def test_compare_fits_80_columns(template: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _family(tmp_path, template, {"baseline": 0, "dac": 12, "mba": 4}, {"mba": 1})
+    family = tmp_path / "family"
+    _family(family, template, {"baseline": 0, "dac": 12, "mba": 4}, {"mba": 1})
     long = tmp_path / "long"  # long labels: groups of one name told apart by recipe keys
     for seed in range(3):
         c = correctness(seed, 2, N, [0.8, 0.9])
         for lr in (0.05, 0.1):
             write_run(long, template, name="quickstart_smoke_with_a_long_name", seed=seed, correct=c,
                       recipe={"optim.lr": lr}, folder=f"lr{lr}")
-    for folder, extra in ((tmp_path, []), (long, ["--estimator", "robust"])):
+    for folder, extra in ((family, []), (long, ["--estimator", "robust"])):
         args = ["compare", str(folder), *extra]
         _, wide, _ = output_at(args, 250, monkeypatch)
         code, narrow, err = output_at(args, 80, monkeypatch)
