@@ -2,8 +2,9 @@
 
 A table is rendered as aligned columns separated by two spaces, one line per row, so `grep`
 finds a row whole. When the columns do not fit the width, the first (key) column is repeated
-and the others are moved into further blocks below; when even the key and one column do not
-fit, each row becomes a small record ("header: value" lines). No cell is ever cut or wrapped.
+and the others are moved into further blocks below; a column too wide to stand beside the key
+at all is shown per row as a small record (the key, then "header: value", wrapped between
+words). No cell is ever cut, and no word broken.
 Prose (titles, notes) is wrapped between words. On a terminal headers are bold; in a pipe the
 text is the same, without escape codes. The width is `COLUMNS` when set, else the terminal's,
 else 80 (the width of CI logs).
@@ -66,32 +67,36 @@ def _cell(text: str, w: int, left: bool) -> str:
     return text.ljust(w) if left else text.rjust(w)
 
 
-def _blocks(widths: list[int], width: int) -> list[list[int]] | None:
-    """Column indices per block, each block led by the key column 0; None if one cannot fit."""
+def _blocks(widths: list[int], width: int) -> tuple[list[list[int]], list[int]]:
+    """Column indices per block, each block led by the key column 0, and the columns too wide
+    to stand beside the key at all (shown as records instead)."""
     blocks: list[list[int]] = []
-    current, used = [0], widths[0]
+    current, used, records = [0], widths[0], []
     for i in range(1, len(widths)):
         need = len(GAP) + widths[i]
         if widths[0] + need > width:
-            return None
+            records.append(i)
+            continue
         if used + need > width:
             blocks.append(current)
             current, used = [0], widths[0]
         current.append(i)
         used += need
-    blocks.append(current)
-    return blocks
+    if len(current) > 1 or not blocks:
+        blocks.append(current)
+    return blocks, records
 
 
 def render(table: TextTable, width: int) -> list[Line]:
-    """The table as lines of at most `width` characters (except a single cell wider than it)."""
+    """The table as lines of at most `width` characters (except a single word wider than it)."""
     lines: list[Line] = [(t, "bold") for t in wrap(table.title, width)] if table.title else []
     cols = len(table.headers)
     widths = [max([len(table.headers[i])] + [len(r[i]) for r in table.rows]) for i in range(cols)]
-    blocks = _blocks(widths, width)
-    if blocks is None:
-        lines += _records(table, width)
-    for n, block in enumerate(blocks or []):
+    blocks, records = _blocks(widths, width)
+    if records and all(len(b) == 1 for b in blocks):
+        blocks = []  # nothing fits beside the key: every column as a record
+        records = list(range(1, cols))
+    for n, block in enumerate(blocks):
         if n:
             lines.append(("", ""))
         lines.append((GAP.join(_cell(table.headers[i], widths[i], i in table.left) for i in block).rstrip(),
@@ -99,18 +104,20 @@ def render(table: TextTable, width: int) -> list[Line]:
         lines.append((GAP.join("-" * widths[i] for i in block), ""))
         for row in table.rows:
             lines.append((GAP.join(_cell(row[i], widths[i], i in table.left) for i in block).rstrip(), ""))
+    if records:
+        lines += ([("", "")] if blocks else []) + _records(table, records, width)
     if table.caption:
         lines += [(t, "") for t in wrap(table.caption, width)]
     return lines
 
 
-def _records(table: TextTable, width: int) -> list[Line]:
-    """One block per row: the key, then an indented "header: value" line per other column."""
+def _records(table: TextTable, columns: list[int], width: int) -> list[Line]:
+    """Per row: the key, then an indented "header: value" line (wrapped) per column."""
     lines: list[Line] = []
     for row in table.rows:
         lines.append((row[0], "bold"))
-        for header, value in zip(table.headers[1:], row[1:], strict=True):
-            lines += [(t, "") for t in wrap(value, width, first=f"  {header}: ", rest="    ")]
+        for i in columns:
+            lines += [(t, "") for t in wrap(row[i], width, first=f"  {table.headers[i]}: ", rest="    ")]
     return lines
 
 

@@ -14,11 +14,17 @@ from biasbench.errors import UserError
 
 
 @app.command(
-    epilog="Examples:\n\n  biasbench compare runs/                       (every results.json below runs/)\n\n"
+    help="Compare runs: replicates pooled per recipe, one estimator, both tests, Holm, verdicts.\n\n"
+    "Each group (one recipe, its seeds pooled) gets a mean +- SE of the chosen estimator and counts of "
+    "completed, diverged and interrupted runs. Against the baseline: the difference with a 95% CI, a t-test "
+    "over replicates, a bootstrap over test examples and seeds (when the runs recorded per-example "
+    "predictions), Holm's adjustment over the comparisons, a verdict, and failed trainings with Fisher's exact "
+    "test. Statistics: docs/compare.md.",
+    epilog="Examples:\n\n  biasbench compare runs/                  (every results.json below runs/)\n\n"
     "  biasbench compare runs/base runs/dac --baseline baseline --json cmp.json\n\n"
-    "  biasbench compare runs/ --estimator robust     (the DAC paper's best-epoch window)\n\n"
-    "  biasbench compare runs/reg --metric test_loss   (regression: MSE, lower is better)\n\n"
-    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml   (CI gate: exit 0/1/2)"
+    "  biasbench compare runs/ --estimator robust    (the DAC paper's window)\n\n"
+    "  biasbench compare runs/reg --metric test_loss  (regression: MSE)\n\n"
+    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml",
 )
 def compare(
     results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
@@ -38,13 +44,6 @@ def compare(
         "section); exit 0 pass, 1 regression, 2 unusable input. The gate names its own reference, metrics and "
         "estimators, so --baseline, --metric and --estimator are refused with it."),
 ) -> None:
-    """Compare runs: replicates pooled per recipe, one estimator, both tests, Holm, verdicts.
-
-    Each group (one recipe, its seeds pooled) gets a mean +- SE of the chosen estimator and
-    counts of completed, diverged and interrupted runs. Against the baseline: the difference
-    with a 95% CI, a t-test over replicates, a bootstrap over test examples and seeds (when
-    the runs recorded per-example predictions), Holm's adjustment over the comparisons, a
-    verdict, and failed trainings with Fisher's exact test. Statistics: docs/compare.md."""
     from biasbench.compare import load_runs, summarize_runs
 
     if gate is not None:

@@ -13,11 +13,13 @@ from biasbench.errors import UserError
 
 
 @app.command(
-    epilog="Examples:\n\n  biasbench report runs/ --out reports/today            (report.md + figures/)\n\n"
+    help="Write a report (tables, learning curves, estimates, metric vs FLOPs/params, provenance), or show "
+    "histories.\n\nWithout --out, a single results file (or --history) prints the per-epoch history as a table.",
+    epilog="Examples:\n\n  biasbench report runs/ --out reports/today    (report.md + figures/)\n\n"
     "  biasbench report runs/ --out rep --format html --estimator robust\n\n"
-    "  biasbench report runs/quickstart/quickstart/seed0/results.json   (history table)\n\n"
-    "  biasbench report runs/ --history                     (every run's history table)\n\n"
-    "  biasbench report runs/ --history --json -            (the histories as JSON)"
+    "  biasbench report runs/quickstart/seed0/results.json    (its history)\n\n"
+    "  biasbench report runs/ --history              (every run's history)\n\n"
+    "  biasbench report runs/ --history --json -     (the histories as JSON)",
 )
 def report(
     results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
@@ -35,9 +37,6 @@ def report(
         None, "--json", metavar="OUT", help="Write what is shown as JSON to OUT (`-`: stdout only): the histories, "
         "or with --out the comparison (as compare.json)."),
 ) -> None:
-    """Write a report (tables, learning curves, metric vs FLOPs/params, provenance), or show histories.
-
-    Without --out, a single results file (or --history) prints the per-epoch history as a table."""
     from biasbench.compare import load_runs, summarize_runs
     from biasbench.report import write_report
 
