@@ -378,7 +378,7 @@ def example_test(base: Group, other: Group, sb: GroupSummary, so: GroupSummary, 
                  failure: Failure | None, cache: dict[Path, TestPredictions]) -> tuple[stats.ExampleTest | None, str]:
     """The paired bootstrap over test examples and seeds, or None and the reason there is none."""
     if metric != "test_acc":
-        return None, f"per-example predictions cover test_acc; {metric} has the replicate test only"
+        return None, f"per-example predictions cover test_acc, not {metric}"
     if sb.estimate is None or so.estimate is None:
         return None, "no completed runs on a side"
     runs_b, runs_o = used_runs(base, failure), used_runs(other, failure)

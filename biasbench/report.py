@@ -86,10 +86,6 @@ def _limit_y(ax: Any, values: Sequence[float], percent: bool) -> None:
     ax.set_ylim(*_metric_range(values, percent, ax.get_yscale() == "linear"))
 
 
-def _limit_x(ax: Any, values: Sequence[float], percent: bool) -> None:
-    ax.set_xlim(*_metric_range(values, percent))
-
-
 def _group_styles(result: CompareResult) -> dict[str, dict[str, Any]]:
     """Colour by variant; line style by the group's place among the groups of its variant."""
     colors = variant_colors([s.variant for s in result.groups])
@@ -186,6 +182,11 @@ def _finish_panel(ax: Any, split: str, kind: str, *, log: bool) -> None:
         ax.set_yscale("log")  # MSE spans decades over training
     bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections if c.get_paths()]
     _limit_y(ax, np.concatenate([np.asarray(ln.get_ydata(), float) for ln in lines] + bands), kind == "acc")
+    if log:  # plain numbers (0.4, 0.6), not 4x10^-1; the 2-9 ticks labelled when under a decade shows
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        lo, hi = ax.get_ylim()
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else matplotlib.ticker.NullFormatter())
 
 
 def _draw_window(ax: Any, s: GroupSummary, kind: str, color: str) -> None:
@@ -199,6 +200,36 @@ def _draw_window(ax: Any, s: GroupSummary, kind: str, color: str) -> None:
             solid_capstyle="butt", zorder=1)
 
 
+def _point(s: GroupSummary, scale: float, color: str) -> dict[str, Any]:
+    """A group's estimate as plotted (in the figure's units) and written to the figure's JSON."""
+    e = s.estimate
+    assert e is not None
+    ci = e.summary.ci
+    return {"group": s.label, "variant": s.variant, "model": s.model, "color": color, "value": e.value * scale,
+            "n": e.summary.n, "ci": [c * scale for c in ci] if ci else None, "window": list(e.window)}
+
+
+def _ci_bar(ax: Any, at: float, point: dict[str, Any], percent: bool, *, horizontal: bool) -> bool:
+    """The 95% CI as an error bar, drawn inside the metric's range; False when n = 1 (no bar)."""
+    if point["ci"] is None:
+        return False
+    v = point["value"]
+    lo, hi = max(point["ci"][0], 0.0), point["ci"][1]
+    hi = min(hi, 100.0) if percent else hi
+    err = [[v - lo], [hi - v]]
+    kw = {"color": point["color"], "capsize": 4, "lw": 1.3, "zorder": 2}
+    if horizontal:
+        ax.errorbar([v], [at], xerr=err, **kw)
+    else:
+        ax.errorbar([at], [v], yerr=err, **kw)
+    return True
+
+
+def _bars_note(points: list[dict[str, Any]]) -> str:
+    single = [p["group"] for p in points if p["ci"] is None]
+    return "error bars: 95% CI over replicates" + (f"; n = 1, no bar: {', '.join(single)}" if single else "")
+
+
 def estimates_plot(result: CompareResult, path: Path) -> Path | None:
     """One row per group: the estimate with its 95% CI (the table's numbers), coloured by
     variant, the baseline's value as a dashed line. Legible with any number of groups."""
@@ -206,42 +237,31 @@ def estimates_plot(result: CompareResult, path: Path) -> Path | None:
     if not shown:
         return None
     percent = _percent(result.metric)
-    scale = 100.0 if percent else 1.0
     colors = variant_colors([s.variant for s in result.groups])
+    points = [_point(s, 100.0 if percent else 1.0, colors[s.variant]) for s in shown]
     fig, ax = plt.subplots(figsize=(7.2, 1.2 + 0.38 * len(shown)))
-    data: dict[str, Any] = {"estimator": result.estimator, "metric": result.metric,
-                            "unit": "%" if percent else result.metric, "points": []}
-    xs: list[float] = []
-    single = []
-    for i, s in enumerate(shown):
-        row = len(shown) - 1 - i  # the first group on top, as in the table
-        e = s.estimate
-        assert e is not None
-        y, ci = e.value * scale, e.summary.ci
-        data["points"].append({"group": s.label, "variant": s.variant, "color": colors[s.variant], "value": y,
-                               "n": e.summary.n,
-                               "ci": [c * scale for c in ci] if ci else None, "window": list(e.window)})
-        xs += [y, *([c * scale for c in ci] if ci else [])]
-        if ci:
-            lo, hi = max(ci[0] * scale, 0.0), ci[1] * scale
-            hi = min(hi, 100.0) if percent else hi
-            ax.errorbar([y], [row], xerr=[[y - lo], [hi - y]], color=colors[s.variant], capsize=4, lw=1.4)
-        else:
-            single.append(s.label)
-        ax.plot([y], [row], "o", color=colors[s.variant], ms=6)
-    base = next((s for s in shown if s.label == result.baseline), None)
-    if base is not None and base.estimate is not None:
-        ax.axvline(base.estimate.value * scale, color=colors[base.variant], ls="--", lw=1, alpha=0.8)
-    ax.set_yticks(range(len(shown)), [s.label for s in reversed(shown)], fontsize=8)
-    ax.set_ylim(-0.6, len(shown) - 0.4)
-    _limit_x(ax, xs, percent)
+    for row, point in zip(range(len(points) - 1, -1, -1), points, strict=True):  # the first group on top
+        _ci_bar(ax, row, point, percent, horizontal=True)
+        ax.plot([point["value"]], [row], "o", color=point["color"], ms=6)
+    base = next((p for p in points if p["group"] == result.baseline), None)
+    if base is not None:
+        ax.axvline(base["value"], color=base["color"], ls="--", lw=1, alpha=0.8)
+    ax.set_yticks(range(len(points)), [p["group"] for p in reversed(points)], fontsize=8)
+    ax.set_ylim(-0.6, len(points) - 0.4)
+    ax.set_xlim(*_metric_range([v for p in points for v in [p["value"], *(p["ci"] or [])]], percent))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set_xlabel(f"{result.metric} ({'%' if percent else 'value'}), {result.estimator} estimate")
+    ax.set_xlabel(_value_label(result, percent))
     ax.grid(alpha=0.3, axis="x")
-    bars = "bars: 95% CI over replicates" + (f"; n = 1, no bar: {', '.join(single)}" if single else "")
-    ax.set_title(_fit_title(f"{result.estimator} estimate of {result.metric} per group; {bars}"), fontsize=9)
-    data["note"] = bars
+    note = _bars_note(points)
+    ax.set_title(_fit_title(f"{result.estimator} estimate of {result.metric} per group; {note}"), fontsize=9)
+    data = {"estimator": result.estimator, "metric": result.metric, "unit": "%" if percent else result.metric,
+            "points": points, "note": note}
     return _save(fig, path, data)
+
+
+def _value_label(result: CompareResult, percent: bool) -> str:
+    direction = "higher" if result.higher_is_better else "lower"
+    return f"{result.metric}{' (%)' if percent else ''}, {result.estimator} estimate ({direction} is better)"
 
 
 def _fit_title(text: str, width: int = 90) -> str:
@@ -275,72 +295,63 @@ def _series(runs: Sequence[Run]) -> dict[str, tuple[str, str]]:
 
 def complexity_plot(result: CompareResult, runs: Sequence[Run], path: Path, *, x: str) -> Path | None:
     """The estimate against FLOPs per example (`x="flops"`) or parameters (`x="params"`)."""
-    pts = [(s, s.flops if x == "flops" else s.params) for s in result.groups]
-    pts = [(s, float(v)) for s, v in pts if v and s.estimate is not None]
-    if not pts:
+    sizes = {s.label: float(v) for s in result.groups
+             if (v := s.flops if x == "flops" else s.params) and s.estimate is not None}
+    if not sizes:
         return None
     percent = _percent(result.metric)
-    scale = 100.0 if percent else 1.0
-    prefix, unit_scale = si_prefix(max(v for _, v in pts))
+    prefix, unit_scale = si_prefix(max(sizes.values()))
     x_unit = f"{prefix}FLOPs" if x == "flops" else (f"parameters ({prefix})" if prefix else "parameters")
     colors = variant_colors([s.variant for s in result.groups])
-    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(sorted({s.model for s, _ in pts}))}
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(sorted({s.model for s in result.groups}))}
     series = _series(runs)
+    lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in result.groups:
+        if s.label in sizes:
+            point = {**_point(s, 100.0 if percent else 1.0, colors[s.variant]), "x": sizes[s.label] / unit_scale}
+            lines.setdefault(series[s.label], []).append(point)
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
-    data: dict[str, Any] = {"estimator": result.estimator, "metric": result.metric, "x": x, "x_unit": x_unit,
-                            "y_unit": "%" if percent else result.metric, "points": []}
-    lines: dict[tuple[str, str], list[tuple[float, GroupSummary]]] = {}
-    for s, v in pts:
-        lines.setdefault(series[s.label], []).append((v / unit_scale, s))
-    single = []
-    ys: list[float] = []
     styles = iter(LINESTYLES * len(lines))
     for (_, name), members in sorted(lines.items(), key=lambda kv: kv[0][1]):
-        members.sort(key=lambda p: p[0])
-        s0 = members[0][1]
-        ax.plot([p[0] for p in members], [p[1].estimate.value * scale for p in members], color=colors[s0.variant],
-                lw=1.4, alpha=0.85, zorder=1, label=name, ls=next(styles) if name != s0.variant else "-",
-                marker=markers[s0.model] if len(markers) == 1 else None)
-        for xv, s in members:
-            e = s.estimate
-            y = e.value * scale
-            ci = e.summary.ci
-            point = {"group": s.label, "variant": s.variant, "color": colors[s.variant], "model": s.model, "x": xv,
-                     "y": y, "n": e.summary.n,
-                     "ci": [c * scale for c in ci] if ci else None}
-            data["points"].append(point)
-            ys += [y, *(point["ci"] or [])]
-            if ci:  # 95% CI; drawn inside the metric's range
-                lo, hi = (max(c * scale, 0.0) for c in ci)
-                hi = min(hi, 100.0) if percent else hi
-                ax.errorbar([xv], [y], yerr=[[y - lo], [hi - y]], color=colors[s.variant], capsize=4, lw=1.2,
-                            zorder=2)
-            else:
-                single.append(s.label)
-            ax.scatter([xv], [y], color=colors[s.variant], marker=markers[s.model], s=42, zorder=3,
+        members.sort(key=lambda p: p["x"])
+        first = members[0]
+        ax.plot([p["x"] for p in members], [p["value"] for p in members], color=first["color"], lw=1.4, alpha=0.85,
+                zorder=1, label=name, ls=next(styles) if name != first["variant"] else "-",
+                marker=markers[first["model"]] if len(markers) == 1 else None)
+        for p in members:
+            _ci_bar(ax, p["x"], p, percent, horizontal=False)
+            ax.scatter([p["x"]], [p["value"]], color=p["color"], marker=markers[p["model"]], s=42, zorder=3,
                        edgecolor="white", linewidth=0.6)
+    points = [p for members in lines.values() for p in members]
+    _complexity_axes(ax, points, markers, x_unit, x == "flops", percent, result)
+    note = _bars_note(points)
+    ax.set_title(_fit_title(f"{result.estimator} estimate of {result.metric}; {note}", 80), fontsize=9)
+    data = {"estimator": result.estimator, "metric": result.metric, "x": x, "x_unit": x_unit,
+            "y_unit": "%" if percent else result.metric, "points": points, "note": note}
+    return _save(fig, path, data)
+
+
+def _complexity_axes(ax: Any, points: list[dict[str, Any]], markers: dict[str, str], x_unit: str, flops: bool,
+                     percent: bool, result: CompareResult) -> None:
+    """Plain tick labels in the chosen unit (no offset, no 1e-6), a log scale for sizes spanning
+    decades, y within the metric's range, the legend outside the axes."""
     formatter = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(formatter)  # plain numbers in the chosen unit: no offset, no 1e-6
-    ax.yaxis.set_major_formatter(formatter)
-    xs = [p["x"] for p in data["points"]]
+    xs = [p["x"] for p in points]
     if min(xs) > 0 and max(xs) / min(xs) > 20:
-        ax.set_xscale("log")  # sizes spanning decades (a width sweep)
+        ax.set_xscale("log")  # a width sweep
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(formatter)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel(f"{x_unit} per example, forward pass" if x == "flops" else x_unit)
-    ax.set_ylabel(f"{result.metric} ({'%' if percent else 'value'}), {result.estimator}")
-    _limit_y(ax, ys, percent)
+    ax.xaxis.set_major_formatter(formatter)
+    ax.yaxis.set_major_formatter(formatter)
+    ax.set_xlabel(f"{x_unit} per example, forward pass" if flops else x_unit)
+    ax.set_ylabel(_value_label(result, percent))
+    ax.set_ylim(*_metric_range([v for p in points for v in [p["value"], *(p["ci"] or [])]], percent))
     ax.grid(alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     if len(markers) > 1:  # several architectures: their markers get a key of their own
         handles += [matplotlib.lines.Line2D([], [], color="0.3", marker=mk, ls="", label=model)
                     for model, mk in markers.items()]
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    bars = "error bars: 95% CI over replicates" + (f"; n = 1, no bar: {', '.join(single)}" if single else "")
-    ax.set_title(_fit_title(f"{result.estimator} estimate of {result.metric}; {bars}", 80), fontsize=9)
-    data["note"] = bars
-    return _save(fig, path, data)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def test_figures_and_tables_agree(template: dict[str, Any], tmp_path: Path, esti
         assert f"{100 * est['summary']['se']:.2f}%" == se
         assert point["value"] == pytest.approx(100 * est["value"])  # ...which is compare's, unrounded
         assert point["ci"] == pytest.approx([100 * c for c in est["summary"]["ci"]])  # the 95% CI of the SE
-        assert flops[label]["y"] == point["value"] and curves[label]["estimate"]["value"] == point["value"]
+        assert flops[label]["value"] == point["value"] and curves[label]["estimate"]["value"] == point["value"]
         window = point["window"]
         if estimator == "robust":
             assert row["e* (window)"].endswith(f"({window[0]}-{window[1]})")
