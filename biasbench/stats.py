@@ -244,7 +244,7 @@ class ExampleTest:
     ci: tuple[float, float]
     p_value: float
     examples: int  # N, the test set's size
-    informative: int  # examples scored differently by some seed or side: the only ones that matter
+    informative: int  # examples that move the difference (paired: differ in some seed): the only ones resampled
     seeds_baseline: int
     seeds_variant: int
     paired: bool

@@ -285,7 +285,8 @@ def test_history_fits_80_columns_and_has_json(runs_dir: Path, monkeypatch: pytes
 def test_report_and_compare_fit_80_columns(template: dict[str, Any], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     root = three_by_three(tmp_path / "runs", template)
-    for args in (["compare", str(root), "--estimator", "robust"], ["report", str(root), "--out", str(tmp_path / "rep")]):
+    for args in (["compare", str(root), "--estimator", "robust"],
+                 ["report", str(root), "--out", str(tmp_path / "rep")]):
         _, wide, _ = output_at(args, 300, monkeypatch)
         code, narrow, err = output_at(args, 80, monkeypatch)
         assert code == 0, err

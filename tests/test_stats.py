@@ -236,15 +236,21 @@ def _slow_bootstrap(a: np.ndarray, b: np.ndarray, paired: bool, resamples: int, 
 
 
 @pytest.mark.parametrize("paired", [True, False])
-def test_example_bootstrap_matches_the_definition(paired: bool) -> None:
+@pytest.mark.parametrize("n,seeds,route", [(60, 3, "uniform draws"), (1000, 2, "multinomial")])
+def test_example_bootstrap_matches_the_definition(paired: bool, n: int, seeds: int, route: str) -> None:
     rng = np.random.default_rng(3)
-    n = 60
-    a = (rng.random((3, n)) < 0.80).astype(float)
-    b = (rng.random((3, n)) < 0.88).astype(float)
+    a = (rng.random((seeds, n)) < 0.80).astype(float)
+    b = (rng.random((seeds, n)) < 0.88).astype(float)
+    if route == "multinomial":  # most examples right everywhere: few distinct informative columns
+        a[:, 300:], b[:, 300:] = 1.0, 1.0
+    rows = b - a if paired else np.vstack([a, b])
+    informative = rows[:, np.any(rows != np.where(paired, 0, rows[:1]), axis=0)]
+    groups = np.unique(informative, axis=1).shape[1]
+    assert (groups * 5 <= informative.shape[1]) == (route == "multinomial")  # which route _landings takes
     fast = stats.example_bootstrap(a, b, paired=paired, resamples=20_000, seed=1)
     slow = _slow_bootstrap(a, b, paired, 20_000, seed=2)
     assert fast.diff == pytest.approx(b.mean() - a.mean())
-    assert fast.ci == pytest.approx(tuple(np.quantile(slow, [0.025, 0.975])), abs=0.006)
+    assert fast.ci == pytest.approx(tuple(np.quantile(slow, [0.025, 0.975])), abs=1.1 / (seeds * n))
     p_slow = min(1.0, 2 * (min(np.sum(slow <= 0), np.sum(slow >= 0)) + 1) / (len(slow) + 1))
     assert fast.p_value == pytest.approx(p_slow, abs=0.015)
 
