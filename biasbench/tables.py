@@ -117,9 +117,9 @@ def comparison_table(result: CompareResult) -> TextTable:
 
 def failures_table(result: CompareResult) -> TextTable | None:
     """Failed and diverged runs per group against the baseline (two-sided Fisher exact test);
-    None when no run failed or diverged."""
-    if not any(s.bad for s in result.groups):
-        return None
+    None when no run failed or diverged, or there is no baseline to test against."""
+    if result.baseline is None or not any(s.bad for s in result.groups):
+        return None  # one group: its counts are in the group table
     base = next((s for s in result.groups if s.label == result.baseline), None)
     p_of = {c.label: c.failures.p_value for c in result.comparisons}
     rows = [[s.label, str(s.finished), str(s.diverged), str(s.failed),
