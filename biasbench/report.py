@@ -177,6 +177,8 @@ def _finish_panel(ax: Any, split: str, kind: str, *, log: bool) -> None:
     if not lines:
         ax.text(0.5, 0.5, f"no {split} {kind} recorded", ha="center", va="center", transform=ax.transAxes,
                 fontsize=9, color="0.4")
+        ax.set_xticks([])
+        ax.set_yticks([])
         return
     if log:
         ax.set_yscale("log")  # MSE spans decades over training
@@ -381,10 +383,11 @@ def write_report(result: CompareResult, runs: Sequence[Run], out: Path, fmt: str
         raise UserError(f"--format must be md or html, got `{fmt}`")
     out = ensure_dir(Path(out))
     figs = ensure_dir(out / "figures")
-    figures: list[tuple[str, Path, str]] = [
-        ("Learning curves", learning_curves(result, runs, figs / "curves.png", failure),
-         f"Replicate mean and min-max band over replicates; on {result.metric}, a bar at the {result.estimator} "
-         "estimate spans the epochs it averages.")]
+    figures: list[tuple[str, Path, str]] = []
+    if any(s.used for s in result.groups):  # no completed run: no curve to draw (the notes say why)
+        figures.append(("Learning curves", learning_curves(result, runs, figs / "curves.png", failure),
+                        f"Replicate mean and min-max band over replicates; on {result.metric}, a bar at the "
+                        f"{result.estimator} estimate spans the epochs it averages."))
     est = estimates_plot(result, figs / f"{result.metric}_estimates.png")
     if est is not None:
         figures.append((f"{result.metric} per group", est,
@@ -431,7 +434,9 @@ def _sections(result: CompareResult, runs: Sequence[Run], figures: list[tuple[st
     if result.notes:
         blocks += [("h2", "Notes"), ("list", result.notes)]
     blocks.append(("h2", "Figures"))
-    if not any(s.flops for s in result.groups):
+    if not any(s.used for s in result.groups):
+        blocks.append(("p", "No run completed, so there are no learning curves or estimates to draw."))
+    elif not any(s.flops for s in result.groups):
         blocks.append(("p", "No FLOP counts in these results files, so there is no figure against FLOPs."))
     for title, path, caption in figures:
         blocks += [("h3", title), ("img", (title, os.path.relpath(path, out), path)), ("p", caption)]

@@ -353,8 +353,10 @@ def test_every_run_diverged_shows_the_table(template: dict[str, Any], tmp_path: 
     row = next(line for line in out.splitlines() if line.startswith("quickstart "))
     assert row.split()[1:3] == ["2", "0/2/0"]  # runs 2: 0 ok, 2 diverged, 0 interrupted
     assert "every run diverged" in out
-    code, _, err = run_cli(["report", str(tmp_path), "--out", str(tmp_path / "rep")])
+    code, _, err = run_cli(["report", str(tmp_path / "quickstart"), "--out", str(tmp_path / "rep")])
     assert code == 0, err
+    assert "No run completed" in (tmp_path / "rep" / "report.md").read_text()
+    assert not list((tmp_path / "rep" / "figures").glob("*.png"))  # no empty figures
 
 
 def test_missing_and_corrupt_predictions(template: dict[str, Any], tmp_path: Path) -> None:
