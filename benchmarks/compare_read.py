@@ -1,19 +1,28 @@
-"""How long `biasbench compare` takes to read, group and summarise many results files.
+"""How long `biasbench compare` takes to read, group and summarise many results files, and what
+its test over examples and seeds costs per comparison.
 
     .venv/bin/python benchmarks/compare_read.py [--files 1000] [--epochs 30] [--json out.json]
 
 Writes `--files` synthetic but schema-valid results files (4 variants of one recipe, one seed
 each, `--epochs` epochs of history, like a real 30-epoch run) into a temporary folder, then times
 the phases `compare` runs: finding the files, loading and checking them, grouping, and the
-summaries with the paper's estimators and the comparisons against the baseline. The target is
-under 5 seconds for 1,000 files. The best of `--repeats` timings is reported (the first read
-also pays the file-system cache).
+summaries with the estimator and the comparisons against the baseline. The target is under 5
+seconds for 1,000 files. The best of `--repeats` timings is reported (the first read also pays
+the file-system cache).
+
+Then it times `stats.example_bootstrap` (10,000 resamples) for one comparison of CIFAR-10 size:
+10,000 test examples, 5 seeds a side, two models near 93% that disagree on a few hundred
+examples, scored at one epoch (`final`, `min_mean`) and averaged over a 5-epoch window (`robust`,
+where an example's score takes more distinct values). Targets: under 1 s per comparison at one
+epoch (the default `final`), under 3 s over a window (more distinct columns to resample). The
+machine and its load average are printed with the numbers: on a shared machine they scale with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -26,6 +35,7 @@ from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from biasbench import stats  # noqa: E402
 from biasbench.compare import find_results, group_runs, load_runs, summarize_runs  # noqa: E402
 from biasbench.recipe import Recipe  # noqa: E402
 from biasbench.results import KIND, SCHEMA_VERSION  # noqa: E402
@@ -111,6 +121,29 @@ def time_phases(root: Path) -> dict[str, float]:
     }
 
 
+def correlated_scores(rng: np.random.Generator, seeds: int, n: int, epochs: int, accuracy: float) -> np.ndarray:
+    """(seeds, n) scores averaged over `epochs`: examples have a difficulty shared by every seed
+    and epoch, so most are always right, a few always wrong, some flip (as in real runs)."""
+    difficulty = rng.beta(0.3, 4.0, n)  # mostly easy
+    p_right = np.clip(1 - difficulty * (1 - accuracy) / difficulty.mean(), 0, 1)
+    return (rng.random((seeds, epochs, n)) < p_right).mean(axis=1)
+
+
+def time_bootstrap(repeats: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, epochs in (("final / min_mean (1 epoch)", 1), ("robust (5-epoch window)", 5)):
+        a = correlated_scores(rng, 5, 10_000, epochs, 0.93)
+        b = correlated_scores(rng, 5, 10_000, epochs, 0.935)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            stats.example_bootstrap(a, b, paired=True)
+            times.append(time.perf_counter() - t0)
+        out[name] = min(times)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1000)
@@ -136,6 +169,15 @@ def main() -> None:
     print(tabulate(rows, headers=["phase", f"seconds (best of {args.repeats})"], tablefmt="github"))
     verdict = "PASS" if best["total (load + summarise)"] < 5.0 else "SLOW"
     print(f"target: under 5 s for 1,000 files -> {verdict}")
+    boot = time_bootstrap(args.repeats)
+    print()
+    print(tabulate([[k, f"{v:.3f}"] for k, v in boot.items()],
+                   headers=["bootstrap, 10,000 test examples x 5 seeds", f"seconds (best of {args.repeats})"],
+                   tablefmt="github"))
+    one, window = boot.values()
+    print(f"targets: under 1 s at one epoch, 3 s over a window -> "
+          f"{'PASS' if one < 1.0 and window < 3.0 else 'SLOW'}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -146,6 +188,10 @@ def main() -> None:
                     "seconds_best": best,
                     "seconds_first_total": first,
                     "target_s": 5.0,
+                    "bootstrap_seconds_best": boot,
+                    "bootstrap_target_s": {"one epoch": 1.0, "window": 3.0},
+                    "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()[0],
                     "python": platform.python_version(),
                     "machine": platform.machine(),
                 },

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from biasbench import stats
 from biasbench.errors import UserError, did_you_mean
+from biasbench.predictions import TestPredictions, load_predictions
 from biasbench.recipe import experiment_identity
 from biasbench.results import KIND, SCHEMA_VERSION, higher_is_better, load_results
-
-ESTIMATORS = ("final", "robust")
 
 # Keys that must agree across every group of one comparison (else: refused).
 _COMPAT_PREFIXES = ("data.", "train.epochs", "task")
@@ -194,32 +195,44 @@ def _label(groups: list[Group]) -> None:
 # Summaries and comparisons.
 # ---------------------------------------------------------------------------------------------
 
+ESTIMATORS = stats.ESTIMATORS
+Failure = Callable[[dict[str, Any]], bool]  # a study's rule: is this completed run a failed training?
+
 
 def default_metric(task: str) -> str:
     return "test_acc" if task == "classification" else "test_loss"
 
 
 def check_metric(groups: Sequence[Group], metric: str | None) -> str:
+    """The metric to compare: the one asked for, if the completed runs record it, else the
+    task's default. Runs that diverged record no test metrics and are not asked."""
     task = groups[0].task
     metric = metric or default_metric(task)
     if not metric.startswith(("test_", "val_", "train_")):
-        raise UserError(
-            f"--metric must name a per-epoch metric such as test_acc or test_loss, got `{metric}`"
-        )
+        raise UserError(f"--metric must name a per-epoch metric such as test_acc or test_loss, got `{metric}`")
     keys: set[str] = set()
     for g in groups:
         for r in g.runs:
-            for row in r.history[:1]:
-                keys.update(k for k in row if k.startswith(("test_", "val_", "train_")))
+            if r.status == "completed":
+                for row in r.history[:1]:
+                    keys.update(k for k in row if k.startswith(("test_", "val_", "train_")))
     if keys and metric not in keys:
-        extra = (
-            " (regression results have no accuracy; use test_loss, the MSE)" if task == "regression" else ""
-        )
-        raise UserError(
-            f"--metric `{metric}` is not in these results{extra}; they record: "
-            f"{', '.join(sorted(keys))}{did_you_mean(metric, keys)}"
-        )
+        extra = " (regression results have no accuracy; use test_loss, the MSE)" if task == "regression" else ""
+        raise UserError(f"--metric `{metric}` is not in these results{extra}; they record: "
+                        f"{', '.join(sorted(keys))}{did_you_mean(metric, keys)}")
     return metric
+
+
+def describe_estimator(estimator: str, metric: str) -> str:
+    """One sentence naming the estimator, for every table and figure that shows its values."""
+    if estimator == "final":
+        return f"final: each replicate's {metric} at the last epoch"
+    if estimator == "min_mean":
+        return (f"min_mean: each replicate's {metric} at the epoch with the best replicate-mean {metric} "
+                "(chosen on test, so optimistic)")
+    val = f"val_{metric.split('_', 1)[1]}"
+    return (f"robust: each replicate's {metric} averaged over epochs e*-2..e*+2, clipped to the run, "
+            f"e* = the best epoch of the replicate-mean {val}")
 
 
 @dataclass
@@ -231,19 +244,32 @@ class GroupSummary:
     task: str
     epochs: int
     runs: int
-    completed: int
+    completed: int  # status completed (failed ones included)
     diverged: int
+    failed: int  # completed, but a failed training by the study's rule: counted, left out like diverged runs
     interrupted: int
-    seeds: list[Any]  # seeds of the runs used in the statistics (completed ones)
-    final: stats.Summary
-    robust_best: stats.RobustBest | None
-    min_error: stats.MinOverEpochs | None
+    seeds: list[Any]  # seeds of the runs in the statistics, in the order of `values`
+    estimate: stats.Estimate | None
     params: int | None
     macs: float | None
     flops: float | None
     images_per_second: float | None
+    eval_size: int | None  # examples the metric is measured on (data.test_size for test_*)
     values: list[float]  # the per-replicate sample of the chosen estimator
     paths: list[str] = field(default_factory=list)
+
+    @property
+    def used(self) -> int:
+        return len(self.values)
+
+    @property
+    def bad(self) -> int:
+        """Failed trainings as the DAC paper counts them: diverged or failed by the rule."""
+        return self.diverged + self.failed
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.diverged
 
 
 def _mean_of(values: Iterable[Any]) -> float | None:
@@ -251,46 +277,160 @@ def _mean_of(values: Iterable[Any]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def summarize_group(g: Group, metric: str, estimator: str = "final") -> GroupSummary:
-    hib = higher_is_better(metric)
-    used = [r for r in g.runs if r.status == "completed"]  # diverged / interrupted: counted, not averaged
-    finals = [r.doc.get("final", {}).get(metric) for r in used]
-    final_values = [float(v) for v in finals if v is not None]
-    histories = [r.history for r in used]
-    robust = stats.robust_best_accuracy(histories, metric=metric, higher_is_better=hib) if used else None
-    min_err = stats.min_mean_error(histories, metric=metric, higher_is_better=hib) if used else None
-    values = list(robust.per_replicate) if (estimator == "robust" and robust) else final_values
+def used_runs(g: Group, failure: Failure | None = None) -> list[Run]:
+    """The runs every statistic uses, in seed order: completed and not failed by the rule."""
+    return [r for r in g.runs if r.status == "completed" and not (failure and failure(r.doc))]
+
+
+def _eval_size(runs: Sequence[Run], metric: str) -> int | None:
+    split = metric.split("_", 1)[0]
+    sizes = {(r.doc.get("data") or {}).get(f"{split}_size") for r in runs}
+    size = sizes.pop() if len(sizes) == 1 else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def summarize_group(g: Group, metric: str, estimator: str = "final", failure: Failure | None = None) -> GroupSummary:
+    used = used_runs(g, failure)
+    est = stats.estimate([r.history for r in used], estimator, metric=metric,
+                         higher_is_better=higher_is_better(metric)) if used else None
     complexity = [r.doc.get("complexity") or {} for r in g.runs]
+    completed = sum(r.status == "completed" for r in g.runs)
     return GroupSummary(
-        label=g.label,
-        name=g.name,
-        model=g.model,
-        variant=g.variant,
-        task=g.task,
+        label=g.label, name=g.name, model=g.model, variant=g.variant, task=g.task,
         epochs=int(g.ident.get("train.epochs") or 0),
-        runs=len(g.runs),
-        completed=len(used),
+        runs=len(g.runs), completed=completed,
         diverged=sum(r.status == "diverged" for r in g.runs),
+        failed=completed - len(used),
         interrupted=sum(r.status == "interrupted" for r in g.runs),
-        seeds=[r.seed for r in used],
-        final=stats.summarize(final_values),
-        robust_best=robust,
-        min_error=min_err,
+        seeds=[r.seed for r in used] if est else [],
+        estimate=est,
         params=(g.runs[0].doc.get("params") or {}).get("total"),
         macs=_mean_of(c.get("macs") for c in complexity),
         flops=_mean_of(c.get("flops") for c in complexity),
         images_per_second=_mean_of(r.doc.get("images_per_second") for r in used or g.runs),
-        values=values,
+        eval_size=_eval_size(g.runs, metric),
+        values=list(est.per_replicate) if est else [],
         paths=[str(r.path) for r in g.runs],
     )
+
+
+def pairing(base: GroupSummary, other: GroupSummary) -> list[int] | None:
+    """Indices into `other.values` that line up with `base.values` seed by seed, when both sides
+    ran exactly the same seeds, each once (seed-driven variation then cancels); else None."""
+    if len(base.values) < 2 or None in base.seeds or sorted(base.seeds) != sorted(other.seeds):
+        return None
+    if len(set(base.seeds)) != len(base.seeds) or len(base.values) != len(other.values):
+        return None
+    order = {s: i for i, s in enumerate(other.seeds)}
+    return [order[s] for s in base.seeds]
+
+
+def replicate_difference(base: GroupSummary, other: GroupSummary) -> stats.Difference:
+    """other - base over replicates: the paired t-test on shared seeds, else Welch's."""
+    order = pairing(base, other)
+    b = other.values if order is None else [other.values[i] for i in order]
+    return stats.difference(base.values, b, paired=order is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The example-level test: per-example predictions of both groups at the estimator's epochs.
+# ---------------------------------------------------------------------------------------------
+
+
+class _NoScores(Exception):
+    """Why a group has no per-example scores (said in the output; the replicate test remains)."""
+
+
+def _predictions_of(run: Run, cache: dict[Path, TestPredictions]) -> TestPredictions:
+    entry = run.doc.get("predictions")
+    if not isinstance(entry, dict) or not entry.get("file"):
+        raise _NoScores("the results files record no per-example predictions (written before schema 2)")
+    path = run.path.parent / str(entry["file"])
+    if path not in cache:
+        if not path.exists():
+            raise _NoScores(f"`{path}` is missing (copied without its predictions file?)")
+        cache[path] = load_predictions(path)  # a corrupt file is bad input: UserError
+    return cache[path]
+
+
+def _scores(runs: Sequence[Run], est: stats.Estimate, cache: dict[Path, TestPredictions]) -> np.ndarray:
+    """(seeds, N): each run's correctness per test example, averaged over the estimator's epochs."""
+    rows = []
+    for run in runs:
+        preds = _predictions_of(run, cache)
+        if preds.task != "classification":
+            raise _NoScores("per-example losses of regression runs are not tested over examples (docs/compare.md)")
+        try:
+            epochs = [preds.correct(e) for e in range(est.window[0], est.window[1] + 1)]
+        except KeyError as e:
+            raise _NoScores(f"`{run.path}`: {e.args[0]}") from None
+        rows.append(np.mean(epochs, axis=0))
+    return np.array(rows)
+
+
+def _same_test_set(runs: Sequence[Run], cache: dict[Path, TestPredictions]) -> None:
+    targets = [_predictions_of(r, cache).target for r in runs]
+    if any(t is None or t.shape != targets[0].shape or not np.array_equal(t, targets[0]) for t in targets):
+        raise _NoScores("the runs were not tested on the same test examples")
+
+
+def example_test(base: Group, other: Group, sb: GroupSummary, so: GroupSummary, metric: str,
+                 failure: Failure | None, cache: dict[Path, TestPredictions]) -> tuple[stats.ExampleTest | None, str]:
+    """The paired bootstrap over test examples and seeds, or None and the reason there is none."""
+    if metric != "test_acc":
+        return None, f"per-example predictions cover test_acc, not {metric}"
+    if sb.estimate is None or so.estimate is None:
+        return None, "no completed runs on a side"
+    runs_b, runs_o = used_runs(base, failure), used_runs(other, failure)
+    try:
+        _same_test_set([*runs_b, *runs_o], cache)
+        scores_b, scores_o = _scores(runs_b, sb.estimate, cache), _scores(runs_o, so.estimate, cache)
+    except _NoScores as e:
+        return None, str(e)
+    order = pairing(sb, so)
+    if order is not None:
+        scores_o = scores_o[order]
+    return stats.example_bootstrap(scores_b, scores_o, paired=order is not None), ""
 
 
 @dataclass
 class Comparison:
     label: str
     baseline: str
-    difference: stats.Difference
+    difference: stats.Difference  # the replicate t-test (paired on shared seeds, else Welch)
+    examples: stats.ExampleTest | None  # the bootstrap over test examples and seeds
+    examples_note: str  # why there is no example-level test ("" when there is one)
+    p_value: float | None  # the stricter of the two tests
+    p_holm: float | None  # Holm-adjusted over the comparisons of this command: the verdict uses it
     verdict: stats.Verdict
+    failures: stats.FailureTest  # failed + diverged runs against the baseline's (Fisher exact)
+
+
+@dataclass
+class CompareResult:
+    metric: str
+    higher_is_better: bool
+    estimator: str
+    estimator_description: str
+    baseline: str | None
+    alpha: float
+    groups: list[GroupSummary]
+    comparisons: list[Comparison]
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable(asdict(self))
+
+
+def jsonable(x: Any) -> Any:
+    """x with non-finite floats as None: strict JSON, as every reader expects."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def find_baseline(groups: Sequence[Group], baseline: str | None) -> Group:
@@ -302,198 +442,90 @@ def find_baseline(groups: Sequence[Group], baseline: str | None) -> Group:
     matches = [g for g in groups if baseline in (g.label, g.name, g.variant, f"{g.model}/{g.variant}")]
     if not matches:
         names = sorted({g.label for g in groups} | {g.variant for g in groups})
-        raise UserError(
-            f"--baseline `{baseline}` matches no run group{did_you_mean(baseline, names)}; groups: "
-            f"{', '.join(g.label for g in groups)}"
-        )
+        raise UserError(f"--baseline `{baseline}` matches no run group{did_you_mean(baseline, names)}; groups: "
+                        f"{', '.join(g.label for g in groups)}")
     if len(matches) > 1:
-        raise UserError(
-            f"--baseline `{baseline}` matches {len(matches)} groups ("
-            f"{', '.join(g.label for g in matches)}); give one group's label"
-        )
+        raise UserError(f"--baseline `{baseline}` matches {len(matches)} groups ("
+                        f"{', '.join(g.label for g in matches)}); give one group's label")
     return matches[0]
 
 
-def compare_pair(base: GroupSummary, other: GroupSummary, metric: str) -> Comparison | None:
-    if not base.values or not other.values:
-        return None
-    # Paired when both sides ran the same seeds (each seed once): seed-driven variation cancels.
-    paired = (
-        len(base.values) >= 2
-        and sorted(base.seeds) == sorted(other.seeds)
-        and len(base.seeds) == len(base.values) == len(other.values)
-        and None not in base.seeds
-    )
-    a, b = base.values, other.values
-    if paired:
-        order = {s: i for i, s in enumerate(other.seeds)}
-        b = [other.values[order[s]] for s in base.seeds]
-    d = stats.difference(a, b, paired=paired)
-    return Comparison(other.label, base.label, d, stats.verdict(d, higher_is_better(metric)))
+def _compare_all(groups: Sequence[Group], summaries: Sequence[GroupSummary], base_group: Group, metric: str,
+                 failure: Failure | None, alpha: float) -> tuple[list[Comparison], list[str]]:
+    """Every group against the baseline: both tests, Holm over the family, then the verdicts."""
+    base = summaries[groups.index(base_group)]
+    cache: dict[Path, TestPredictions] = {}
+    pending, notes, reasons = [], [], {}
+    for g, s in zip(groups, summaries, strict=True):
+        if g is base_group:
+            continue
+        fails = stats.fisher_failures(base.bad, base.finished, s.bad, s.finished)
+        if not base.values or not s.values:
+            notes.append(f"{s.label}: no completed runs on one side, nothing to compare with {base.label}")
+            continue
+        d = replicate_difference(base, s)
+        ex, why = example_test(base_group, g, base, s, metric, failure, cache)
+        if why:
+            reasons[s.label] = why
+        pending.append((s, d, ex, why, fails))
+    p_raw = [stats.stricter_p(d, ex) for _, d, ex, _, _ in pending]
+    p_adj = stats.holm(p_raw, alpha)
+    comparisons = []
+    for (s, d, ex, why, fails), p, q in zip(pending, p_raw, p_adj, strict=True):
+        resolution = 1 / s.eval_size if metric.endswith("_acc") and s.eval_size else None
+        v = stats.verdict(d, higher_is_better(metric), examples=ex, p_value=q, resolution=resolution, alpha=alpha)
+        comparisons.append(Comparison(s.label, base.label, d, ex, why, p, q, v, fails))
+        if v.detail:
+            notes.append(f"{s.label}: {v.detail}")
+    if len(set(reasons.values())) == 1 and len(reasons) == len(pending) > 1:
+        notes.append(f"every comparison uses the replicate test only: {next(iter(reasons.values()))}")
+    else:
+        notes += [f"{label}: replicate test only: {why}" for label, why in reasons.items()]
+    return comparisons, notes
 
 
-@dataclass
-class CompareResult:
-    metric: str
-    higher_is_better: bool
-    estimator: str
-    baseline: str | None
-    groups: list[GroupSummary]
-    comparisons: list[Comparison]
-    notes: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+def _group_notes(s: GroupSummary) -> list[str]:
+    notes = []
+    if s.runs and s.diverged == s.runs:
+        notes.append(f"{s.label}: every run diverged ({s.diverged} of {s.runs}): no value to summarise")
+    elif s.diverged:
+        notes.append(f"{s.label}: {s.diverged} of {s.runs} runs diverged; counted, left out of every mean")
+    if s.failed:
+        notes.append(f"{s.label}: {s.failed} of {s.runs} runs failed by the study's rule; counted, left out of "
+                     "every mean")
+    if s.interrupted:
+        notes.append(f"{s.label}: {s.interrupted} of {s.runs} runs were interrupted (resume them with --resume); "
+                     "left out of every mean")
+    if s.used == 1:
+        notes.append(f"{s.label}: one replicate in the statistics: no standard error or confidence interval")
+    if s.estimate and s.estimate.estimator == "robust" and (s.estimate.selected_by or "").startswith("test_"):
+        notes.append(f"{s.label}: no validation split, so the robust estimator chose e* on the test set "
+                     "(optimistic)")
+    return notes
 
 
-def summarize_runs(
-    runs: Sequence[Run], *, metric: str | None = None, baseline: str | None = None, estimator: str = "final"
-) -> CompareResult:
-    """Group, summarise and compare every group against the baseline group."""
+def summarize_runs(runs: Sequence[Run], *, metric: str | None = None, baseline: str | None = None,
+                   estimator: str = "final", failure: Failure | None = None, alpha: float = stats.ALPHA
+                   ) -> CompareResult:
+    """Group, summarise and compare every group against the baseline group.
+
+    `failure` (a study's rule) marks completed runs as failed trainings: counted with the
+    diverged ones in the Fisher test, left out of every mean."""
     if estimator not in ESTIMATORS:
         raise UserError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got `{estimator}`")
     groups = group_runs(runs)
     metric = check_metric(groups, metric)
-    summaries = [summarize_group(g, metric, estimator) for g in groups]
-    notes: list[str] = []
+    summaries = [summarize_group(g, metric, estimator, failure) for g in groups]
     base_group = find_baseline(groups, baseline) if (len(groups) > 1 or baseline) else None
     comparisons: list[Comparison] = []
+    notes: list[str] = []
     if base_group is not None:
-        base = next(s for s in summaries if s.label == base_group.label)
-        for s in summaries:
-            if s is base:
-                continue
-            c = compare_pair(base, s, metric)
-            if c is None:
-                notes.append(
-                    f"{s.label}: no completed runs on one side, nothing to compare with {base.label}"
-                )
-            else:
-                comparisons.append(c)
-                if c.difference.note:
-                    notes.append(f"{s.label} vs {base.label}: {c.difference.note}")
+        comparisons, notes = _compare_all(groups, summaries, base_group, metric, failure, alpha)
     for s in summaries:
-        if s.diverged:
-            notes.append(
-                f"{s.label}: {s.diverged} of {s.runs} runs diverged; they are counted here and "
-                "left out of every mean"
-            )
-        if s.interrupted:
-            notes.append(
-                f"{s.label}: {s.interrupted} of {s.runs} runs were interrupted (resume them with "
-                "--resume); left out of every mean"
-            )
-        if s.completed == 1:
-            notes.append(f"{s.label}: one completed replicate: no standard error or confidence interval")
-        if s.robust_best and s.robust_best.selected_by.startswith("test_"):
-            notes.append(
-                f"{s.label}: no validation split, so the robust estimator chose its epoch on the test "
-                "set (optimistic)"
-            )
-    return CompareResult(
-        metric,
-        higher_is_better(metric),
-        estimator,
-        base_group.label if base_group else None,
-        summaries,
-        comparisons,
-        notes,
-    )
+        notes += _group_notes(s)
+    return CompareResult(metric, higher_is_better(metric), estimator, describe_estimator(estimator, metric),
+                         base_group.label if base_group else None, alpha, summaries, comparisons, notes)
 
 
 def compare_paths(paths: Iterable[str | Path], **kwargs: Any) -> CompareResult:
     return summarize_runs(load_runs(paths), **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Table rows shared by the terminal (rich) and the report (tabulate).
-# ---------------------------------------------------------------------------------------------
-
-
-def fmt_value(v: float | None, metric: str, signed: bool = False) -> str:
-    if v is None:
-        return "-"
-    if metric.endswith("_acc") or metric == "error":
-        return f"{100 * v:+.2f}%" if signed else f"{100 * v:.2f}%"
-    return f"{v:+.4g}" if signed else f"{v:.4g}"
-
-
-def _pm(mean: float | None, se: float | None, metric: str) -> str:
-    if mean is None:
-        return "-"
-    return fmt_value(mean, metric) + (f" ± {fmt_value(se, metric)}" if se is not None else " (n=1)")
-
-
-def _count(v: float | None) -> str:
-    if v is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if v >= scale:
-            return f"{v / scale:.3g}{unit}"
-    return f"{v:.0f}"
-
-
-def group_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    m = result.metric
-    err_metric = "error" if m.endswith("_acc") else m
-    headers = [
-        "group",
-        "runs (ok/div/int)",
-        f"final {m} ± SE",
-        f"robust best {m} (e*)",
-        f"min mean {'error' if m.endswith('_acc') else m} ± SE",
-        "params",
-        "MACs",
-        "FLOPs",
-        "img/s",
-    ]
-    rows = []
-    for s in result.groups:
-        rb = s.robust_best
-        me = s.min_error
-        rows.append(
-            [
-                s.label,
-                f"{s.runs} ({s.completed}/{s.diverged}/{s.interrupted})",
-                _pm(s.final.mean, s.final.se, m),
-                f"{_pm(rb.value, rb.summary.se, m)} ({rb.epoch})" if rb else "-",
-                f"{_pm(me.error, me.se, err_metric)} ({me.epoch})" if me else "-",
-                f"{s.params:,}" if s.params is not None else "-",
-                _count(s.macs),
-                _count(s.flops),
-                f"{s.images_per_second:,.0f}" if s.images_per_second is not None else "-",
-            ]
-        )
-    return headers, rows
-
-
-def comparison_table(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    m = result.metric
-    est = "final epoch" if result.estimator == "final" else "robust best"
-    headers = ["group", "vs baseline", f"difference in {m} ({est})", "95% CI", "p", "test", "verdict"]
-    rows = []
-    for c in result.comparisons:
-        d = c.difference
-        ci = (
-            f"[{fmt_value(d.ci[0], m, True)}, {fmt_value(d.ci[1], m, True)}]"
-            if d.ci
-            else "- (too few replicates)"
-        )
-        p = "-" if d.p_value is None else (f"{d.p_value:.3g}" if d.p_value >= 1e-4 else "<1e-4")
-        test = {
-            "welch": f"Welch t, n={d.n_baseline}/{d.n_variant}",
-            "paired": f"paired t, n={d.n_baseline}",
-            "none": f"none, n={d.n_baseline}/{d.n_variant}",
-        }[d.test]
-        rows.append([c.label, c.baseline, fmt_value(d.diff, m, True), ci, p, test, c.verdict.text])
-    return headers, rows

@@ -24,19 +24,11 @@ from typing import Any
 import yaml
 
 from biasbench import stats
-from biasbench.compare import (
-    ESTIMATORS,
-    GroupSummary,
-    Run,
-    _show,
-    compare_pair,
-    fmt_value,
-    group_runs,
-    load_runs,
-    summarize_group,
-)
+from biasbench.compare import GroupSummary, Run, _show, group_runs, load_runs, replicate_difference, summarize_group
 from biasbench.errors import UserError, did_you_mean
 from biasbench.results import higher_is_better
+from biasbench.tables import fmt_value
+from biasbench.termtable import Line, wrap
 
 _TOP_KEYS = ("reference", "metrics", "replicates", "alpha", "inconclusive")
 _METRIC_KEYS = ("direction", "estimator", "floor", "ceiling", "max_drop")
@@ -92,6 +84,18 @@ def _int(v: Any, where: str, source: str, low: int) -> int:
     return v
 
 
+def _check_range(metric: str, limits: dict[str, float | None], source: str) -> None:
+    """Accuracies are fractions: a limit of 98.0 means 9800%, never what was meant."""
+    for where, v in limits.items():
+        if v is None:
+            continue
+        if metric.endswith("_acc") and not 0 <= v <= 1:
+            raise UserError(f"gate `{source}`: `{where}` is {v:g}, outside 0..1: accuracies are fractions "
+                            f"(write {v / 100:g} for {v:g}%)")
+        if v < 0:
+            raise UserError(f"gate `{source}`: `{where}` is {v:g}, but {metric} is never negative")
+
+
 def parse_gate(raw: Any, source: str, base_dir: Path) -> Gate:
     """Validate a gate mapping; every problem is one `UserError` line naming the key."""
     if not isinstance(raw, dict):
@@ -118,9 +122,9 @@ def parse_gate(raw: Any, source: str, base_dir: Path) -> Gate:
             )
         hib = direction == "higher"
         estimator = spec.get("estimator", "final")
-        if estimator not in ESTIMATORS:
+        if estimator not in stats.ESTIMATORS:
             raise UserError(
-                f"gate `{source}`: `{where}.estimator` must be one of {', '.join(ESTIMATORS)}, "
+                f"gate `{source}`: `{where}.estimator` must be one of {', '.join(stats.ESTIMATORS)}, "
                 f"got {estimator!r}"
             )
         wrong, right = ("ceiling", "floor") if hib else ("floor", "ceiling")
@@ -135,6 +139,7 @@ def parse_gate(raw: Any, source: str, base_dir: Path) -> Gate:
             if "max_drop" in spec
             else None
         )
+        _check_range(name, {f"{where}.{right}": limit, f"{where}.max_drop": drop}, source)
         if limit is None and drop is None:
             raise UserError(f"gate `{source}`: `{where}` sets no rule; give `{right}` and/or `max_drop`")
         rules.append(MetricRule(name, hib, estimator, limit, drop))
@@ -284,9 +289,7 @@ def _check_drop(rule: MetricRule, cur: GroupSummary, ref: GroupSummary, alpha: f
     # by the allowed drop (as the floor is tested against the floor), not against the reference.
     sign = -1.0 if rule.higher_is_better else 1.0
     at_tolerance = replace(ref, values=[v + sign * rule.max_drop for v in ref.values])
-    c = compare_pair(at_tolerance, cur, m)
-    assert c is not None
-    d = c.difference
+    d = replicate_difference(at_tolerance, cur)
     if d.p_value is None:
         return Check(
             m,
@@ -380,11 +383,12 @@ def run_gate(gate: Gate, runs: list[Run]) -> GateResult:
     return result
 
 
-def format_result(result: GateResult, inconclusive_fails: bool = False) -> list[str]:
+def format_result(result: GateResult, inconclusive_fails: bool = False, width: int = 80) -> list[Line]:
+    """The gate's report: a line per check (outcome and rule first, for grep), wrapped to `width`."""
     ref = f" against {result.reference}" if result.reference else ""
-    lines = [f"gate {result.gate}{ref} ({result.runs} runs)"]
+    lines = wrap(f"gate {result.gate}{ref} ({result.runs} runs)", width)
     for c in result.checks:
-        lines.append(f"  {c.outcome.upper():<12} {c.rule:<9} {c.message}")
+        lines += wrap(f"{c.outcome.upper():<12} {c.rule:<8} {c.message}", width, first="  ", rest="      ")
     code = result.exit_code(inconclusive_fails)
     failed = [c for c in result.checks if c.outcome == "fail"]
     tail = {0: "pass", 1: "regression"}[code]
@@ -393,5 +397,5 @@ def format_result(result: GateResult, inconclusive_fails: bool = False) -> list[
         if failed
         else ""
     )
-    lines.append(f"gate: {result.outcome.upper()}{detail} (exit {code}, {tail})")
-    return lines
+    lines += wrap(f"gate: {result.outcome.upper()}{detail} (exit {code}, {tail})", width)
+    return [(t, "") for t in lines]

@@ -64,3 +64,21 @@ def tiny_recipe(tmp_path: Path, **sections) -> dict:
     for k, v in sections.items():
         doc[k] = {**doc.get(k, {}), **v}
     return doc
+
+
+def assert_fits(text: str, width: int = 80, *, wide: str | None = None) -> None:
+    """Terminal output for a `width`-column terminal or log: no line longer than `width`, and,
+    given the same command's output at a large width, no word broken across lines (every word
+    at `width` is a word of the wide output, and the other way round)."""
+    long = [line for line in text.splitlines() if len(line) > width]
+    assert not long, f"{len(long)} lines over {width} columns, first: {long[0]!r}"
+    if wide is not None:
+        narrow_words, wide_words = set(text.split()), set(wide.split())
+        assert narrow_words == wide_words, (
+            f"broken or missing words: {sorted(narrow_words ^ wide_words)[:10]}")
+
+
+def output_at(args: list[str], width: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """`run_cli(args)` with COLUMNS=width (stdout is not a terminal: the plain layout)."""
+    monkeypatch.setenv("COLUMNS", str(width))
+    return run_cli(args)

@@ -12,7 +12,7 @@ import yaml
 
 from biasbench.gate import load_gate
 from biasbench.recipe import load_recipe
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import assert_fits, one_line_error, output_at, run_cli
 from tests.smoke_runs import ROOT, smoke_runs
 
 GATE = ROOT / "recipes/gates/quickstart_smoke.yaml"
@@ -47,6 +47,11 @@ def write_runs(
     return folder
 
 
+def flat(out: str) -> str:
+    """The output with line wrapping undone (lines are wrapped to the terminal's width)."""
+    return " ".join(out.split())
+
+
 def gate_file(tmp_path: Path, doc: dict[str, Any]) -> Path:
     path = tmp_path / "gate.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -76,7 +81,8 @@ def test_committed_gate_fails_a_collapse(
         ["compare", str(tmp_path / "runs"), "--gate", str(GATE), "--json", str(tmp_path / "g.json")]
     )
     assert code == 1
-    assert "FAIL         floor     test_acc 10.00% (n=3) vs floor 85.00%: below it by 75.00%" in out
+    assert any(line.startswith("  FAIL         floor    test_acc 10.00%") for line in out.splitlines())
+    assert "FAIL floor test_acc 10.00% (n=3) vs floor 85.00%: below it by 75.00%" in flat(out)
     assert "gate: FAIL: test_acc floor, test_acc max_drop (exit 1, regression)" in out
     doc = json.loads((tmp_path / "g.json").read_text())
     assert doc["outcome"] == "fail" and doc["exit_code"] == 1
@@ -89,7 +95,7 @@ def test_clear_drop_beyond_tolerance_fails(
     gate = gate_file(tmp_path, {"reference": str(runs_dir), "metrics": {"test_acc": {"max_drop": 0.05}}})
     code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
     assert code == 1
-    assert "drop 8.00%, allowed 5.00%: beyond tolerance by 3.00%" in out and "paired t" in out
+    assert "drop 8.00%, allowed 5.00%: beyond tolerance by 3.00%" in flat(out) and "paired t" in out
 
 
 def test_noisy_drop_is_inconclusive(
@@ -99,7 +105,7 @@ def test_noisy_drop_is_inconclusive(
     spec: dict[str, Any] = {"reference": str(runs_dir), "metrics": {"test_acc": {"max_drop": 0.05}}}
     code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))])
     assert code == 0
-    assert "INCONCLUSIVE" in out and "not statistically clear" in out and "gate: INCONCLUSIVE" in out
+    assert "INCONCLUSIVE" in out and "not statistically clear" in flat(out) and "gate: INCONCLUSIVE" in out
     spec["inconclusive"] = "fail"
     code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))])
     assert code == 1
@@ -117,15 +123,15 @@ def test_one_replicate_breach_fails_on_the_numbers(
 def test_floor_noisy_breach_is_inconclusive_clear_breach_fails(
     docs: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    runs = write_runs(tmp_path / "runs", docs)
-    base = sum(d["final"]["test_acc"] for d in docs) / 3
+    runs = write_runs(tmp_path / "runs", docs, [-0.1, -0.1, -0.1])
+    base = sum(d["final"]["test_acc"] for d in docs) / 3 - 0.1
     # floor just above the mean: a breach well inside the replicate noise
     gate = gate_file(tmp_path, {"metrics": {"test_acc": {"floor": base + 0.0005}}})
     code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
     assert code == 0 and "INCONCLUSIVE" in out
     gate = gate_file(tmp_path, {"metrics": {"test_acc": {"floor": base + 0.05}}})
     code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate)])
-    assert code == 1 and "below it by 5.00%" in out
+    assert code == 1 and "below it by 5.00%" in flat(out)
 
 
 def test_lower_is_better_ceiling(
@@ -144,7 +150,7 @@ def test_diverged_run_fails(
     bad[1]["status"] = "diverged"
     write_runs(tmp_path / "runs", bad)
     code, out, _ = run_cli(["compare", str(tmp_path / "runs"), "--gate", str(GATE)])
-    assert code == 1 and "1 of 3 runs diverged (allowed 0)" in out
+    assert code == 1 and "1 of 3 runs diverged (allowed 0)" in flat(out)
 
 
 def test_too_few_runs_is_unusable(
@@ -255,10 +261,44 @@ def test_drop_just_beyond_tolerance_is_tested_against_the_tolerance(
     runs = write_runs(tmp_path / "runs", docs, [-0.045, -0.060, -0.051])
     spec = {"reference": str(runs_dir), "metrics": {"test_acc": {"max_drop": 0.05}}}
     code, out, _ = run_cli(["compare", str(runs), "--gate", str(gate_file(tmp_path, spec))])
-    assert code == 0 and "INCONCLUSIVE" in out and "beyond tolerance but not statistically clear" in out
+    assert code == 0 and "INCONCLUSIVE" in out and "beyond tolerance but not statistically clear" in flat(out)
     import scipy.stats as sps  # the p-value shown: the paired test of the drops against 5 points
 
-    shown = float(out.split("p=")[1].split(",")[0])
+    shown = float(flat(out).split("p=")[1].split(",")[0])
     drops = [0.045, 0.060, 0.051]
     expected = sps.ttest_rel([r - 0.05 for r in ref_acc], [r - d for r, d in zip(ref_acc, drops)]).pvalue
     assert shown == pytest.approx(expected, rel=1e-2)
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ({"metrics": {"test_acc": {"floor": 98.0}}}, ["metrics.test_acc.floor", "98", "fractions", "0.98"]),
+        ({"metrics": {"test_acc": {"floor": -0.1}}}, ["metrics.test_acc.floor", "fractions"]),
+        ({"metrics": {"train_acc": {"floor": 0.5, "max_drop": 5}}, "reference": "."}, ["max_drop", "fractions"]),
+        ({"metrics": {"test_loss": {"ceiling": -1.0}}}, ["metrics.test_loss.ceiling", "never negative"]),
+    ],
+)
+def test_limits_outside_the_metrics_range_are_refused(
+    runs_dir: Path, tmp_path: Path, spec: dict[str, Any], words: list[str]
+) -> None:
+    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(gate_file(tmp_path, spec))])[::2], *words)
+
+
+@pytest.mark.parametrize("option", [["--baseline", "baseline"], ["--metric", "test_loss"], ["--estimator", "robust"]])
+def test_options_the_gate_would_ignore_are_refused(runs_dir: Path, option: list[str]) -> None:
+    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(GATE), *option])[::2], option[0],
+                   "cannot be used with --gate")
+
+
+def test_gate_output_fits_80_columns(docs: list[dict[str, Any]], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = write_runs(tmp_path / "runs", docs, [-0.16, 0.0, -0.05])
+    args = ["compare", str(runs), "--gate", str(GATE)]
+    _, wide, _ = output_at(args, 300, monkeypatch)
+    _, narrow, _ = output_at(args, 80, monkeypatch)
+    assert_fits(narrow, 80, wide=wide)
+    assert max(len(line) for line in wide.splitlines()) > 80
+    for line in narrow.splitlines():  # every check starts its own line with its outcome and rule
+        if line.startswith("  ") and not line.startswith("      "):
+            assert line.split()[0] in ("PASS", "INCONCLUSIVE", "FAIL")

@@ -5,114 +5,108 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from biasbench.cli.app import app
 from biasbench.errors import UserError
 
 
 @app.command(
-    epilog="Examples:\n\n  biasbench compare runs/                       (every results.json below runs/)\n\n"
+    help="Compare runs: replicates pooled per recipe, one estimator, both tests, Holm, verdicts.\n\n"
+    "Each group (one recipe, its seeds pooled) gets a mean +- SE of the chosen estimator and counts of "
+    "completed, diverged and interrupted runs. Against the baseline: the difference with a 95% CI, a t-test "
+    "over replicates, a bootstrap over test examples and seeds (when the runs recorded per-example "
+    "predictions), Holm's adjustment over the comparisons, a verdict, and failed trainings with Fisher's exact "
+    "test. Statistics: docs/compare.md.",
+    epilog="Examples:\n\n  biasbench compare runs/                  (every results.json below runs/)\n\n"
     "  biasbench compare runs/base runs/dac --baseline baseline --json cmp.json\n\n"
-    "  biasbench compare runs/reg --metric test_loss   (regression: MSE, lower is better)\n\n"
-    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml   (CI gate: exit 0/1/2)"
+    "  biasbench compare runs/ --estimator robust    (the DAC paper's window)\n\n"
+    "  biasbench compare runs/reg --metric test_loss  (regression: MSE)\n\n"
+    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml",
 )
 def compare(
-    results: list[Path] = typer.Argument(
-        ..., metavar="RESULTS...", help="results.json files or folders (recursive)."
-    ),
+    results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
     baseline: str | None = typer.Option(
-        None,
-        "--baseline",
-        help="Group label, run name or variant to compare against (default: the `baseline` variant).",
-    ),
+        None, "--baseline", help="Group label, run name or variant to compare against (default: the `baseline` "
+        "variant)."),
     metric: str | None = typer.Option(
-        None,
-        "--metric",
-        help="Per-epoch metric: test_acc (default for classification), test_loss (regression), val_acc...",
-    ),
-    estimator: str = typer.Option(
-        "final",
-        "--estimator",
-        help="Per-replicate value compared: `final` epoch or `robust` (the paper's best-epoch window).",
-    ),
+        None, "--metric", help="Per-epoch metric: test_acc (default for classification), test_loss (regression), "
+        "val_acc..."),
+    estimator: str | None = typer.Option(
+        None, "--estimator", help="Per-replicate value, for every table: final (last epoch, the default), robust "
+        "(the DAC paper's window around the best validation epoch) or min_mean (the best replicate-mean epoch)."),
     json_out: Path | None = typer.Option(
-        None, "--json", metavar="OUT", help="Also write the summary as JSON to OUT (`-` for stdout only)."
-    ),
+        None, "--json", metavar="OUT", help="Also write the summary as JSON to OUT (`-`: JSON on stdout only)."),
     gate: Path | None = typer.Option(
-        None,
-        "--gate",
-        metavar="GATE.yaml",
-        help="Check the runs against a gate file "
-        "(or a recipe's gate: section); exit 0 pass, 1 regression, 2 unusable input.",
-    ),
+        None, "--gate", metavar="GATE.yaml", help="Check the runs against a gate file (or a recipe's gate: "
+        "section); exit 0 pass, 1 regression, 2 unusable input. The gate names its own reference, metrics and "
+        "estimators, so --baseline, --metric and --estimator are refused with it."),
 ) -> None:
-    """Compare runs: replicates pooled per recipe, mean ± SE, the paper's estimators, CI and verdict."""
     from biasbench.compare import load_runs, summarize_runs
 
-    runs = load_runs(results)
     if gate is not None:
+        given = [name for name, value in (("--baseline", baseline), ("--metric", metric),
+                                          ("--estimator", estimator)) if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} cannot be used with --gate: the gate file sets its reference, "
+                            "metrics and estimators (docs/ci.md); drop the option or change the gate file")
+        runs = load_runs(results)
         _gate(gate, runs, json_out)
         return
-    result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator)
+    runs = load_runs(results)
+    result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator or "final")
     if json_out is not None and str(json_out) == "-":
         print(json.dumps(result.to_json(), indent=1))
         return
-    print_compare(result, Console(highlight=False))
     if json_out is not None:
-        _write_json(json_out, result.to_json())
+        write_json(json_out, result.to_json())  # before printing: a bad path fails before any output
+    print_compare(result)
 
 
-def _write_json(path: Path, obj: object) -> None:
+def write_json(path: Path, obj: Any) -> None:
     from biasbench.fsutil import atomic_write_json
+    from biasbench.oserrors import writing
 
     if path.is_dir():
         raise UserError(f"--json `{path}` is a folder; give a file name")
-    atomic_write_json(path, obj)
+    with writing(path, "give --json a path in a writable folder"):
+        atomic_write_json(path, obj)
 
 
 def _gate(path: Path, runs: list, json_out: Path | None) -> None:
     from dataclasses import asdict
 
     from biasbench.gate import format_result, load_gate, run_gate
+    from biasbench.termtable import emit, output_width
 
     g = load_gate(path)
     result = run_gate(g, runs)
-    lines = format_result(result, g.inconclusive_fails)
     code = result.exit_code(g.inconclusive_fails)
     doc = {**asdict(result), "outcome": result.outcome, "exit_code": code}
     if json_out is not None and str(json_out) == "-":
         print(json.dumps(doc, indent=1, default=str))
     else:
-        print("\n".join(lines))
         if json_out is not None:
-            _write_json(json_out, doc)
+            write_json(json_out, doc)
+        emit(format_result(result, g.inconclusive_fails, output_width()))
     sys.stdout.flush()
     if code:
         raise typer.Exit(code)
 
 
-def print_compare(result, console: Console) -> None:
-    from biasbench.compare import comparison_table, group_table
+def print_compare(result) -> None:
+    from biasbench.tables import comparison_table, failures_table, group_table
+    from biasbench.termtable import emit, notes, output_width, render
 
-    headers, rows = group_table(result)
-    title = f"{result.metric} ({'higher' if result.higher_is_better else 'lower'} is better)"
-    console.print(_table(title, headers, rows))
+    width = output_width()
+    lines = render(group_table(result), width)
     if result.comparisons:
-        headers, rows = comparison_table(result)
-        console.print(_table(f"against {result.baseline}", headers, rows))
-    for note in result.notes:
-        console.print(f"note: {escape(note)}")
-
-
-def _table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=escape(title))
-    for i, h in enumerate(headers):
-        table.add_column(escape(h), justify="left" if i == 0 or h == "verdict" else "right", overflow="fold")
-    for r in rows:
-        table.add_row(*(escape(c) for c in r))  # labels hold [key=value]: not markup
-    return table
+        lines += [("", ""), *render(comparison_table(result), width)]
+    failures = failures_table(result)
+    if failures is not None:
+        lines += [("", ""), *render(failures, width)]
+    if result.notes:
+        lines += [("", ""), *notes(result.notes, width)]
+    emit(lines)

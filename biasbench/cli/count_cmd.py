@@ -139,7 +139,7 @@ def si(value: float) -> str:
 
 def _print_table(model: str, shape: tuple[int, ...], classes: int, rows: dict[str, dict],
                  refused: dict[str, str]) -> None:
-    from biasbench.cli.tables import print_table
+    from biasbench.termtable import print_table
 
     headers = ["variant", "weights", "biases", "other", "params", "x base", "FLOPs", "x base"]
     table, skipped = [], {}

@@ -103,7 +103,7 @@ def list_command(
 
 
 def _print_models(doc: list[dict[str, Any]]) -> None:
-    from biasbench.cli.tables import print_table
+    from biasbench.termtable import print_table
 
     variants = list(doc[0]["variants"]) if doc else []
     variants = _ordered(variants)
@@ -117,7 +117,7 @@ def _print_models(doc: list[dict[str, Any]]) -> None:
 
 
 def _print_variants(doc: list[dict[str, Any]]) -> None:
-    from biasbench.cli.tables import print_table
+    from biasbench.termtable import print_table
 
     rows = [[v["name"], v["summary"], ", ".join(v["needs"]) or "nothing", _activations(v["activations"]),
              _options(v["options"])] for v in doc]
@@ -133,7 +133,7 @@ def _activations(names: list[str]) -> str:
 
 
 def _print_datasets(doc: list[dict[str, Any]]) -> None:
-    from biasbench.cli.tables import print_table
+    from biasbench.termtable import print_table
 
     rows = [[d["name"], "x".join(map(str, d["input_shape"])) if d["input_shape"] else "from data",
              str(d["outputs"]) if d["outputs"] is not None else "from data", "yes" if d["bundled"] else "-",
@@ -144,7 +144,7 @@ def _print_datasets(doc: list[dict[str, Any]]) -> None:
 
 
 def _print_activations(doc: list[dict[str, Any]]) -> None:
-    from biasbench.cli.tables import print_table
+    from biasbench.termtable import print_table
 
     rows = [[a["name"], a["formula"], ", ".join(a["variants_without"]) or "-"] for a in doc]
     print_table("activations (model.variant_options.activation)", ["activation", "formula", "not with"], rows,

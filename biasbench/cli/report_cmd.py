@@ -1,81 +1,89 @@
-"""`biasbench report`: a Markdown/HTML report with figures, or one run's history in the terminal."""
+"""`biasbench report`: a Markdown/HTML report with figures, or runs' histories in the terminal."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from biasbench.cli.app import app
 from biasbench.errors import UserError
 
 
 @app.command(
-    epilog="Examples:\n\n  biasbench report runs/ --out reports/today            (report.md + figures/)\n\n"
-    "  biasbench report runs/base runs/dac --out rep --format html --baseline baseline\n\n"
-    "  biasbench report runs/quickstart/seed0/results.json   (history table)\n\n"
-    "  biasbench report runs/ --history                     (every run's history table)"
+    help="Write a report (tables, learning curves, estimates, metric vs FLOPs/params, provenance), or show "
+    "histories.\n\nWithout --out, a single results file (or --history) prints the per-epoch history as a table.",
+    epilog="Examples:\n\n  biasbench report runs/ --out reports/today    (report.md + figures/)\n\n"
+    "  biasbench report runs/base runs/dac --out rep --format html --estimator robust\n\n"
+    "  biasbench report runs/quickstart/seed0/results.json    (its history)\n\n"
+    "  biasbench report runs/ --history              (every run's history)\n\n"
+    "  biasbench report runs/ --history --json -     (the histories as JSON)",
 )
 def report(
-    results: list[Path] = typer.Argument(
-        ..., metavar="RESULTS...", help="results.json files or folders (recursive)."
-    ),
+    results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
     out: Path | None = typer.Option(
-        None, "--out", help="Folder for the report (report.md/html, figures/, compare.json)."
-    ),
-    fmt: str = typer.Option(
-        "md", "--format", help="md (Markdown, figures as relative links) or html (one file)."
-    ),
-    baseline: str | None = typer.Option(
-        None, "--baseline", help="Group label, run name or variant to compare against."
-    ),
-    metric: str | None = typer.Option(
-        None, "--metric", help="Per-epoch metric (default test_acc, or test_loss for regression)."
-    ),
-    estimator: str = typer.Option(
-        "final", "--estimator", help="final or robust (values compared per replicate)."
-    ),
-    history: bool = typer.Option(
-        False, "--history", help="Print each run's per-epoch history in the terminal."
-    ),
+        None, "--out", help="Folder for the report (report.md or .html, figures/*.png and .json, compare.json)."),
+    fmt: str = typer.Option("md", "--format", help="md (Markdown, figures as relative links) or html (one file)."),
+    baseline: str | None = typer.Option(None, "--baseline", help="Group label, run name or variant to compare "
+                                        "against."),
+    metric: str | None = typer.Option(None, "--metric", help="Per-epoch metric (default test_acc, or test_loss for "
+                                      "regression)."),
+    estimator: str = typer.Option("final", "--estimator", help="final, robust or min_mean: the one estimator of "
+                                  "every table and figure (docs/compare.md)."),
+    history: bool = typer.Option(False, "--history", help="Print each run's per-epoch history in the terminal."),
+    json_out: Path | None = typer.Option(
+        None, "--json", metavar="OUT", help="Write what is shown as JSON to OUT (`-`: stdout only): the histories, "
+        "or with --out the comparison (as compare.json)."),
 ) -> None:
-    """Write a report (tables, learning curves, accuracy vs GFLOPs/params, provenance), or show histories.
-
-    Without --out, a single results file (or --history) prints the per-epoch history as a table.
-    """
     from biasbench.compare import load_runs, summarize_runs
     from biasbench.report import write_report
 
     runs = load_runs(results)
-    console = Console(highlight=False)
     if history or out is None:
         if out is None and not history and len(runs) > 1:
-            raise UserError(
-                f"{len(runs)} results files given: pass --out DIR to write a report, or --history to "
-                "print each run's history"
-            )
-        for run in runs:
-            print_history(run.path, run.doc, console)
+            raise UserError(f"{len(runs)} results files given: pass --out DIR to write a report, or --history to "
+                            "print each run's history")
         if out is None:
+            _show_histories(runs, json_out)
             return
+        _show_histories(runs, None)
     result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator)
     target = write_report(result, runs, out, fmt)
-    console.print(f"report: {escape(str(target))}")
+    if json_out is not None:
+        _json(json_out, result.to_json())
+    if json_out is None or str(json_out) != "-":
+        from biasbench.termtable import emit, output_width, wrap
+
+        emit([(t, "") for t in wrap(f"report: {target}", output_width())])
 
 
-def print_history(path: Path, doc: dict, console: Console) -> None:
-    from biasbench.report import history_rows
+def _json(path: Path, doc: object) -> None:
+    from biasbench.cli.compare_cmd import write_json
 
-    headers, rows = history_rows(doc)
-    table = Table(
-        title=escape(f"{doc.get('name')} · seed {doc.get('seed')} · {doc.get('status')} · {path}"),
-        caption="* the epoch with the best validation metric",
-    )
-    for h in headers:
-        table.add_column(h, justify="right")
-    for r in rows:
-        table.add_row(*r)
-    console.print(table)
+    if str(path) == "-":
+        print(json.dumps(doc, indent=1))
+    else:
+        write_json(path, doc)
+
+
+def _show_histories(runs: list, json_out: Path | None) -> None:
+    from biasbench.tables import history_table
+    from biasbench.termtable import emit, output_width, render, wrap
+
+    if json_out is not None:
+        from biasbench.compare import jsonable
+
+        _json(json_out, jsonable([{"path": str(r.path), "name": r.doc.get("name"), "seed": r.seed, "status": r.status,
+                          "best_epoch": (r.doc.get("best") or {}).get("epoch"), "history": r.history} for r in runs]))
+        if str(json_out) == "-":
+            return
+    width = output_width()
+    # Paths relative to the runs' common folder, named once: long absolute paths would not fit.
+    parent = Path(os.path.commonpath([r.path.parent.resolve() for r in runs]))
+    lines = [(t, "") for t in wrap(f"results in {parent}{os.sep}", width)]
+    for run in runs:
+        where = os.path.relpath(run.path.resolve(), parent)
+        lines += [("", ""), *render(history_table(run.doc, where), width)]
+    emit(lines)
