@@ -17,7 +17,8 @@ from biasbench.errors import UserError
     epilog="Examples:\n\n  biasbench report runs/ --out reports/today            (report.md + figures/)\n\n"
     "  biasbench report runs/base runs/dac --out rep --format html --baseline baseline\n\n"
     "  biasbench report runs/quickstart/quickstart/seed0/results.json   (history table)\n\n"
-    "  biasbench report runs/ --history                     (every run's history table)"
+    "  biasbench report runs/ --history                     (every run's history table)\n\n"
+    "  biasbench report runs/studies/dac_sgemm --out rep    (a study folder: the study's analyses)"
 )
 def report(
     results: list[Path] = typer.Argument(
@@ -49,8 +50,11 @@ def report(
     from biasbench.compare import load_runs, summarize_runs
     from biasbench.report import write_report
 
-    runs = load_runs(results)
     console = Console(highlight=False)
+    given = {"--baseline": baseline, "--metric": metric, "--estimator": None if estimator == "final" else estimator}
+    if _study_report(results, out, history, [k for k, v in given.items() if v is not None], console):
+        return
+    runs = load_runs(results)
     if history or out is None:
         if out is None and not history and len(runs) > 1:
             raise UserError(
@@ -79,3 +83,21 @@ def print_history(path: Path, doc: dict, console: Console) -> None:
     for r in rows:
         table.add_row(*r)
     console.print(table)
+
+
+def _study_report(results: list[Path], out: Path | None, history: bool, options: list[str], console: Console) -> bool:
+    """A study folder (it holds a study manifest) gets the study report of its `analysis:`
+    (Markdown and HTML both, whatever --format says)."""
+    from biasbench.study.manifest import is_study_folder
+
+    if len(results) != 1 or history or out is None or not is_study_folder(results[0]):
+        return False
+    if options:
+        raise UserError(f"`{results[0]}` is a study folder: its report draws the study's `analysis:` section, "
+                        f"where {options[0]} does not apply; set the metric and baseline there, or give the "
+                        "run folders to get the plain report")
+    from biasbench.study.report import write_study_report
+
+    target = write_study_report(results[0], out)
+    console.print(f"study report: {escape(str(target))} (and report.html, figures/, study_report.json)")
+    return True
