@@ -103,13 +103,24 @@ def _worker_main(conn: Connection, parent_pid: int, threads: int | None) -> None
             if task is None:
                 break
             key, fn, args = task
-            conn.send(("started", key, None))
             try:
-                conn.send(("finished", key, fn(*args)))
+                _send(conn, ("started", key, None))
+                message = ("finished", key, fn(*args))
             except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
-                conn.send(("failed", key, _failure(e)))
+                message = ("failed", key, _failure(e))
+            _send(conn, message)
     except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
         pass  # interrupted while idle, or the parent is gone
+
+
+def _send(conn: Connection, message: tuple) -> None:
+    """Send whole: a signal arriving mid-message would leave the parent half a message."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        conn.send(message)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def _failure(e: BaseException) -> tuple[str, str, BaseException | None]:
@@ -135,8 +146,9 @@ def _failure(e: BaseException) -> tuple[str, str, BaseException | None]:
 class _Worker:
     process: Any
     conn: Connection
-    key: Any = None  # the task it is running
-    busy: bool = False
+    key: Any = None  # the task it was given
+    busy: bool = False  # it has a task
+    running: bool = False  # the task has started (the worker said so)
 
 
 class WorkerPool:
@@ -158,7 +170,10 @@ class WorkerPool:
         parent_conn, child_conn = self._ctx.Pipe()
         process = self._ctx.Process(target=_worker_main, args=(child_conn, os.getpid(), self.threads),
                                     name="biasbench-worker", daemon=True)
-        process.start()
+        # The child starts with SIGINT ignored (inherited), so a Ctrl-C while it boots cannot kill
+        # it half-way; it installs its own handler once it is ready to run tasks.
+        with _sigint_ignored():
+            process.start()
         child_conn.close()
         worker = _Worker(process, parent_conn)
         self._workers.append(worker)
@@ -172,7 +187,7 @@ class WorkerPool:
         """Start no new task; interrupt the busy workers (they checkpoint and report)."""
         self._stopping = True
         for w in self._workers:
-            if w.busy and w.process.is_alive():
+            if w.running and w.process.is_alive():  # the others are told when their task starts
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(w.process.pid, signal.SIGINT)
 
@@ -223,9 +238,12 @@ class WorkerPool:
             while w.conn.poll():
                 kind, key, payload = w.conn.recv()
                 if kind == "started":
+                    w.running = True
+                    if self._stopping:  # stopped while this worker was on its way to the task
+                        os.kill(pid, signal.SIGINT)
                     yield Event("started", key, pid)
                     continue
-                w.busy, w.key = False, None
+                w.busy, w.running, w.key = False, False, None
                 if kind == "finished":
                     yield Event("finished", key, pid, result=payload)
                 else:
@@ -239,7 +257,7 @@ class WorkerPool:
             code = w.process.exitcode
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             key = w.key
-            w.busy, w.key = False, None
+            w.busy, w.running, w.key = False, False, None
             self._workers.remove(w)
             yield Event("crashed", key, pid, error=f"worker process died ({how})")
         elif not w.busy and not w.process.is_alive():
@@ -257,6 +275,18 @@ class WorkerPool:
                 w.process.join()
             w.conn.close()
         self._workers.clear()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextlib.contextmanager

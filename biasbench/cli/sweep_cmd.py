@@ -59,9 +59,9 @@ def sweep(
         if jobs != 1:
             raise UserError("--jobs is for --backend local; on Slurm the array runs as many at once as the "
                             "cluster allows (--array-parallelism)")
-        from biasbench.study.slurm import check_available
+        from biasbench.study.runner import check_slurm
 
-        check_available()
+        check_slurm()
     study = load_study(study_path, smoke=smoke)
     launcher = replace(study.launcher, **given)
     out = out if out is not None else Path("runs") / "studies" / study.name
@@ -131,6 +131,7 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
         cells = [{"cell": c.name, "values": c.values, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
                   "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for c, k in zip(study.cells, costs)]
         print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells}, indent=1, default=str))
+        # (`cells` is the list here; its length is the cell count)
         return
     console.print(f"study {escape(study.name)}: {total['runs']} runs in {total['cells']} cells "
                   f"(folder {escape(str(out))}; nothing is trained with --dry-run)")

@@ -290,8 +290,9 @@ def _complexity_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[
     rows = [[", ".join(map(str, p.panel)) or "-", str(p.line), str(p.along), EngFormatter(unit="FLOP")(p.flops or 0),
              EngFormatter()(p.params or 0), fmt(p.value, metric, metric.endswith("_acc")),
              fmt(p.ci, metric, metric.endswith("_acc"))] for p in points]
-    blocks.insert(1, ("table", ([" / ".join(map(short, spec.panels)) or "panel", short(spec.lines), short(spec.along), "FLOPs", "params",
-                                 f"{ylabel}{unit}", "95% CI ±"], rows, None)))
+    headers = [" / ".join(map(short, spec.panels)) or "panel", short(spec.lines), short(spec.along), "FLOPs",
+               "params", f"{ylabel}{unit}", "95% CI ±"]
+    blocks.insert(1, ("table", (headers, rows, None)))
     return blocks, points
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_text
 from biasbench.recipe import Recipe
-from biasbench.study.manifest import COMPLETED, ERROR, FINISHED, INTERRUPTED, RUNNING, Manifest, run_key
+from biasbench.study.manifest import COMPLETED, ERROR, FINISHED, INTERRUPTED, PENDING, RUNNING, Manifest, run_key
 from biasbench.study.schema import Study, with_output_dir
 
 
@@ -160,6 +160,20 @@ class Sweep:
         self.progress.finished(task, status, None, error=message)
 
 
+def check_slurm() -> None:
+    """`--backend slurm` needs submitit and sbatch: say which one is missing (before anything runs)."""
+    import shutil
+
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UserError("--backend slurm needs submitit, which is not installed: pip install 'biasbench[slurm]'") \
+            from None
+    if shutil.which("sbatch") is None:
+        raise UserError("--backend slurm needs Slurm's `sbatch` on PATH, and this machine has none; run the sweep "
+                        "on the cluster's login node, or use --backend local")
+
+
 def worker_threads(jobs: int) -> int:
     """Threads per worker: the cores this process may use, shared out (at least one each)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -203,16 +217,19 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
     and the first UserError a run raised (bad input: the sweep stops starting runs)."""
     from rich.console import Console
 
-    from biasbench.study.manifest import PENDING, StudyLock
+    from biasbench.study.manifest import StudyLock
     from biasbench.study.progress import StudyProgress
 
     console = console or Console(quiet=True)
     with StudyLock(out):
         manifest = Manifest.for_study(study, out, backend)
         tasks, finished = plan(study, out)
-        for task in tasks:  # a run left `running` by a killed sweep is not running now
-            if manifest.runs[task.key]["status"] not in (ERROR, PENDING, "queued"):
-                manifest.update(task.key, status=INTERRUPTED if task.start_epoch else PENDING)
+        queued: dict[str, str] = {}
+        if backend == "slurm":
+            from biasbench.study.slurm import still_queued
+
+            queued = still_queued(manifest, tasks)  # submitted by an earlier sweep: follow, not resubmit
+        _reset_stale(manifest, [t for t in tasks if t.key not in queued])
         sweep = Sweep(study, out, manifest, progress=None)
         sweep.record_finished(finished)
         failed_before = sum(1 for doc in finished.values() if doc["status"] != COMPLETED or sweep.judge(doc))
@@ -224,7 +241,7 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
                 if backend == "slurm":
                     from biasbench.study.slurm import run_slurm
 
-                    run_slurm(sweep, tasks, launcher, device)
+                    run_slurm(sweep, tasks, launcher, device, queued)
                 elif tasks:
                     run_local(sweep, tasks, jobs, device)
         finally:
@@ -232,3 +249,14 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
         if sweep.user_error is not None:
             raise sweep.user_error
     return sweep
+
+
+def _reset_stale(manifest: Manifest, tasks: list[RunTask]) -> None:
+    """Runs a killed sweep left `running` are not running now: their last attempt is closed as
+    lost, their status says what is on disk (a checkpoint to resume from, or nothing)."""
+    for task in tasks:
+        run = manifest.runs[task.key]
+        if run["status"] not in (ERROR, PENDING):
+            manifest.update(task.key, status=INTERRUPTED if task.start_epoch else PENDING)
+        if run["attempts"] and "ended" not in run["attempts"][-1]:
+            manifest.end_attempt(task.key, "lost", checkpoint_epoch=task.start_epoch)

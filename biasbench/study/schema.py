@@ -133,6 +133,7 @@ def _mapping(doc: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
 def _axes(doc: dict[str, Any], path: Path) -> tuple[list[list[dict[str, Any]]], list[list[str]]]:
     """Each grid key and each zip group as an axis: a list of rows (key -> value)."""
     axes: list[list[dict[str, Any]]] = []
+    zip_first = "zip" in doc and list(doc).index("zip") < list(doc).index("grid") if "grid" in doc else False
     for key, values in _mapping(doc, "grid", path).items():
         if not isinstance(values, list):
             raise UserError(f"study `{path}`: `grid.{key}` must be a list of values (write [{values!r}] "
@@ -149,6 +150,9 @@ def _axes(doc: dict[str, Any], path: Path) -> tuple[list[list[dict[str, Any]]], 
         rows = _zip_rows(group, f"zip[{i}]", path)
         axes.append(rows)
         zip_groups.append(list(rows[0]))
+    if zip_first:  # cells and their names follow the file's order of grid and zip
+        n_grid = len(axes) - len(zip_groups)
+        axes = axes[n_grid:] + axes[:n_grid]
     return axes, zip_groups
 
 
@@ -221,7 +225,10 @@ def _matches(cell_values: dict[str, Any], entry: dict[str, Any]) -> bool:
     return True
 
 
-def _exclude(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str], path: Path) -> list[dict[str, Any]]:
+def _exclude(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str], path: Path,
+             smoke: bool) -> list[dict[str, Any]]:
+    """Drop the cells an `exclude` entry matches; an entry matching nothing is a typo (except in
+    the smoke form, whose smaller grid may not hold what the full study excludes)."""
     entries = doc.get("exclude") or []
     if not isinstance(entries, list):
         raise UserError(f"study `{path}`: `exclude` must be a list of mappings (key -> value), got {entries!r}")
@@ -232,7 +239,7 @@ def _exclude(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str],
             if key not in keys:
                 raise UserError(f"study `{path}`: `exclude[{i}]` names `{key}`, which is not a grid or zip key"
                                 f"{did_you_mean(str(key), keys)}")
-        if not any(_matches(p, entry) for p in points):
+        if not smoke and not any(_matches(p, entry) for p in points):
             raise UserError(f"study `{path}`: `exclude[{i}]` ({entry}) matches no cell; check its values")
         points = [p for p in points if not _matches(p, entry)]
     return points
@@ -277,13 +284,13 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     if doc.get(RECIPE_KEY) is None and RECIPE_KEY not in keys:
         raise UserError(f"study `{path}` names no base recipe: add `recipe: path/to/recipe.yaml`")
     points = [dict(itertools.chain.from_iterable(row.items() for row in combo)) for combo in itertools.product(*axes)]
-    points = _exclude(points, doc, keys, path)
+    points = _exclude(points, doc, keys, path, smoke)
     if not points:
         raise UserError(f"study `{path}` expands to no runs (every cell is excluded); check `exclude`")
     bases = _BaseRecipes(path, smoke, set_block)
     labels = _check_keys(keys, bases.raw(points[0].get(RECIPE_KEY, doc.get(RECIPE_KEY)))[1], list(set_block), path)
     varying = [k for k in keys if len({repr(p[k]) for p in points}) > 1]
-    cells = _cells(points, varying, doc, bases, path)
+    cells = _cells(points, name_keys(points, varying, zip_groups), doc, bases, path)
     failure = None
     if doc.get("failure") is not None:
         failure = read_spec(Failure, doc["failure"], "failure")
@@ -316,13 +323,31 @@ class _BaseRecipes:
         return source, self._cache[source]
 
 
-def _cells(points: list[dict[str, Any]], varying: list[str], doc: dict[str, Any], bases: _BaseRecipes,
+def name_keys(points: list[dict[str, Any]], varying: list[str], zip_groups: list[list[str]]) -> list[str]:
+    """The keys that name cells: every varying grid key, and of each zip group the keys, in
+    order, that tell its rows apart (the others follow from them: `dataset=cifar10` names the
+    row, its `data.root` need not)."""
+    zipped = {k for g in zip_groups for k in g}
+    keys = [k for k in varying if k not in zipped]
+    for group in zip_groups:
+        chosen: list[str] = []
+        distinct = 1
+        for key in (k for k in group if k in varying):  # a key joins when it tells more rows apart
+            n = len({tuple(repr(p[k]) for k in [*chosen, key]) for p in points})
+            if n > distinct:
+                chosen.append(key)
+                distinct = n
+        keys += chosen
+    return [k for k in varying if k in keys]  # the study file's order
+
+
+def _cells(points: list[dict[str, Any]], naming: list[str], doc: dict[str, Any], bases: _BaseRecipes,
            path: Path) -> list[Cell]:
-    """Name every point after its varying keys and build its recipe; refuse two points in one folder."""
+    """Name every point after its naming keys and build its recipe; refuse two points in one folder."""
     cells: list[Cell] = []
     by_name: dict[str, dict[str, Any]] = {}
     for values in points:
-        name = run_tag({k: values[k] for k in varying})
+        name = run_tag({k: values[k] for k in naming})
         if len(name) > MAX_NAME:
             raise UserError(f"study `{path}`: cell folder names get too long ({len(name)} characters); vary "
                             "fewer keys or use short labels")
@@ -347,9 +372,12 @@ def _analyses(doc: dict[str, Any], cells: list[Cell], path: Path) -> dict[str, A
                 try:
                     cell.value(key)
                 except KeyError:
-                    known = sorted(cell.values)
+                    known = sorted(cell.values) + known_keys()
                     raise UserError(f"study `{path}`: `analysis.{name}` names `{key}`, which is neither a grid/zip "
                                     f"key nor a recipe key of cell `{cell.name}`{did_you_mean(key, known)}") from None
+        where = getattr(spec, "where", {})
+        if not any(_matches({k: cell.value(k) for k in where}, where) for cell in cells):
+            raise UserError(f"study `{path}`: `analysis.{name}.where` ({where}) selects no cell; check its values")
         out[name] = spec
     return out
 

@@ -15,7 +15,6 @@ submitting them twice, and submits only runs that are neither finished nor queue
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -24,23 +23,11 @@ from typing import Any
 import submitit
 
 from biasbench.errors import UserError
-from biasbench.study.manifest import FINISHED, INTERRUPTED, QUEUED, RUNNING
+from biasbench.study.manifest import FINISHED, INTERRUPTED, QUEUED, RUNNING, Manifest
 from biasbench.study.runner import RunTask, Sweep, train_one
 from biasbench.study.specs import LauncherSpec, time_minutes
 
 POLL_S = 5.0
-
-
-def check_available() -> None:
-    """`--backend slurm` needs submitit and sbatch; say which one is missing."""
-    try:
-        import submitit  # noqa: F401
-    except ImportError:
-        raise UserError("--backend slurm needs submitit, which is not installed: pip install 'biasbench[slurm]'") \
-            from None
-    if shutil.which("sbatch") is None:
-        raise UserError("--backend slurm needs Slurm's `sbatch` on PATH, and this machine has none; run the sweep "
-                        "on the cluster's login node, or use --backend local")
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
@@ -94,7 +81,8 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
     except (OSError, subprocess.TimeoutExpired) as e:
         raise UserError(f"cannot read the Slurm queue (squeue: {e}); run the same command again later") from None
     if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-        raise UserError(f"squeue failed: {proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else proc.returncode}")
+        first = proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else f"exit code {proc.returncode}"
+        raise UserError(f"squeue failed ({first}); run the same command again when Slurm answers")
     states = {}
     for line in proc.stdout.splitlines():
         parts = line.split()
@@ -127,10 +115,14 @@ def _outcome(task: RunTask, job_folder: Path, job_id: str) -> tuple[str, Any]:
                      f"{paths.stderr}", "")
 
 
-def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device: str, poll_s: float = POLL_S) -> None:
-    """Submit what is neither finished nor queued, then follow every job until it leaves the queue."""
+def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device: str, queued: dict[str, str],
+              poll_s: float = POLL_S) -> None:
+    """Submit what is neither finished nor `queued` (key -> job id of an earlier sweep), then
+    follow every job until it leaves the queue."""
     folder = sweep.out / "slurm"
-    watched = _still_queued(sweep, tasks)
+    watched = dict(queued)
+    if queued:
+        sweep.progress.note(f"{len(queued)} runs are still queued or running from an earlier sweep; following them")
     submit = [t for t in tasks if t.key not in watched]
     if submit:
         executor = executor_for(launcher, folder, sweep.study.name)
@@ -148,15 +140,14 @@ def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device
     while watched:
         states = queue_states(list(watched.values()))
         for key, job_id in list(watched.items()):
-            state = states.get(job_id)
-            task = by_key[key]
+            state, task = states.get(job_id), by_key[key]
             if state == "RUNNING" and key not in running:
                 running.add(key)
                 sweep.started(task, job=job_id)
             elif state is not None and state != "RUNNING" and key in running:
                 running.discard(key)  # requeued (preempted, time limit): pending again
-                sweep.progress.finished(task, INTERRUPTED, None)
                 sweep.manifest.end_attempt(key, "requeued")
+                sweep.progress.finished(task, INTERRUPTED, None)
             elif state is None:
                 if key not in running:
                     sweep.started(task, job=job_id)  # it ran between two looks at the queue
@@ -172,14 +163,12 @@ def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device
             time.sleep(poll_s)
 
 
-def _still_queued(sweep: Sweep, tasks: list[RunTask]) -> dict[str, str]:
-    """Runs an earlier sweep submitted whose jobs are still queued or running: follow, not resubmit."""
-    previous = {t.key: sweep.manifest.runs[t.key].get("job") for t in tasks}
+def still_queued(manifest: Manifest, tasks: list[RunTask]) -> dict[str, str]:
+    """Runs an earlier sweep submitted whose jobs are still queued or running (key -> job id)."""
+    previous = {t.key: manifest.runs[t.key].get("job") for t in tasks}
     previous = {k: j for k, j in previous.items() if j}
     alive = queue_states(list(previous.values())) if previous else {}
     watched = {k: j for k, j in previous.items() if j in alive}
-    if watched:
-        sweep.progress.note(f"{len(watched)} runs are still queued or running from an earlier sweep; following them")
-    for key in watched:
-        sweep.manifest.update(key, status=RUNNING if alive[watched[key]] == "RUNNING" else QUEUED)
+    for key, job in watched.items():
+        manifest.update(key, status=RUNNING if alive[job] == "RUNNING" else QUEUED)
     return watched

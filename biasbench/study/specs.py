@@ -72,8 +72,9 @@ def read_spec(cls: type, raw: Any, where: str) -> Any:
         if not _type_ok(value, tp):
             raise UserError(f"`{where}.{key}` must be {_type_text(tp)}, got {value!r}")
         kwargs[key] = value
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in kwargs]
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in kwargs]
     if missing:
         raise UserError(f"{where} needs `{missing[0]}`")
     return cls(**kwargs)
