@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -255,9 +256,14 @@ def _all_paths(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
+@functools.cache
+def _known_keys() -> tuple[str, ...]:
+    return tuple(_all_paths(Recipe))  # typing.get_type_hints is slow: a study checks thousands of keys
+
+
 def known_keys() -> list[str]:
     """Every dotted key a recipe (or --set) may name."""
-    return _all_paths(Recipe)
+    return list(_known_keys())
 
 
 # ---------------------------------------------------------------------------------------------

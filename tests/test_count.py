@@ -121,8 +121,11 @@ def test_count_cli_json_and_compare_variants():
     assert 1.9 < doc["variants"]["mba"]["vs_baseline"]["params"] < 2.1  # K=2 reached mba only
 
 
-def test_count_cli_reads_a_recipe_and_rejects_bad_input():
-    code, out, err = run_cli(["count", str(RECIPES / "dac/imagenette/resnet32_v1_dac.yaml"), "--json"])
+def test_count_cli_reads_a_recipe_and_rejects_bad_input(tmp_path):
+    # ResNet32 v1 DAC on Imagenette (a cell of studies/dac_imagenet_subsets.yaml) as a recipe file
+    recipe = tmp_path / "resnet32_v1_dac.yaml"
+    recipe.write_text(f"extends: {RECIPES / 'base/dac_imagenette.yaml'}\nmodel: {{name: resnet32_v1, variant: dac}}\n")
+    code, out, err = run_cli(["count", str(recipe), "--json"])
     assert code == 0, err
     doc = json.loads(out)
     assert doc["input_shape"] == [3, 80, 80]

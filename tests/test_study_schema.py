@@ -166,8 +166,7 @@ def test_dac_twin_matches_the_wide_baseline_in_parameters():
     for depth, units in ((8, 141), (16, 35)):
         counts = {}
         for arm in ("base", "wide", "dac"):
-            cell = next(c for c in study.cells if c.values["arm"] == arm and c.values["units"] == units
-                        and c.values["model.options.depth"] == depth and c.values["model.options.shape"] == "rectangular")
+            cell = study.cell(f"depth={depth},shape=rectangular,arm={arm},units={units}")
             r = cell.recipe.model
             model = build_model("mlp", r.variant, num_classes=1, in_channels=14, input_shape=(14,), **r.options)
             counts[arm] = sum(p.numel() for p in model.parameters())

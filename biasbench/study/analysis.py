@@ -38,6 +38,7 @@ class CellRuns:
     values: dict[str, Any]  # the cell's grid and zip values
     docs: list[dict[str, Any]]  # results of its runs found on disk (any status)
     usable: list[dict[str, Any]] = field(default_factory=list)  # completed and not failed
+    estimates: dict[tuple[str, str], Any] = field(default_factory=dict)  # (metric, estimator) -> Estimate
 
     def value(self, key: str) -> Any:
         if key in self.values:
@@ -54,6 +55,7 @@ class StudyRuns:
     name: str
     cells: list[CellRuns]
     varying: list[str]
+    naming: list[str]  # the varying keys that tell cells apart (the rest follow them)
     zip_groups: list[list[str]]
     failure: Failure | None
     analyses: dict[str, Any]
@@ -107,8 +109,9 @@ def load_study_runs(out: Path) -> StudyRuns:
              for c in manifest.doc["cells"]]
     for cell in cells:
         cell.usable = [d for d in cell.docs if d.get("status") == "completed" and not (failure and failure.failed(d))]
-    return StudyRuns(Path(out), study["name"], cells, study["varying"], study["zip_groups"], failure, analyses,
-                     statuses, errors)
+    return StudyRuns(Path(out), study["name"], cells, study["varying"], study.get("naming", study["varying"]),
+                     study["zip_groups"], failure,
+                     analyses, statuses, errors)
 
 
 def select(runs: StudyRuns, where: dict[str, Any]) -> list[CellRuns]:
@@ -155,7 +158,12 @@ def estimate(cell: CellRuns, metric: str, estimator: str) -> Estimate:
     final / best: per-run value at the last epoch / at the epoch with the best validation
     metric, then mean and SE over runs. robust: the DAC paper's robust best estimate.
     min_mean: minimum over epochs of the replicate-mean error (DAC Table 1)."""
-    docs = cell.usable
+    if (metric, estimator) not in cell.estimates:  # several analyses ask for the same one
+        cell.estimates[metric, estimator] = _estimate(cell.usable, metric, estimator)
+    return cell.estimates[metric, estimator]
+
+
+def _estimate(docs: list[dict[str, Any]], metric: str, estimator: str) -> Estimate:
     hib = higher_is_better(metric)
     if not docs:
         return Estimate(None, None, 0)
@@ -200,9 +208,15 @@ def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-adjusted p-values across a family (statsmodels' multipletests)."""
     if not p_values:
         return []
+    import gc
+
     from statsmodels.stats.multitest import multipletests
 
-    return [float(p) for p in multipletests(list(p_values), alpha=stats.ALPHA, method="holm")[1]]
+    gc.freeze()  # multipletests' Holm branch calls gc.collect(): seconds over 10,000 loaded results files
+    try:
+        return [float(p) for p in multipletests(list(p_values), alpha=stats.ALPHA, method="holm")[1]]
+    finally:
+        gc.unfreeze()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +253,8 @@ def table(runs: StudyRuns, spec: Any) -> list[TableResult]:
     check_metric(runs, metric, "table")
     cells = select(runs, spec.where)
     used = set(spec.rows) | set(spec.columns)
-    rest = [k for k in runs.varying if k not in used and any(cell.value(k) != cells[0].value(k) for cell in cells)]
-    # Keys zipped with a row or column key follow it: they do not split tables.
+    rest = [k for k in runs.naming if k not in used and any(cell.value(k) != cells[0].value(k) for cell in cells)]
+    # Keys that follow the row and column keys (zipped with them) do not split tables.
     rest = [k for k in rest if not _follows(cells, k, list(used))]
     out = []
     for part in _ordered([_key_tuple(c, rest) for c in cells]):
@@ -354,8 +368,8 @@ def _match_keys(runs: StudyRuns, by: str, cells: list[CellRuns], extra: Sequence
     """Keys two cells of one comparison share: every varying key outside `by`'s zip group,
     plus `extra`, dropping keys constant over `cells`."""
     group = runs.zipped_with(by)
-    keys = [k for k in runs.varying if k not in group] + [k for k in extra if k not in runs.varying or k in group]
-    return [k for k in keys if any(c.value(k) != cells[0].value(k) for c in cells)]
+    keys = [k for k in runs.naming if k not in group and any(c.value(k) != cells[0].value(k) for c in cells)]
+    return keys + [k for k in extra if k not in keys]
 
 
 def efficiency(runs: StudyRuns, spec: Any) -> list[EfficiencyPoint]:
@@ -485,15 +499,18 @@ def pairs(runs: StudyRuns, spec: Any) -> tuple[list[PairResult], str]:
 def _count_line(results: list[PairResult], spec: Any) -> str:
     variants = sorted({str(r.variant) for r in results})
     name = variants[0] if len(variants) == 1 else "the variant"
-    favour = sum(1 for r in results if r.favours_variant)
-    raw = sum(1 for r in results if r.favours_variant and r.difference and r.difference.p_value is not None
-              and r.difference.p_value < stats.ALPHA)
-    adjusted = sum(1 for r in results if r.favours_variant and r.p_holm is not None and r.p_holm < stats.ALPHA)
-    untested = sum(1 for r in results if r.difference is None or r.difference.p_value is None)
-    line = (f"{favour} of {len(results)} favour {name}; {raw} significant at p < {stats.ALPHA:g}, "
-            f"{adjusted} after Holm adjustment across the {len(results) - untested} tested comparisons")
-    if untested:
-        line += f" ({untested} without a p-value: fewer than 2 replicates on a side)"
+    compared = [r for r in results if r.difference is not None]
+    favour = sum(1 for r in compared if r.favours_variant)
+    raw = sum(1 for r in compared if r.favours_variant and r.difference.p_value is not None  # type: ignore[union-attr]
+              and r.difference.p_value < stats.ALPHA)  # type: ignore[union-attr]
+    adjusted = sum(1 for r in compared if r.favours_variant and r.p_holm is not None and r.p_holm < stats.ALPHA)
+    tested = sum(1 for r in compared if r.p_holm is not None)
+    line = (f"{favour} of {len(compared)} favour {name}; {raw} significant at p < {stats.ALPHA:g}, "
+            f"{adjusted} after Holm adjustment across the {tested} tested")
+    if len(results) > len(compared):
+        line += f"; {len(results) - len(compared)} more without usable runs on a side"
+    if len(compared) > tested:
+        line += f"; {len(compared) - tested} without a p-value (fewer than 2 replicates on a side)"
     return line
 
 

@@ -134,7 +134,7 @@ class Manifest:
         doc = {
             "kind": KIND, "schema_version": SCHEMA_VERSION,
             "study": {"path": str(study.path), "name": study.name, "smoke": study.smoke, "document": study.doc,
-                      "keys": study.keys, "varying": study.varying, "labels": study.labels,
+                      "keys": study.keys, "varying": study.varying, "naming": study.naming, "labels": study.labels,
                       "zip_groups": study.zip_groups},
             "backend": backend,
             "created": old.doc["created"] if old else now(),

@@ -49,8 +49,8 @@ class StudyProgress:
 
     def note(self, text: str) -> None:
         """A line for the user: above the bar on a terminal, a plain line elsewhere."""
-        if self.plain:
-            print(text, flush=True)
+        if self.plain:  # one whole line, never wrapped: grep and tail see it as it is
+            self.console.print(text, soft_wrap=True, highlight=False, markup=False)
         else:
             self.console.print(text, overflow="ellipsis", no_wrap=True, highlight=False, markup=False)
 

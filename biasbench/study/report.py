@@ -223,7 +223,8 @@ def _pairs_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
         ci = f"[{fmt(d.ci[0], metric)}, {fmt(d.ci[1], metric)}]" if d is not None and d.ci else "-"
         rows.append([where, str(r.variant), fmt_est(r.baseline, metric), fmt_est(r.other, metric),
                      "-" if d is None else (("+" if d.diff >= 0 else "") + fmt(d.diff, metric)), ci,
-                     fmt_p(d.p_value if d else None), fmt_p(r.p_holm), "yes" if r.favours_variant else "no"])
+                     fmt_p(d.p_value if d else None), fmt_p(r.p_holm),
+                     "-" if d is None else "yes" if r.favours_variant else "no"])
     fig, ax = plt.subplots(figsize=(6.4, max(2.4, 0.32 * len(results) + 1.2)))
     scale = 100.0 if _percent(metric) else 1.0
     for i, r in enumerate(results):

@@ -70,7 +70,8 @@ class Study:
     doc: dict[str, Any]  # the study as read (smoke section merged over it under --smoke)
     cells: list[Cell]
     keys: list[str]  # grid and zip keys, in file order
-    varying: list[str]  # the keys that take more than one value (they name the cells)
+    varying: list[str]  # the keys that take more than one value
+    naming: list[str]  # the varying keys that tell cells apart (the others follow them): cell names
     zip_groups: list[list[str]]
     failure: Failure | None
     analyses: dict[str, Any]  # name -> spec (specs.ANALYSES)
@@ -254,12 +255,13 @@ def _recipe_path(value: Any, path: Path, where: str) -> Path:
 
 def _cell_recipe(raw: dict[str, Any], values: dict[str, Any], doc: dict[str, Any], name: str,
                  source: Path, path: Path) -> Recipe:
-    recipe_keys = {k: v for k, v in values.items() if "." in k}
+    overrides = {k: v for k, v in values.items() if "." in k}
+    if "replicates" in doc:
+        overrides["train.replicates"] = doc["replicates"]
+    overrides["output.name"] = name
     try:
-        raw = apply_overrides(raw, recipe_keys, origin=f"study `{path}`, grid/zip")
-        if "replicates" in doc:
-            raw = apply_overrides(raw, {"train.replicates": doc["replicates"]}, origin=f"study `{path}`")
-        raw = apply_overrides(raw, {"output.name": name}, origin=f"study `{path}`")
+        raw = apply_overrides({k: v for k, v in raw.items() if k != "smoke"}, overrides,  # smoke: applied or not
+                              origin=f"study `{path}`, grid/zip")
         return from_dict(raw, source=str(source))
     except UserError as e:
         raise UserError(f"study `{path}`, cell `{name}`: {e}") from None
@@ -290,15 +292,16 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     bases = _BaseRecipes(path, smoke, set_block)
     labels = _check_keys(keys, bases.raw(points[0].get(RECIPE_KEY, doc.get(RECIPE_KEY)))[1], list(set_block), path)
     varying = [k for k in keys if len({repr(p[k]) for p in points}) > 1]
-    cells = _cells(points, name_keys(points, varying, zip_groups), doc, bases, path)
+    naming = name_keys(points, varying, zip_groups)
+    cells = _cells(points, naming, doc, bases, path)
     failure = None
     if doc.get("failure") is not None:
         failure = read_spec(Failure, doc["failure"], "failure")
         failure.check("failure")
     launcher = read_spec(LauncherSpec, doc.get("launcher"), "launcher")
     time_minutes(launcher.time)
-    return Study(path, smoke, doc, cells, keys, varying, zip_groups, failure, _analyses(doc, cells, path), launcher,
-                 labels)
+    return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
+                 launcher, labels)
 
 
 class _BaseRecipes:
