@@ -113,7 +113,8 @@ def main() -> None:
         files = len(list(folder.rglob("results.json")))
         times = [timed(folder) for _ in range(args.repeats)]
     best = {phase: min(t[phase] for t in times) for phase in times[0]}
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+              f"Python {platform.python_version()}"
     print(f"reading a study of {files:,} results files ({args.epochs} epochs each) on {machine}; target < 10 s")
     print(tabulate([[phase, f"{seconds:.2f}"] for phase, seconds in best.items()], headers=["phase", "best s"]))
     if args.json:

@@ -96,7 +96,8 @@ def test_sgemm_study_has_the_papers_ranges_and_three_arms():
 def test_paper_protocol_lives_in_the_base_recipe():
     cell = _cells("dac_resnet_cifar.yaml")["dataset=cifar100,layers=56,version=v2,variant=dac"]
     recipe = cell.recipe
-    assert (recipe.optim.name, recipe.optim.lr, recipe.optim.momentum, recipe.train.batch_size) == ("sgd", 0.1, 0.9, 128)
+    protocol = (recipe.optim.name, recipe.optim.lr, recipe.optim.momentum, recipe.train.batch_size)
+    assert protocol == ("sgd", 0.1, 0.9, 128)
     assert recipe.optim.l2 > 0 and recipe.optim.bias_l2 == 0 and recipe.data.val_folds == 5
     assert recipe.data.augment == "crop_flip" and recipe.data.root == "data/cifar100"
 

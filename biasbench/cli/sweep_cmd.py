@@ -17,14 +17,12 @@ from biasbench.errors import UserError
 BACKENDS = ("local", "slurm")
 
 
-@app.command(epilog="Examples:\n\n  biasbench sweep studies/dac_sgemm.yaml --smoke --dry-run   (cells, runs, cost)\n\n"
+@app.command(epilog="Examples:\n\n  biasbench sweep studies/dac_sgemm.yaml --smoke --dry-run\n\n"
                     "  biasbench sweep studies/dac_sgemm.yaml --smoke --jobs 2\n\n"
-                    "  biasbench sweep studies/dac_resnet_cifar.yaml --backend slurm --partition gpu "
-                    "--gpus 1 --time 04:00:00\n\n"
-                    "  biasbench report runs/studies/dac_sgemm_smoke --out report/   (the paper's tables "
-                    "and figures)\n\n"
-                    "Run the same command again to finish a stopped sweep: finished runs are skipped, "
-                    "interrupted ones resume from their checkpoints.")
+                    "  biasbench sweep studies/dac_vgg_cifar.yaml --backend slurm --gpus 1\n\n"
+                    "  biasbench report runs/studies/dac_sgemm_smoke --out report/\n\n"
+                    "Run the same command again to finish a stopped sweep: finished runs are "
+                    "skipped, interrupted ones resume from their checkpoints.")
 def sweep(
     study_path: Path = typer.Argument(..., metavar="STUDY.yaml", help="Study file (see studies/)."),
     out: Path | None = typer.Option(None, "--out", help="Study folder (default runs/studies/NAME)."),
@@ -44,8 +42,7 @@ def sweep(
 ) -> None:
     """Run a study: every cell of its grid, every replicate, with a manifest in the study folder.
 
-    A sweep is idempotent: finished runs are skipped and interrupted ones resume exactly, so a
-    stopped or killed sweep is finished by running the same command again."""
+    Idempotent: finished runs are skipped, interrupted ones resume exactly. Docs: docs/studies.md."""
     from biasbench.study import load_study
 
     if backend not in BACKENDS:
@@ -83,6 +80,9 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
     if not as_json:
         console.print(f"study {escape(study.name)}: {study.run_count()} runs in {len(study.cells)} cells, "
                       f"{where}; folder {escape(str(out))}")
+        cores = worker_threads(1)
+        if backend == "local" and jobs > cores:
+            console.print(f"note: {jobs} workers on {cores} cores: they share the cores, one thread each")
     try:
         sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
                           console=Console(highlight=False, quiet=as_json))

@@ -372,19 +372,26 @@ def _match_keys(runs: StudyRuns, by: str, cells: list[CellRuns], extra: Sequence
     return keys + [k for k in extra if k not in keys]
 
 
+def _comparisons(runs: StudyRuns, cells: list[CellRuns], by: str, extra: Sequence[str],
+                 what: str) -> tuple[list[str], dict[tuple[Any, ...], dict[Any, CellRuns]]]:
+    """The cells of each comparison: (the keys they share, {shared values: {value of `by`: cell}})."""
+    keys = _match_keys(runs, by, cells, extra)
+    blocks: dict[tuple[Any, ...], dict[Any, CellRuns]] = {}
+    for c in cells:
+        side = blocks.setdefault(_key_tuple(c, keys), {})
+        value = c.value(by)
+        if value in side:
+            raise UserError(f"analysis.{what}: cells {side[value].name} and {c.name} are both `{by}` = `{value}` "
+                            f"in one comparison (keys {keys}); add the key that tells them apart to `match`, "
+                            "or narrow the cells with `where`")
+        side[value] = c
+    return keys, blocks
+
+
 def efficiency(runs: StudyRuns, spec: Any) -> list[EfficiencyPoint]:
     metric = runs.default_metric(spec.metric)
     check_metric(runs, metric, "efficiency")
-    cells = select(runs, spec.where)
-    keys = _match_keys(runs, spec.arm, cells, extra=[spec.x])
-    blocks: dict[tuple[Any, ...], dict[Any, CellRuns]] = {}
-    for c in cells:
-        arms = blocks.setdefault(_key_tuple(c, keys), {})
-        arm = c.value(spec.arm)
-        if arm in arms:
-            raise UserError(f"analysis.efficiency: cells {arms[arm].name} and {c.name} are both arm `{arm}` of one "
-                            f"comparison (keys {keys}); narrow it with `where`")
-        arms[arm] = c
+    keys, blocks = _comparisons(runs, select(runs, spec.where), spec.arm, [spec.x], "efficiency")
     diffs: dict[tuple[Any, Any], list[float]] = {}
     x_index = keys.index(spec.x)
     for key, arms in blocks.items():
@@ -457,16 +464,7 @@ def pairs(runs: StudyRuns, spec: Any) -> tuple[list[PairResult], str]:
     """The comparisons and the count line ("15 of 16 favour dac; 9 significant ...")."""
     metric = runs.default_metric(spec.metric)
     check_metric(runs, metric, "pairs")
-    cells = select(runs, spec.where)
-    keys = _match_keys(runs, spec.by, cells, extra=spec.match)
-    blocks: dict[tuple[Any, ...], dict[Any, CellRuns]] = {}
-    for c in cells:
-        side = blocks.setdefault(_key_tuple(c, keys), {})
-        value = c.value(spec.by)
-        if value in side:
-            raise UserError(f"analysis.pairs: cells {side[value].name} and {c.name} are both `{value}` of one "
-                            f"comparison (keys {keys}); narrow it with `where`")
-        side[value] = c
+    keys, blocks = _comparisons(runs, select(runs, spec.where), spec.by, spec.match, "pairs")
     results = []
     hib = higher_is_better(metric)
     for key, side in blocks.items():

@@ -114,14 +114,15 @@ class Manifest:
 
     @classmethod
     def for_study(cls, study: Any, out: Path, backend: str) -> Manifest:
-        """A fresh manifest for `study`, or the one in `out` when it records the same cells (the
-        runs' history carries over); a folder of another study is refused."""
+        """A fresh manifest for `study`, or the one in `out` when the study holds its cells (the
+        runs' history carries over; new cells may join); a folder of another study is refused."""
         cells = [{"name": c.name, "values": c.values, "replicates": c.recipe.train.replicates} for c in study.cells]
         old: Manifest | None = None
         if (Path(out) / MANIFEST).exists():
             old = cls.read(out)
-            before = [(c["name"], c["replicates"]) for c in old.doc["cells"]]
-            if before != [(c["name"], c["replicates"]) for c in cells]:
+            before = {c["name"]: c["replicates"] for c in old.doc["cells"]}
+            now = {c["name"]: c["replicates"] for c in cells}
+            if any(now.get(name) != n for name, n in before.items()):  # a grown grid is fine
                 raise UserError(f"`{out}` holds a sweep of other cells or replicates ({old.doc['study']['path']}); "
                                 "give this study another --out, or run the study that wrote it")
         runs = {}
