@@ -121,8 +121,8 @@ class Manifest:
         if (Path(out) / MANIFEST).exists():
             old = cls.read(out)
             before = {c["name"]: c["replicates"] for c in old.doc["cells"]}
-            now = {c["name"]: c["replicates"] for c in cells}
-            if any(now.get(name) != n for name, n in before.items()):  # a grown grid is fine
+            current = {c["name"]: c["replicates"] for c in cells}
+            if any(current.get(name) != n for name, n in before.items()):  # a grown grid is fine
                 raise UserError(f"`{out}` holds a sweep of other cells or replicates ({old.doc['study']['path']}); "
                                 "give this study another --out, or run the study that wrote it")
         runs = {}
