@@ -83,7 +83,7 @@ def test_a_per_cell_base_recipe_and_labels_in_names(tmp_path):
     ({"recipe": "missing.yaml"}, ["missing.yaml", "does not exist"]),
     ({"grid": {"model.variantt": ["dac"]}}, ["model.variantt", "did you mean `model.variant`"]),
     ({"grid": {"train.epochs": ["ten"], "model.options.width": [8, 16]}}, ["train.epochs", "must be an integer",
-                                                                         "'ten'", "cell `width=8`"]),
+                                                                         "'ten'", "cell `epochs=ten,width=8`"]),
     ({"grid": {"model.options.width": []}}, ["grid.model.options.width", "empty"]),
     ({"grid": {"model.options.width": 8}}, ["grid.model.options.width", "list"]),
     ({"grid": {"model.options.width": [8]}, "exclude": [{"model.options.width": 8}]}, ["no runs"]),

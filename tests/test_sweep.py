@@ -125,7 +125,8 @@ def test_one_sweep_per_folder_and_a_folder_of_another_study_is_refused(tmp_path)
         one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "another sweep", str(os.getpid()))
     assert not (out / "study.json").exists()
     (out / "study.json").write_text(json.dumps({"kind": "biasbench-study", "schema_version": 1, "created": "x",
-                                               "study": {"path": "other.yaml"}, "cells": [], "runs": {}}))
+                                               "study": {"path": "other.yaml"}, "cells": [{"name": "lr=1", "replicates": 1}],
+                                               "runs": {}}))
     one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "other cells", "other.yaml")
     (out / "study.json").write_text("{not json")
     one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "not valid JSON")
@@ -191,3 +192,19 @@ def test_sigkill_part_way_then_the_same_command_finishes_the_sgemm_smoke_study(t
         assert [a.get("status") for a in run["attempts"]].count("completed") == 1
         assert run["attempts"][-1]["start_epoch"] == ckpts.get(key, 0)
     assert histories(killed) == histories(whole)
+
+
+def test_a_grown_grid_keeps_its_folder_and_a_shrunk_one_is_refused(tmp_path):
+    from biasbench.errors import UserError
+    from biasbench.study.manifest import Manifest
+
+    out = tmp_path / "out"
+    small = load_study(tiny_study(tmp_path, widths=(8,)))
+    manifest = Manifest.for_study(small, out, "local")
+    manifest.update("variant=baseline,width=8/seed0", status="completed")
+    manifest.save(force=True)
+    grown = Manifest.for_study(load_study(tiny_study(tmp_path, widths=(8, 16))), out, "local")
+    assert len(grown.runs) == 8 and grown.runs["variant=baseline,width=8/seed0"]["status"] == "completed"
+    grown.save(force=True)
+    with pytest.raises(UserError, match="other cells or replicates"):
+        Manifest.for_study(load_study(tiny_study(tmp_path, widths=(16,))), out, "local")

@@ -292,7 +292,7 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     bases = _BaseRecipes(path, smoke, set_block)
     labels = _check_keys(keys, bases.raw(points[0].get(RECIPE_KEY, doc.get(RECIPE_KEY)))[1], list(set_block), path)
     varying = [k for k in keys if len({repr(p[k]) for p in points}) > 1]
-    naming = name_keys(points, varying, zip_groups)
+    naming = name_keys(points, keys, varying, zip_groups)
     cells = _cells(points, naming, doc, bases, path)
     failure = None
     if doc.get("failure") is not None:
@@ -326,12 +326,14 @@ class _BaseRecipes:
         return source, self._cache[source]
 
 
-def name_keys(points: list[dict[str, Any]], varying: list[str], zip_groups: list[list[str]]) -> list[str]:
-    """The keys that name cells: every varying grid key, and of each zip group the keys, in
-    order, that tell its rows apart (the others follow from them: `dataset=cifar10` names the
-    row, its `data.root` need not)."""
+def name_keys(points: list[dict[str, Any]], keys: list[str], varying: list[str],
+              zip_groups: list[list[str]]) -> list[str]:
+    """The keys that name cells: every grid key (one with a single value too, so that growing
+    the grid later keeps the names of the cells already run), and of each zip group the keys,
+    in order, that tell its rows apart (the others follow from them: `dataset=cifar10` names
+    the row, its `data.root` need not)."""
     zipped = {k for g in zip_groups for k in g}
-    keys = [k for k in varying if k not in zipped]
+    naming = [k for k in keys if k not in zipped]
     for group in zip_groups:
         chosen: list[str] = []
         distinct = 1
@@ -340,8 +342,8 @@ def name_keys(points: list[dict[str, Any]], varying: list[str], zip_groups: list
             if n > distinct:
                 chosen.append(key)
                 distinct = n
-        keys += chosen
-    return [k for k in varying if k in keys]  # the study file's order
+        naming += chosen
+    return [k for k in keys if k in naming]  # the study file's order
 
 
 def _cells(points: list[dict[str, Any]], naming: list[str], doc: dict[str, Any], bases: _BaseRecipes,
