@@ -124,9 +124,9 @@ def test_one_sweep_per_folder_and_a_folder_of_another_study_is_refused(tmp_path)
     with StudyLock(out):
         one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "another sweep", str(os.getpid()))
     assert not (out / "study.json").exists()
-    (out / "study.json").write_text(json.dumps({"kind": "biasbench-study", "schema_version": 1, "created": "x",
-                                               "study": {"path": "other.yaml"}, "cells": [{"name": "lr=1", "replicates": 1}],
-                                               "runs": {}}))
+    other = {"kind": "biasbench-study", "schema_version": 1, "created": "x", "study": {"path": "other.yaml"},
+             "cells": [{"name": "lr=1", "replicates": 1}], "runs": {}}
+    (out / "study.json").write_text(json.dumps(other))
     one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "other cells", "other.yaml")
     (out / "study.json").write_text("{not json")
     one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "not valid JSON")
