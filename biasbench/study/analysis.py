@@ -273,7 +273,7 @@ def table(runs: StudyRuns, spec: Any) -> list[TableResult]:
             rows.append((rid, ests))
             best.append(_best_marks(ests, columns, metric, spec.estimator))
         is_error = spec.estimator == "min_mean" and higher_is_better(metric)
-        title = ", ".join(f"{k} = {v}" for k, v in zip(rest, part)) or "all cells"
+        title = ", ".join(f"{k.rsplit('.', 1)[-1]} = {v}" for k, v in zip(rest, part))
         out.append(TableResult(title, metric, spec.estimator, is_error, list(spec.rows), columns, rows, best))
     return out
 
@@ -349,10 +349,17 @@ def by_width(runs: StudyRuns, spec: Any) -> list[WidthPoint]:
                  if (m := _cell_mean(c, metric, spec.estimator, spec.log)) is not None]
         if not means:
             continue
-        ys = np.array([m for m, _ in means])
+        # The values averaged: one per cell (depth); a point of one cell averages its replicates.
+        ys = np.array([m for m, _ in means]) if len(means) > 1 else np.array(_run_values(group[0], metric, spec))
         points.append(WidthPoint(shape, series, width, float(np.nanmean([x for _, x in means])), float(ys.mean()),
-                                 float(ys.std(ddof=1)) if len(ys) > 1 else None, len(ys)))
+                                 float(ys.std(ddof=1)) if len(ys) > 1 else None, len(means)))
     return points
+
+
+def _run_values(cell: CellRuns, metric: str, spec: Any) -> list[float]:
+    if spec.log:
+        return log_values(cell, metric, spec.estimator)
+    return list(estimate(cell, metric, spec.estimator).per_run)
 
 
 @dataclass(frozen=True)

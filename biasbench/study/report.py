@@ -52,7 +52,8 @@ def fmt_se(se: float | None, metric: str, is_error: bool = False) -> str:
     """A standard error to two significant digits (its own precision)."""
     if se is None or not math.isfinite(se):
         return "-"
-    return f"{100 * se:.2g}" if _percent(metric, is_error) else f"{se:.2g}"
+    text = f"{100 * se if _percent(metric, is_error) else se:#.2g}"  # '#': 5.0, not 5
+    return text.rstrip(".") if "e" not in text else text
 
 
 def fmt_est(est: an.Estimate | None, metric: str) -> str:
@@ -111,8 +112,9 @@ def _table_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
                 "final": "final-epoch mean of", "best": "mean at the best-validation epoch of"}[t.estimator]
         unit = " (%)" if _percent(t.metric, t.is_error) else ""
         name = ("test error" if t.is_error and t.metric == "test_acc" else t.metric) + unit
-        blocks.append(("p", f"**{t.title}**: {what} {name}, ± one standard error over replicates; best per row "
-                            "in bold."))
+        text = f"{what[0].upper()}{what[1:]} {name}, ± one standard error over replicates; best per row in bold."
+        blocks.append(("p", f"**{t.title}**: {what} {name}, ± one standard error over replicates; best per row in "
+                            "bold." if t.title else text))
         headers = [" / ".join(map(short, t.row_keys))] + [" / ".join(map(str, c)) for c in t.columns]
         rows = [[" / ".join(map(str, rid))] + [fmt_est(e, t.metric) for e in ests] for rid, ests in t.rows]
         bold = [[False] + marks for marks in t.best]
@@ -125,7 +127,8 @@ def _by_width_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Bl
     if not points:
         return [NOTHING], points
     metric = runs.default_metric(spec.metric)
-    ylabel = f"log {metric} (nats)" if spec.log else metric
+    scale = 100.0 if metric.endswith("_acc") and not spec.log else 1.0
+    ylabel = f"log {metric} (nats)" if spec.log else f"{metric}{' (%)' if scale != 1 else ''}"
     shapes = sorted({p.shape for p in points}, key=str)
     series = sorted({p.series for p in points}, key=str)
     palette = colors(series, spec.baseline)
@@ -134,22 +137,24 @@ def _by_width_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Bl
         for s in series:
             pts = sorted((p for p in points if p.shape == shape and p.series == s), key=lambda p: p.x)
             if pts:
-                ax.errorbar([p.x for p in pts], [p.y for p in pts], yerr=[p.sd or 0.0 for p in pts], marker="o",
-                            capsize=4, color=palette[s], label=str(s))
+                ax.errorbar([p.x for p in pts], [p.y * scale for p in pts], yerr=[(p.sd or 0.0) * scale for p in pts],
+                            marker="o", capsize=4, color=palette[s], label=str(s))
         _width_axis(ax, [p.x for p in points if p.shape == shape])
-        ax.set_title(f"{short(spec.shape)} = {shape}" if spec.shape else "all cells", fontsize=10)
+        if spec.shape:
+            ax.set_title(f"{short(spec.shape)} = {shape}", fontsize=10)
         ax.set_xlabel("equivalent width (units per layer)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title=short(spec.series), title_fontsize=8)
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle(f"{ylabel} against width, averaged over {short(spec.depth)}; error bars: sample SD", fontsize=10)
     path = _save(fig, figs / "by_width.png")
-    rows = [[str(p.shape), str(p.series), str(p.width), f"{p.x:.1f}", f"{p.y:.4g}",
-             "-" if p.sd is None else f"{p.sd:.3g}", str(p.cells)]
+    rows = [[str(p.shape), str(p.series), str(p.width), f"{p.x:.1f}", f"{p.y * scale:.4g}",
+             "-" if p.sd is None else f"{p.sd * scale:.3g}", str(p.cells)]
             for p in sorted(points, key=lambda p: (str(p.shape), str(p.series), p.x))]
     return [("p", f"Each point: the mean over {spec.depth} of the replicate-mean {ylabel} of the cells of one shape, "
                   f"{spec.series} and width; x is the equivalent width (shapes in {spec.average_width}: "
-                  "sqrt(parameters / depth)). Error bars: the sample SD of the averaged cell values (DAC Figure 3)."),
+                  "sqrt(parameters / depth)). Error bars: the sample SD of the averaged cell values, or of the "
+                  "replicates for a point of one cell (DAC Figure 3)."),
             ("table", (["shape", "series", "width", "equivalent width", ylabel, "SD", "cells"], rows, None)),
             ("img", ("by width", path))], points
 

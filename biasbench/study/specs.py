@@ -143,7 +143,8 @@ class TableSpec:
 @dataclass(frozen=True)
 class ByWidthSpec:
     """The metric against (equivalent) width per network shape, averaged over depths, error bars
-    the sample SD (DAC Figure 3). Cells whose shape is in `average_width` sit at
+    the sample SD of the averaged cell values, or of the replicates for a point of one cell
+    (DAC Figure 3). Cells whose shape is in `average_width` sit at
     sqrt(parameters / depth) (the paper's pyramidal rule); the others at their `width` value,
     which for a biasbench DAC MLP is already its equivalent width (it builds width/sqrt(2) units)."""
 
