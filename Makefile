@@ -10,7 +10,7 @@ $(BIN)/biasbench: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(BIN)/biasbench
 
-.PHONY: setup quickstart test test-slow bench lint
+.PHONY: setup quickstart test test-slow test-slurm bench lint
 setup: $(BIN)/biasbench
 
 quickstart: setup
@@ -21,6 +21,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
+
+# The Slurm backend against a real one-node cluster (installs slurm-wlm and munge; needs root).
+test-slurm: setup
+	bash tests/slurm/cluster.sh install
+	$(BIN)/python -m pytest -m slurm
 
 lint: setup
 	$(BIN)/ruff check biasbench tests benchmarks

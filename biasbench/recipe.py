@@ -275,7 +275,7 @@ def _all_paths(cls: type, prefix: str = "") -> tuple[str, ...]:
 
 
 def known_keys() -> tuple[str, ...]:
-    """Every dotted key a recipe (or --set) may name."""
+    """Every dotted key a recipe (or --set) may name (cached: `_all_paths` is)."""
     return _all_paths(Recipe)
 
 
@@ -407,24 +407,27 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/") -> dict[str, Any]:
+    """A YAML file (1.2 numbers, duplicate keys refused) that must hold a mapping; every problem is
+    one line naming the file as a `what` (a recipe, a study)."""
     if not path.exists():
-        raise UserError(f"recipe `{path}` does not exist; recipes live in `recipes/`")
+        raise UserError(f"{what} `{path}` does not exist; {what}s live in `{home}`")
     if path.is_dir():
-        raise UserError(f"recipe `{path}` is a folder; give a .yaml file")
+        raise UserError(f"{what} `{path}` is a folder; give a .yaml file")
     try:
         raw = parse_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"recipe `{path}` is not valid YAML{where}: {problem}") from None
+        raise UserError(f"{what} `{path}` is not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
-        raise UserError(f"recipe `{path}` is not a text file") from None
+        raise UserError(f"{what} `{path}` is not a text file") from None
     if raw is None:
-        raise UserError(f"recipe `{path}` is empty")
+        raise UserError(f"{what} `{path}` is empty")
     if not isinstance(raw, dict):
-        raise UserError(f"recipe `{path}` must be a mapping of sections (model:, data:, ...)")
+        raise UserError(f"{what} `{path}` must be a mapping of sections (model:, data:, ...)" if what == "recipe"
+                        else f"{what} `{path}` must be a mapping of keys")
     return raw
 
 
@@ -443,7 +446,7 @@ def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if path.resolve() in _seen:
         raise UserError(f"recipe `{path}` extends itself through {' -> '.join(map(str, _seen))}")
-    raw = _read_yaml(path)
+    raw = read_yaml_mapping(path)
     base = raw.pop("extends", None)
     if base is None:
         return raw

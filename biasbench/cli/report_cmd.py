@@ -19,7 +19,8 @@ from biasbench.errors import UserError
     "  biasbench report runs/base runs/dac --out rep --format html --estimator robust\n\n"
     "  biasbench report runs/quickstart/seed0/results.json    (its history)\n\n"
     "  biasbench report runs/ --history              (every run's history)\n\n"
-    "  biasbench report runs/ --history --json -     (the histories as JSON)",
+    "  biasbench report runs/ --history --json -     (the histories as JSON)\n\n"
+    "  biasbench report runs/studies/dac_sgemm --out rep    (a study folder: its analyses)",
 )
 def report(
     results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
@@ -40,6 +41,9 @@ def report(
     from biasbench.compare import load_runs, summarize_runs
     from biasbench.report import write_report
 
+    given = {"--baseline": baseline, "--metric": metric, "--estimator": None if estimator == "final" else estimator}
+    if _study_report(results, out, history, [k for k, v in given.items() if v is not None]):
+        return
     runs = load_runs(results)
     if history or out is None:
         if out is None and not history and len(runs) > 1:
@@ -87,3 +91,24 @@ def _show_histories(runs: list, json_out: Path | None) -> None:
         where = os.path.relpath(run.path.resolve(), parent)
         lines += [("", ""), *render(history_table(run.doc, where), width)]
     emit(lines)
+
+
+def _study_report(results: list[Path], out: Path | None, history: bool, options: list[str]) -> bool:
+    """A study folder (it holds a study manifest) gets the study report of its `analysis:`
+    (Markdown and HTML both, whatever --format says)."""
+    from biasbench.study.manifest import is_study_folder
+
+    if len(results) != 1 or history or out is None or not is_study_folder(results[0]):
+        return False
+    if options:
+        raise UserError(f"`{results[0]}` is a study folder: its report draws the study's `analysis:` section, "
+                        f"where {options[0]} does not apply; set the metric and baseline there, or give the "
+                        "run folders to get the plain report")
+    from biasbench.study.report import write_study_report
+
+    target = write_study_report(results[0], out)
+    from biasbench.termtable import emit, output_width, wrap
+
+    emit([(t, "") for t in wrap(f"study report: {target} (and report.html, figures/, study_report.json)",
+                                output_width())])
+    return True

@@ -1,0 +1,98 @@
+"""The --dry-run estimate of a study's cost: forward FLOPs per sample x training samples x epochs.
+
+FLOPs come from `biasbench.count` (the DAC paper's convention, one forward pass); a training
+step costs about three forward passes, which the printed total says rather than hides. Training
+samples are exact for the bundled sets (they are built, in milliseconds) and come from the
+official training-set sizes for the paper sets (which may not be on this machine), less the
+validation part the recipe carves out; those figures are marked approximate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from biasbench.recipe import Recipe
+from biasbench.study.schema import Cell
+
+# Training images of the paper sets before the validation split: the official training sets;
+# ISIC 2019 less its default 20% test part (it has no labelled official test set).
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_mnist": 60_000,
+               "kmnist": 60_000, "svhn": 73_257, "imagenette": 9_469, "imagewoof": 9_025,
+               "isic2019": round(25_331 * 0.8), "sgemm": 241_600}
+BUNDLED = ("digits", "mnist1d", "synthetic")
+
+
+@dataclass(frozen=True)
+class CellCost:
+    cell: str
+    runs: int
+    params: int
+    flops: int  # forward FLOPs per sample
+    samples: int | None  # training samples per epoch (None: unknown data set)
+    epochs: int
+    exact: bool  # samples built from the data, not from the official size
+
+    @property
+    def total(self) -> float | None:
+        """Forward FLOPs x training samples x epochs, summed over the cell's runs."""
+        return None if self.samples is None else float(self.flops) * self.samples * self.epochs * self.runs
+
+
+def _train_samples(recipe: Recipe) -> tuple[int | None, bool]:
+    data = recipe.data
+    if data.name in BUNDLED:
+        from biasbench.data import build_data
+
+        return len(build_data(data).train), True
+    size = TRAIN_SIZES.get(data.name)
+    if size is None:
+        return None, False
+    if data.name == "sgemm":
+        return round(241_600 * 0.70), False  # the DAC paper's 70/15/15 split
+    held = 1 / data.val_folds if data.val_folds else data.val_fraction
+    return round(size * (1 - held)), False
+
+
+def estimate(cells: list[Cell]) -> list[CellCost]:
+    """One cost line per cell; models are built once per distinct configuration."""
+    from biasbench.count import complexity, data_shape
+    from biasbench.models import build_model
+
+    counted: dict[str, tuple[int, int]] = {}
+    out = []
+    for cell in cells:
+        recipe = cell.recipe
+        shape, outputs = data_shape(recipe.data)
+        key = json.dumps([recipe.model.name, recipe.model.variant, recipe.model.options,
+                          recipe.model.variant_options, list(shape), outputs], sort_keys=True, default=str)
+        if key not in counted:
+            model = build_model(recipe.model.name, recipe.model.variant, num_classes=outputs, in_channels=shape[0],
+                                input_shape=shape, variant_options=recipe.model.variant_options,
+                                **recipe.model.options)
+            counts = complexity(model, shape)
+            counted[key] = (int(counts["params"]["total"]), int(counts["flops"]))
+        params, flops = counted[key]
+        samples, exact = _train_samples(recipe)
+        out.append(CellCost(cell.name, recipe.train.replicates, params, flops, samples, recipe.train.epochs, exact))
+    return out
+
+
+def si(value: float | None, unit: str = "") -> str:
+    """1234567 -> '1.23M' (SI prefixes, three significant digits)."""
+    if value is None or not math.isfinite(value):
+        return "?"
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{' ' if unit else ''}{prefix}{unit}"
+    return f"{value:.3g}{' ' if unit else ''}{unit}"
+
+
+def summary(costs: list[CellCost]) -> dict[str, Any]:
+    known = [c.total for c in costs if c.total is not None]
+    return {"cells": len(costs), "runs": sum(c.runs for c in costs),
+            "forward_flops_x_samples_x_epochs": sum(known) if known else None,
+            "cells_without_estimate": [c.cell for c in costs if c.total is None],
+            "approximate": any(not c.exact for c in costs)}

@@ -1,0 +1,174 @@
+"""DIR/study.json: every cell and run of a study with its status, and the lock on DIR.
+
+The manifest is written atomically (temporary file, then rename) and at most every half second
+while runs stream in (plus at every stop), so a sweep of short runs does not spend its time
+writing it. What ran is recorded twice on purpose: each run's own results file and checkpoint
+are the truth about its training (a sweep killed between two manifest writes loses nothing), and
+the manifest adds what a results file cannot say: runs not started yet, runs that raised an
+error, and every attempt (when it started, from which epoch, on which worker or Slurm job).
+
+One sweep at a time per DIR: `StudyLock` holds an exclusive `flock` on DIR/.study.lock for the
+whole sweep; a second sweep on the same DIR is refused with the first one's pid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from biasbench.errors import UserError
+from biasbench.fsutil import atomic_write_json, ensure_dir
+
+KIND = "biasbench-study"
+SCHEMA_VERSION = 1
+MANIFEST = "study.json"
+LOCK = ".study.lock"
+SAVE_EVERY_S = 0.5
+
+# Run statuses: the trainer's three, plus the sweep's own.
+PENDING, QUEUED, RUNNING, COMPLETED, DIVERGED, INTERRUPTED, ERROR = (
+    "pending", "queued", "running", "completed", "diverged", "interrupted", "error")
+FINISHED = (COMPLETED, DIVERGED)  # a finished run is never trained again
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def is_study_folder(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def run_key(cell: str, seed: int) -> str:
+    return f"{cell}/seed{seed}"
+
+
+class StudyLock:
+    """An exclusive lock on a study folder for the life of one sweep (released when the process
+    ends, however it ends: the kernel drops flock locks of a dead process)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> StudyLock:
+        ensure_dir(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            raise UserError(f"cannot write in `{self.path.parent}` (permission denied); choose another --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"another sweep (pid {holder}) is running in `{self.path.parent}`; wait for it to "
+                            "finish, or give this one another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class Manifest:
+    """The study manifest document, with the run records keyed by `cell/seedS`."""
+
+    def __init__(self, path: Path, doc: dict[str, Any]):
+        self.path = path
+        self.doc = doc
+        self._saved_at = 0.0
+        self._dirty = False
+
+    @property
+    def runs(self) -> dict[str, dict[str, Any]]:
+        return self.doc["runs"]
+
+    @classmethod
+    def read(cls, out: Path) -> Manifest:
+        """Read and check DIR/study.json; problems are one `UserError` line."""
+        path = Path(out) / MANIFEST
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"`{out}` holds no study manifest ({MANIFEST}); run `biasbench sweep` into it") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"`{path}` is not valid JSON (a corrupt study manifest?); run the sweep again to "
+                            "rewrite it from the run folders") from None
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise UserError(f"`{path}` is not a biasbench study manifest (no `kind: {KIND}`)")
+        if doc.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"`{path}` has study manifest version {doc.get('schema_version')!r}; this biasbench "
+                            f"reads version {SCHEMA_VERSION}: read it with the release that wrote it")
+        return cls(path, doc)
+
+    @classmethod
+    def for_study(cls, study: Any, out: Path, backend: str) -> Manifest:
+        """A fresh manifest for `study`, or the one in `out` when the study holds its cells (the
+        runs' history carries over; new cells may join); a folder of another study is refused."""
+        cells = [{"name": c.name, "values": c.values, "replicates": c.recipe.train.replicates} for c in study.cells]
+        old: Manifest | None = None
+        if (Path(out) / MANIFEST).exists():
+            old = cls.read(out)
+            before = {c["name"]: c["replicates"] for c in old.doc["cells"]}
+            current = {c["name"]: c["replicates"] for c in cells}
+            if any(current.get(name) != n for name, n in before.items()):  # a grown grid is fine
+                raise UserError(f"`{out}` holds a sweep of other cells or replicates ({old.doc['study']['path']}); "
+                                "give this study another --out, or run the study that wrote it")
+        runs = {}
+        for cell in study.cells:
+            for replicate, seed in cell.seeds():
+                key = run_key(cell.name, seed)
+                runs[key] = (old.runs.get(key) if old else None) or {
+                    "cell": cell.name, "replicate": replicate, "seed": seed, "status": PENDING,
+                    "failed": None, "error": None, "attempts": []}
+        doc = {
+            "kind": KIND, "schema_version": SCHEMA_VERSION,
+            "study": {"path": str(study.path), "name": study.name, "smoke": study.smoke, "document": study.doc,
+                      "keys": study.keys, "varying": study.varying, "naming": study.naming, "labels": study.labels,
+                      "zip_groups": study.zip_groups},
+            "backend": backend,
+            "created": old.doc["created"] if old else now(),
+            "updated": now(),
+            "cells": cells,
+            "runs": runs,
+        }
+        return cls(Path(out) / MANIFEST, doc)
+
+    def update(self, key: str, **fields: Any) -> None:
+        self.runs[key].update(fields)
+        self._dirty = True
+
+    def attempt(self, key: str, **fields: Any) -> None:
+        self.runs[key]["attempts"].append({"started": now(), **fields})
+        self._dirty = True
+
+    def end_attempt(self, key: str, status: str, **fields: Any) -> None:
+        attempts = self.runs[key]["attempts"]
+        if attempts:
+            attempts[-1].update(ended=now(), status=status, **fields)
+        self._dirty = True
+
+    def save(self, force: bool = False) -> None:
+        """Write it atomically; without `force`, at most every SAVE_EVERY_S seconds."""
+        if not force and (not self._dirty or time.monotonic() - self._saved_at < SAVE_EVERY_S):
+            return
+        self.doc["updated"] = now()
+        atomic_write_json(self.path, self.doc)
+        self._saved_at, self._dirty = time.monotonic(), False
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for run in self.runs.values():
+            out[run["status"]] = out.get(run["status"], 0) + 1
+        return out

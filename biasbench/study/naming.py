@@ -1,0 +1,60 @@
+"""Readable, stable folder names from the keys that vary: `depth=8,shape=pyramidal,variant=dac`.
+
+`run_tag` has the signature of the trainer task's `biasbench.runfolder.run_tag`; the lead folds
+the two into one once both have landed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+\-]+")
+MAX_NAME = 200  # file systems allow 255 bytes per name; leave room for temporary-file prefixes
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each dotted key's shortest suffix that no other key ends with (`model.options.width` ->
+    `width`, unless another key also ends with `width`)."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if not any(k != key and (k == suffix or k.endswith("." + suffix)) for k in keys):
+                out[key] = suffix
+                break
+        else:
+            out[key] = key
+    return out
+
+
+def tag_value(value: Any) -> str:
+    """A value as it reads in a folder name: yes/no words stay words, paths become their stem."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "-".join(tag_value(v) for v in value)
+    if isinstance(value, dict):
+        return "-".join(f"{k}{tag_value(v)}" for k, v in value.items())
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value)) if value != 0 else "0"
+    text = str(value)
+    if "/" in text and text.endswith((".yaml", ".yml")):
+        text = Path(text).stem
+    return _UNSAFE.sub("_", text).strip("_") or "_"
+
+
+def run_tag(overrides: Mapping[str, Any]) -> str:
+    """`{"model.options.depth": 8, "model.variant": "dac"}` -> `depth=8,variant=dac`.
+
+    Keys keep their order (the study file's); each is shortened to its shortest unambiguous
+    suffix. An empty mapping gives `default`."""
+    if not overrides:
+        return "default"
+    short = short_keys(list(overrides))
+    return ",".join(f"{_UNSAFE.sub('_', short[k])}={tag_value(v)}" for k, v in overrides.items())

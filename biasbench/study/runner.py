@@ -1,0 +1,262 @@
+"""Running a study: plan every run from what is on disk, train what is missing, record it all.
+
+`train_one` is the one place a sweep calls the trainer (recipe, seed, replicate, device, resume
+-> results document), in a local worker or in a Slurm job alike. `plan` looks at every run's
+folder before anything trains: a finished run (completed or diverged) is skipped, an interrupted
+one resumes from its checkpoint (exactly: the trainer's resume), a run of other settings is
+refused. `Sweep` turns what the backend reports into manifest records and progress.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from biasbench.errors import UserError
+from biasbench.fsutil import atomic_write_text
+from biasbench.recipe import Recipe
+from biasbench.study.manifest import COMPLETED, ERROR, FINISHED, INTERRUPTED, PENDING, RUNNING, Manifest, run_key
+from biasbench.study.schema import Study, with_output_dir
+
+
+def train_one(recipe: Recipe, seed: int, replicate: int, device: str, resume: bool) -> dict[str, Any]:
+    """Train (or resume) one run and return its results document, also when it was interrupted."""
+    from biasbench import trainer
+    from biasbench.env import resolve_device
+    from biasbench.results import load_results
+
+    try:
+        return trainer.train_run(recipe, seed, replicate, resolve_device(device), resume=resume)
+    except trainer.Interrupted:
+        return load_results(trainer.run_paths(recipe, seed).results)
+
+
+@dataclass(frozen=True)
+class RunTask:
+    key: str  # cell/seedS, the run's folder under DIR
+    cell: str
+    replicate: int
+    seed: int
+    recipe: Recipe  # placed under DIR
+    start_epoch: int  # epochs already in its checkpoint (0: a fresh run)
+
+    @property
+    def args(self) -> tuple:
+        return (self.recipe, self.seed, self.replicate)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: what is finished, what resumes, what starts.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_same(where: Path, recorded: dict[str, Any], recorded_seed: Any, recipe: Recipe, seed: int) -> None:
+    from biasbench.trainer import _check_same_experiment
+
+    try:
+        _check_same_experiment(where, recorded, recorded_seed, recipe, seed)
+    except UserError as e:
+        text = str(e).split("; resume with")[0]
+        raise UserError(f"{text}; run the study that wrote it, or give this one another --out") from None
+
+
+def _read_results(path: Path) -> dict[str, Any] | None:
+    from biasbench.results import load_results
+
+    return load_results(path) if path.exists() else None
+
+
+def plan(study: Study, out: Path) -> tuple[list[RunTask], dict[str, dict[str, Any]]]:
+    """(runs to train, in replicate-major order; results of the finished runs by key)."""
+    from biasbench.checkpoint import load_checkpoint
+    from biasbench.trainer import run_paths
+
+    todo: list[tuple[int, RunTask]] = []
+    finished: dict[str, dict[str, Any]] = {}
+    for index, cell in enumerate(study.cells):
+        recipe = with_output_dir(cell, out)
+        for replicate, seed in cell.seeds():
+            paths = run_paths(recipe, seed)
+            key = run_key(cell.name, seed)
+            if paths.dir.exists() and not paths.dir.is_dir():
+                raise UserError(f"`{paths.dir}` is a file where a run folder belongs; move it or choose another --out")
+            doc = _read_results(paths.results)
+            if doc is not None:
+                _check_same(paths.results, doc["recipe"], doc["seed"], recipe, seed)
+                if doc["status"] in FINISHED:
+                    finished[key] = doc
+                    continue
+            start = 0
+            if paths.checkpoint.exists():
+                ckpt = load_checkpoint(paths.checkpoint)
+                _check_same(paths.checkpoint, ckpt["recipe"], ckpt["seed"], recipe, seed)
+                start = int(ckpt["epoch"])
+            todo.append((replicate * len(study.cells) + index, RunTask(key, cell.name, replicate, seed, recipe, start)))
+    return [t for _, t in sorted(todo, key=lambda p: p[0])], finished
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording what the backend reports.
+# ---------------------------------------------------------------------------------------------
+
+
+class Sweep:
+    """What a backend reports (started / finished / error) -> manifest, progress, outcome."""
+
+    def __init__(self, study: Study, out: Path, manifest: Manifest, progress: Any):
+        self.study, self.out, self.manifest, self.progress = study, out, manifest, progress
+        self.errors: list[str] = []
+        self.user_error: UserError | None = None
+        self.notes: list[str] = []
+
+    def judge(self, doc: dict[str, Any]) -> bool | None:
+        """The study's failure criterion on a results document (None without one)."""
+        if self.study.failure is None:
+            return None
+        try:
+            return self.study.failure.failed(doc)
+        except UserError as e:
+            if str(e) not in self.notes:
+                self.notes.append(str(e))
+            return None
+
+    def record_finished(self, docs: dict[str, dict[str, Any]]) -> None:
+        """Runs found finished on disk (by the plan): the manifest agrees with their results."""
+        for key, doc in docs.items():
+            run = self.manifest.runs[key]
+            if run["status"] != doc["status"] or run.get("failed") is None:
+                self.manifest.update(key, status=doc["status"], failed=self.judge(doc), error=None)
+
+    def started(self, task: RunTask, **where: Any) -> None:
+        self.manifest.update(task.key, status=RUNNING, error=None)
+        self.manifest.attempt(task.key, start_epoch=task.start_epoch, **where)
+        self.manifest.save()
+        self.progress.started(task)
+
+    def finished(self, task: RunTask, doc: dict[str, Any]) -> None:
+        status = doc["status"]
+        failed = self.judge(doc) if status == COMPLETED else None
+        self.manifest.update(task.key, status=status, failed=failed, error=None)
+        self.manifest.end_attempt(task.key, status, epochs=doc.get("epochs_completed"))
+        self.manifest.save()
+        self.progress.finished(task, status, doc, failed=bool(failed))
+
+    def errored(self, task: RunTask, line: str, text: str = "", exception: BaseException | None = None) -> None:
+        """A run raised (or its worker died). Bad input (UserError) stops the sweep; anything else
+        is recorded, its traceback kept beside the run, and the other runs go on."""
+        status = INTERRUPTED if line.startswith("KeyboardInterrupt") else ERROR
+        message = str(exception) if isinstance(exception, UserError) else line
+        self.manifest.update(task.key, status=status, error=None if status == INTERRUPTED else message)
+        self.manifest.end_attempt(task.key, status, error=message)
+        self.manifest.save()
+        if status == ERROR:
+            if text:
+                atomic_write_text(self.out / task.key / "error.txt", text)
+            if isinstance(exception, UserError) and self.user_error is None:
+                self.user_error = exception
+            self.errors.append(f"{task.key}: {message}")
+        self.progress.finished(task, status, None, error=message)
+
+
+def check_slurm() -> None:
+    """`--backend slurm` needs submitit and sbatch: say which one is missing (before anything runs)."""
+    import shutil
+
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UserError("--backend slurm needs submitit, which is not installed: pip install 'biasbench[slurm]'") \
+            from None
+    if shutil.which("sbatch") is None:
+        raise UserError("--backend slurm needs Slurm's `sbatch` on PATH, and this machine has none; run the sweep "
+                        "on the cluster's login node, or use --backend local")
+
+
+def worker_threads(jobs: int) -> int:
+    """Threads per worker: the cores this process may use, shared out (at least one each)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // jobs)
+
+
+def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str) -> None:
+    """The local backend: a pool of `jobs` workers; raises KeyboardInterrupt when stopped."""
+    from biasbench.pool import WorkerPool
+
+    by_key = {t.key: t for t in tasks}
+    with WorkerPool(min(jobs, max(1, len(tasks))), threads=worker_threads(jobs)) as pool:
+        # resume=True always: the trainer continues from a checkpoint when there is one, else starts.
+        work = [(t.key, (*t.args, device, True)) for t in tasks]
+        for event in pool.run(train_one, work):
+            if event.kind == "tick":
+                sweep.manifest.save()
+                continue
+            task = by_key[event.key]
+            if event.kind == "started":
+                sweep.started(task, worker=event.pid)
+            elif event.kind == "finished":
+                sweep.finished(task, event.result)
+            else:
+                sweep.errored(task, event.error, event.traceback, event.exception)
+                if sweep.user_error is not None:
+                    pool.stop()  # bad input: no new runs; the busy ones finish their epoch and stop
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole sweep.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1, device: str = "cpu",
+              launcher: Any = None, console: Any = None) -> Sweep:
+    """Lock DIR, reconcile the manifest with the run folders, train what is missing.
+
+    Raises KeyboardInterrupt when stopped (every busy run checkpointed, the manifest written),
+    and the first UserError a run raised (bad input: the sweep stops starting runs)."""
+    from rich.console import Console
+
+    from biasbench.study.manifest import StudyLock
+    from biasbench.study.progress import StudyProgress
+
+    console = console or Console(quiet=True)
+    with StudyLock(out):
+        manifest = Manifest.for_study(study, out, backend)
+        tasks, finished = plan(study, out)
+        queued: dict[str, str] = {}
+        if backend == "slurm":
+            from biasbench.study.slurm import still_queued
+
+            queued = still_queued(manifest, tasks)  # submitted by an earlier sweep: follow, not resubmit
+        _reset_stale(manifest, [t for t in tasks if t.key not in queued])
+        sweep = Sweep(study, out, manifest, progress=None)
+        sweep.record_finished(finished)
+        failed_before = sum(1 for doc in finished.values() if doc["status"] != COMPLETED or sweep.judge(doc))
+        progress = sweep.progress = StudyProgress(console, study.name, study.run_count(), len(finished),
+                                                  failed_before)
+        manifest.save(force=True)
+        try:
+            with progress:
+                if backend == "slurm":
+                    from biasbench.study.slurm import run_slurm
+
+                    run_slurm(sweep, tasks, launcher, device, queued)
+                elif tasks:
+                    run_local(sweep, tasks, jobs, device)
+        finally:
+            manifest.save(force=True)
+        if sweep.user_error is not None:
+            raise sweep.user_error
+    return sweep
+
+
+def _reset_stale(manifest: Manifest, tasks: list[RunTask]) -> None:
+    """Runs a killed sweep left `running` are not running now: their last attempt is closed as
+    lost, their status says what is on disk (a checkpoint to resume from, or nothing)."""
+    for task in tasks:
+        run = manifest.runs[task.key]
+        if run["status"] not in (ERROR, PENDING):
+            manifest.update(task.key, status=INTERRUPTED if task.start_epoch else PENDING)
+        if run["attempts"] and "ended" not in run["attempts"][-1]:
+            manifest.end_attempt(task.key, "lost", checkpoint_epoch=task.start_epoch)

@@ -1,0 +1,279 @@
+"""The typed parts of a study file: `failure:`, `analysis:` and `launcher:`.
+
+Each part is a small frozen dataclass read from the study's mapping by `read_spec`, which refuses
+unknown options (with a suggestion) and wrong types, naming the key path in the study file. The
+analyses are declared here, one dataclass each, and computed in `analysis.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from biasbench.errors import UserError, did_you_mean
+
+Estimator = Literal["final", "best", "robust", "min_mean"]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_text(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_text(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def read_spec(cls: type, raw: Any, where: str) -> Any:
+    """`raw` (a mapping from the study file) -> `cls`, refusing unknown keys and wrong types."""
+    if raw is None or raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a mapping of options, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise UserError(f"unknown key `{where}.{key}`{did_you_mean(str(key), names)}; known: {', '.join(names)}")
+        tp = hints[key]
+        if typing.get_origin(tp) is list and not isinstance(value, list):
+            value = [value]  # a single key where a list of keys is allowed
+        if not _type_ok(value, tp):
+            raise UserError(f"`{where}.{key}` must be {_type_text(tp)}, got {value!r}")
+        kwargs[key] = value
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in kwargs]
+    if missing:
+        raise UserError(f"{where} needs `{missing[0]}`")
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# failure: what counts as a failed training besides divergence.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A completed run failed when `metric` (at the final epoch, or at the epoch with the best
+    validation metric) is above `above` or below `below`: the DAC paper counts trainings that
+    "failed to reach a suitable error level" next to diverged ones."""
+
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    at: Literal["final", "best"] = "final"
+
+    def check(self, where: str) -> None:
+        if (self.above is None) == (self.below is None):
+            raise UserError(f"{where} needs exactly one of `above` or `below` (a threshold on `{self.metric}`)")
+        if not self.metric.startswith(("train_", "val_", "test_")):
+            raise UserError(f"`{where}.metric` must name a per-epoch metric such as val_loss or test_acc, "
+                            f"got `{self.metric}`")
+
+    def failed(self, doc: dict[str, Any]) -> bool:
+        """True when a completed run crosses the threshold (runs of other statuses: False)."""
+        if doc.get("status") != "completed":
+            return False
+        row = doc.get("final" if self.at == "final" else "best") or {}
+        value = row.get(self.metric)
+        if value is None:
+            recorded = sorted(k for k in row if k.startswith(("train_", "val_", "test_")))
+            raise UserError(f"failure metric `{self.metric}` is not in the results (they record "
+                            f"{', '.join(recorded)}){did_you_mean(self.metric, recorded)}; fix `failure.metric`")
+        return value > self.above if self.above is not None else value < self.below  # type: ignore[operator]
+
+    def describe(self) -> str:
+        op, limit = (">", self.above) if self.above is not None else ("<", self.below)
+        return f"{self.metric} {op} {limit:g} at the {self.at} epoch"
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis: the study-level tables and figures of the report (computed in analysis.py).
+# Keys (rows, series, ...) name study keys: dotted recipe keys or labels of the grid and zip.
+# `where` keeps cells whose key has the value (or one of the values) given.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Rows and columns from study keys, cells "value +- SE", best per row in bold (DAC Table 1,
+    DNRT Tables 1-2). With several column keys, "best" is chosen among the columns that share
+    every column key but the last (Table 1: base against DAC within each data set and version)."""
+
+    rows: list[str]
+    columns: list[str]
+    metric: str | None = None
+    estimator: Estimator = "min_mean"
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ByWidthSpec:
+    """The metric against (equivalent) width per network shape, averaged over depths, error bars
+    the sample SD of the averaged cell values, or of the replicates for a point of one cell
+    (DAC Figure 3). Cells whose shape is in `average_width` sit at
+    sqrt(parameters / depth) (the paper's pyramidal rule); the others at their `width` value,
+    which for a biasbench DAC MLP is already its equivalent width (it builds width/sqrt(2) units)."""
+
+    width: str
+    depth: str
+    series: str
+    shape: str | None = None
+    average_width: list[str] = field(default_factory=lambda: ["pyramidal"])
+    baseline: Any = "baseline"  # the series drawn orange (DAC blue)
+    metric: str | None = None
+    estimator: Literal["final", "best"] = "best"
+    log: bool = True
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EfficiencySpec:
+    """For each `x`, the change of log-metric when a `normal` model's parameters are doubled by
+    adding weights (`weights` arm) against doubling them by unshared biases (`biases` arm),
+    averaged over `over` (depths), error bars the sample SD (DAC Figure 4). Cells of one
+    comparison share every key but the arm (and keys zipped with it) and `over`."""
+
+    arm: str
+    normal: Any
+    weights: Any
+    biases: Any
+    x: str
+    over: str
+    metric: str | None = None
+    estimator: Literal["final", "best"] = "best"
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FailuresSpec:
+    """Failed and diverged runs per group of `by`, with a two-sided Fisher exact test of each
+    group against `baseline` (DAC: 15/576 against 2/449, p = 0.0063)."""
+
+    by: str
+    baseline: Any = None
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PairsSpec:
+    """Every `baseline`-against-variant comparison over `by`, one per combination of the other
+    keys, with its CI, p-value and the Holm-adjusted p-value across the family, and a count line
+    ("15 of 16 favour dac, 9 significant"). The two cells of a comparison share every varying key
+    outside `by`'s zip group, and the `match` keys."""
+
+    by: str
+    baseline: Any
+    metric: str | None = None
+    estimator: Literal["final", "best", "robust"] = "robust"
+    match: list[str] = field(default_factory=list)  # keys zipped with `by` that one comparison shares too
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ComplexitySpec:
+    """The metric against GFLOPs and against parameters, one line per value of `lines` joining
+    the values of `along` (depths of one family), one panel per combination of `panels`
+    (DAC Figures 5-6). Points: the robust estimate with its 95% CI."""
+
+    lines: str
+    along: str
+    panels: list[str] = field(default_factory=list)
+    baseline: Any = "baseline"  # the line drawn orange (DAC blue)
+    metric: str | None = None
+    where: dict[str, Any] = field(default_factory=dict)
+
+
+ANALYSES: dict[str, type] = {"table": TableSpec, "by_width": ByWidthSpec, "efficiency": EfficiencySpec,
+                             "failures": FailuresSpec, "pairs": PairsSpec, "complexity": ComplexitySpec}
+
+
+def spec_keys(spec: Any) -> list[str]:
+    """The study keys an analysis names (checked against the study's keys before anything runs)."""
+    keys: list[str] = list(getattr(spec, "where", {}))
+    for name in ("rows", "columns", "panels", "match"):
+        keys += list(getattr(spec, name, []) or [])
+    for name in ("width", "depth", "series", "shape", "arm", "x", "over", "by", "lines", "along"):
+        value = getattr(spec, name, None)
+        if value is not None:
+            keys.append(value)
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------
+# launcher: where the runs go on a Slurm cluster (command-line options override these).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LauncherSpec:
+    partition: str | None = None
+    time: int | str | None = None  # minutes, or Slurm's "HH:MM:SS" / "D-HH:MM:SS"
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int | None = None  # most array tasks running at once
+    max_num_timeout: int = 3  # requeues after a time limit before giving up (submitit's default)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load ...)
+    additional: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {exclusive: true}
+
+
+def time_minutes(value: int | str | None) -> int | None:
+    """Slurm's time formats -> whole minutes (rounded up): 90, "90", "MM:SS", "HH:MM:SS", "D-HH",
+    "D-HH:MM", "D-HH:MM:SS"."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip()
+    try:
+        days, dash, clock = text.partition("-") if "-" in text else ("0", "", text)
+        parts = [int(p) for p in clock.split(":")]
+        if dash:  # D-HH[:MM[:SS]]
+            if len(parts) > 3:
+                raise ValueError
+            hours, minutes, seconds = (parts + [0, 0])[:3]
+        else:  # MM, MM:SS or HH:MM:SS
+            if len(parts) > 3:
+                raise ValueError
+            hours, minutes, seconds = ([0] * (3 - len(parts)) + parts) if len(parts) == 3 else (0, *(parts + [0])[:2])
+        total = int(days) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+        if total <= 0:
+            raise ValueError
+        return total
+    except ValueError:
+        raise UserError(f"launcher time `{value}` must be minutes or Slurm's HH:MM:SS / D-HH:MM:SS") from None

@@ -1,0 +1,51 @@
+"""Tasks for the worker-pool tests (importable by spawned workers), and a parent process that
+the tests SIGKILL or SIGTERM: `python -m tests.pool_tasks N` starts N sleeping tasks, prints
+`pids <parent> <worker> ...` and then every event it gets."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def whoami(x: int) -> tuple[int, int, int]:
+    import torch
+
+    return x, os.getpid(), torch.get_num_threads()
+
+
+def fail(x: int) -> None:
+    raise ValueError(f"task {x} is bad")
+
+
+def die(code: int) -> None:
+    os._exit(code)
+
+
+def sleep_until_interrupted(seconds: float) -> str:
+    try:
+        time.sleep(seconds)
+        return "slept"
+    except KeyboardInterrupt:
+        return "interrupted"
+
+
+def main(n: int) -> None:
+    from biasbench.pool import WorkerPool
+
+    with WorkerPool(n) as pool:
+        events = pool.run(sleep_until_interrupted, [(i, (120.0,)) for i in range(n)])
+        try:
+            for event in events:
+                if event.kind == "started" and len(pool.pids) == n:
+                    print("pids", os.getpid(), *pool.pids, flush=True)
+                elif event.kind not in ("started", "tick"):
+                    print(event.kind, event.key, event.result or event.error, flush=True)
+        except KeyboardInterrupt:
+            print("stopped", flush=True)
+            sys.exit(130)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

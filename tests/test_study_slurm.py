@@ -1,0 +1,143 @@
+"""The Slurm backend on a real one-node Slurm cluster (tests/slurm/cluster.sh starts it).
+
+    make test-slurm     (installs slurm-wlm and munge when missing; about 5 minutes on 2 cores)
+
+A job requeued by Slurm or preempted by a higher-priority partition resumes from its epoch
+checkpoint: its log shows the second start at the checkpoint's epoch, and the numbers equal a
+local run. A sweep stopped while its jobs are queued is finished by the same command without
+submitting them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from biasbench.study import load_study
+from biasbench.study.runner import train_one
+from biasbench.study.schema import with_output_dir
+from tests.conftest import REPO, tiny_recipe, write_recipe
+
+pytestmark = pytest.mark.slurm
+SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    if shutil.which("slurmctld") is None:
+        pytest.skip("slurm-wlm is not installed here: `make test-slurm` installs it and runs these tests")
+    folder = tmp_path_factory.mktemp("slurm-cluster")
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(folder)], capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    conf = started.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    yield {**os.environ, "SLURM_CONF": conf, "PYTHONPATH": str(REPO)}
+    subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], check=False)
+
+
+def _study(tmp_path: Path, epochs: int = 8) -> Path:
+    write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": epochs, "batch_size": 16}))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "r.yaml", "grid": {"model.variant": ["baseline", "dac"]},
+                                    "launcher": {"cpus_per_task": 1, "time": 10}}))
+    return path
+
+
+def _sweep(path: Path, out: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "biasbench", "sweep", str(path), "--backend", "slurm", "--out",
+                             str(out), "--device", "cpu", *extra], cwd=path.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _checkpoint_epoch(out: Path, cell: str) -> int:
+    path = out / cell / "seed0" / "checkpoint.pt"
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return 0
+
+
+def _job(out: Path, cell: str) -> str | None:
+    try:
+        return json.loads((out / "study.json").read_text())["runs"][f"{cell}/seed0"].get("job")
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _starts(out: Path, job: str) -> list[int]:
+    """The epochs a job's attempts started from, as its log says (SlurmRun prints them)."""
+    text = "".join(p.read_text() for p in (out / "slurm").rglob(f"{job}_*log.out"))
+    return [int(e) for e in re.findall(r"starts at epoch (\d+)", text)]
+
+
+def _histories(out: Path) -> dict:
+    return {str(p.parent.relative_to(out)): [{k: v for k, v in r.items() if k != "seconds"}
+                                              for r in json.loads(p.read_text())["history"]]
+            for p in sorted(out.rglob("results.json"))}
+
+
+def _local_reference(path: Path, out: Path) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the jobs ran with --cpus 1
+    try:
+        for cell in load_study(path).cells:
+            train_one(with_output_dir(cell, out), 0, 0, "cpu", False)
+    finally:
+        torch.set_num_threads(threads)
+    return _histories(out)
+
+
+@pytest.mark.parametrize("how", ["scontrol requeue", "preempted by the high partition"])
+def test_a_requeued_job_resumes_from_its_checkpoint(tmp_path, slurm_env, how):
+    path, out = _study(tmp_path, epochs=60), tmp_path / "out"  # long enough to be stopped mid-run
+    sweep = _sweep(path, out, slurm_env)
+    cell = "variant=dac"
+    _wait_for(lambda: _job(out, cell) and _checkpoint_epoch(out, cell) >= 2)
+    job = _job(out, cell)
+    if how == "scontrol requeue":
+        subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    else:  # a job asking for every CPU of the node in the high-priority partition
+        cpus = os.cpu_count()
+        subprocess.run(["sbatch", "-p", "high", "-c", str(cpus), "-o", str(tmp_path / "hog.out"), "--wrap",
+                        "sleep 5"], env=slurm_env, check=True, capture_output=True)
+    text, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, text
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    assert {r["status"] for r in runs.values()} == {"completed"}
+    starts = _starts(out, job)
+    assert len(starts) >= 2 and starts[0] == 0 and starts[-1] >= 2, starts  # resumed, not started again
+    assert _histories(out) == _local_reference(path, tmp_path / "local")
+
+
+def test_a_stopped_sweep_follows_its_queued_jobs_instead_of_submitting_twice(tmp_path, slurm_env):
+    path, out = _study(tmp_path, epochs=20), tmp_path / "out"
+    first = _sweep(path, out, slurm_env)
+    _wait_for(lambda: _job(out, "variant=baseline") and _job(out, "variant=dac"))
+    jobs = {c: _job(out, c) for c in ("variant=baseline", "variant=dac")}
+    first.send_signal(signal.SIGINT)
+    text, _ = first.communicate(timeout=60)
+    assert first.returncode == 130 and "the Slurm jobs keep running" in " ".join(text.split()), text
+    second = _sweep(path, out, slurm_env)
+    text, _ = second.communicate(timeout=600)
+    assert second.returncode == 0 and "following them" in text, text
+    assert {c: _job(out, c) for c in jobs} == jobs  # the same jobs, none submitted again
+    assert len(list((out / "slurm").rglob("*_submitted.pkl"))) == 2
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    assert {r["status"] for r in runs.values()} == {"completed"}
