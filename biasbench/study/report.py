@@ -246,12 +246,15 @@ def _pairs_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
         ax.errorbar(d.diff * scale, i, xerr=[[(d.diff - lo) * scale], [(hi - d.diff) * scale]], fmt="o",
                     capsize=3, color="tab:blue" if significant else "tab:gray")
     ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_yticks(range(len(results)), [", ".join(f"{short(k)}={v}" for k, v in r.match.items()) or str(r.variant)
+    # Each row names the variant, then the cell it was compared in (one comparison per row).
+    ax.set_yticks(range(len(results)), [", ".join([str(r.variant), *(f"{short(k)}={v}" for k, v in r.match.items())])
                                         for r in results],
                   fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(f"{spec.estimator} {metric}{' (%)' if _percent(metric) else ''}: variant - {spec.baseline}")
-    ax.set_title("difference with 95% CI (blue: significant after Holm)", fontsize=9)
+    without_ci = sum(1 for r in results if r.difference is not None and not r.difference.ci)
+    note = f"; {without_ci} without a CI (one replicate on a side)" if without_ci else ""
+    ax.set_title(f"difference with 95% CI (blue: significant after Holm){note}", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     path = _save(fig, figs / "pairs.png")
     est = {"robust": "robust best estimate", "final": "final epoch", "best": "best-validation epoch"}[spec.estimator]
