@@ -7,7 +7,8 @@ on the next start. Any OS error (read-only folder, full disk) becomes one `UserE
 naming the path and the cause.
 
 `hold_lock` is an OS-level lock (`fcntl.flock`) on a lock file that records the holder's PID:
-the kernel releases it when the process ends, however it ends, so a crash never leaves it stuck.
+the kernel releases it when the process ends, however it ends, so a crash never leaves it stuck
+(the file a killed holder leaves behind holds a PID but no lock, and is taken over).
 """
 
 from __future__ import annotations
@@ -181,20 +182,36 @@ def _read_pid(fd: int) -> int | None:
 @contextlib.contextmanager
 def hold_lock(lock_file: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file` (creating it) with this PID written in it; refuse in
-    one line naming the holder when another process has it. `what` names the locked thing."""
+    one line naming the holder when another process has it. `what` names the locked thing. The
+    file is removed on release (a crash leaves it, unlocked: harmless)."""
     import fcntl
 
-    try:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-    except OSError as e:
-        raise UserError(f"cannot create the lock file `{lock_file}`: {os_reason(e)}") from None
-    try:
+    while True:
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            raise UserError(f"cannot create the lock file `{lock_file}`: {os_reason(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(_in_use(what, _read_pid(fd))) from None
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise UserError(_in_use(what, pid)) from None
+        if _same_file(fd, lock_file):
+            break
+        os.close(fd)  # the holder removed the file between our open and our lock: try again
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)  # releases the lock; the file stays (unlinking it would race a new holder)
+        with contextlib.suppress(OSError):
+            os.unlink(lock_file)  # still holding the lock, so nobody can hold this file now
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import math
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

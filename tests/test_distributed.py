@@ -34,7 +34,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     two, h2 = _history(tmp_path / "two" / "r" / "seed0" / "results.json")
     assert two["environment"]["world_size"] == 2
     written = sorted(p.name for p in (tmp_path / "two" / "r" / "seed0").iterdir())  # by rank 0 alone
-    assert written == [".lock", "checkpoint.pt", "checkpoint_best.pt", "metrics.csv", "predictions.npz",
+    assert written == ["checkpoint.pt", "checkpoint_best.pt", "metrics.csv", "predictions.npz",
                        "results.json"]
     assert h1 == pytest.approx(h2, rel=1e-5, abs=1e-6)
 

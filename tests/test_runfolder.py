@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,7 +14,6 @@ from biasbench.fsutil import hold_lock, lock_holder, remove_orphans
 from biasbench.recipe import load_recipe
 from biasbench.runfolder import TAG_MAX, experiment_overrides, inspect_start, run_paths, run_tag
 from tests.conftest import REPO, one_line_error, run_cli, tiny_recipe, write_recipe
-
 
 # ---------------------------------------------------------------------------------------------
 # run_tag
@@ -118,6 +116,7 @@ def test_lock_refuses_a_second_process_naming_the_holder_and_dies_with_it(tmp_pa
     assert lock_holder(lock) is None  # the PID is still in the file; the lock is not
     with hold_lock(lock, "x"):
         assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists()  # a normal end tidies up
 
 
 def test_two_trainings_in_one_folder_the_second_refuses_in_one_line(tmp_path):

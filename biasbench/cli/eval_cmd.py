@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from biasbench.cli.app import app
+from biasbench.cli.tables import print_table
 from biasbench.env import resolve_device
 from biasbench.errors import UserError
 
@@ -51,12 +51,10 @@ def eval_(
     if as_json:
         print(json.dumps(out, indent=1))
         return
-    table = Table(title=f"{recipe.output.name} · seed {ckpt['seed']} · epoch {ckpt['epoch']} · {split}")
-    for k in ("samples", *metrics):
-        table.add_column(k, justify="right")
-    table.add_row(str(len(data)), *(f"{100 * v:.2f}%" if k.startswith("acc") else f"{v:.4f}"
-                                    for k, v in metrics.items()))
-    Console(highlight=False).print(table)
+    title = f"{recipe.output.name}, seed {ckpt['seed']}, epoch {ckpt['epoch']}, {split} split"
+    rows = [["samples", str(len(data))]] + [[k, f"{100 * v:.2f}%" if k.startswith("acc") else f"{v:.4f}"]
+                                           for k, v in metrics.items()]
+    print_table(Console(highlight=False), title, ["metric", "value"], rows)  # one row per metric: fits 80
 
 
 def _pick(path: Path, which: str) -> Path:

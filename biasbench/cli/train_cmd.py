@@ -9,11 +9,10 @@ from typing import Any
 
 import typer
 import yaml
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from biasbench.cli.app import app
+from biasbench.cli.tables import print_table
 from biasbench.env import resolve_device
 from biasbench.errors import UserError
 from biasbench.recipe import Recipe, load_recipe
@@ -143,9 +142,9 @@ def _plain(x: Any) -> Any:
 
 
 def print_dry_run(recipe: Recipe, notes: list[str], resume: bool, overwrite: bool) -> None:
-    from biasbench.runfolder import inspect_start, run_paths
-
     import textwrap
+
+    from biasbench.runfolder import inspect_start, run_paths
 
     def comment(text: str) -> None:
         print("\n".join(textwrap.wrap(text, 80, initial_indent="# ", subsequent_indent="#   ",
@@ -210,19 +209,7 @@ def print_runs_table(rows: list[dict[str, Any]], recipe: Recipe, console: Consol
     headers = ["seed", "status", "ep", f"test {metric}", f"best {sel.split('_')[0]} @ep", "test @ep", "params",
                "img/s"]
     title = f"{recipe.output.name}: {recipe.model.name}/{recipe.model.variant} on {recipe.data.name}"
-    cells = [_cells(r) for r in rows]
-    if console.is_terminal:
-        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-        for h in headers:
-            table.add_column(h, justify="right", no_wrap=True)
-        for c in cells:
-            table.add_row(*c)
-        console.print(table)
-    else:
-        widths = [max(len(x) for x in col) for col in zip(headers, *cells)]
-        say(console, title)
-        for line in (headers, *cells):
-            print("  ".join(x.rjust(w) for x, w in zip(line, widths)).rstrip())
+    print_table(console, title, headers, [_cells(r) for r in rows])
     if rows:
         wall, where = sum(r["wall_time_s"] for r in rows), run_paths(recipe, rows[0]["seed"]).dir.parent
         say(console, f"wall time {wall:.1f} s; results and checkpoints: {where}/seed*/")
