@@ -213,7 +213,7 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
         saved_epoch = state.epoch if start.action == "resume" else None  # what checkpoint.pt holds
         wall_before, started = state.wall_time, time.perf_counter()
         try:
-            with _progress_bar(console, (epochs - state.epoch) * len(run.train_loader)) as bar:
+            with _progress_bar(console, (epochs - state.epoch) * len(run.train_loader), state.epoch, epochs) as bar:
                 for epoch in range(state.epoch, epochs):
                     if stop_after is not None and epoch >= stop_after:
                         status, stopped_by = "interrupted", "--stop-after"
@@ -432,7 +432,8 @@ def _epoch_row(epoch, lr, train_metrics, evals, seconds) -> dict[str, Any]:
     return row
 
 
-def _progress_bar(console: Console, total_steps: int) -> contextlib.AbstractContextManager[Progress | None]:
+def _progress_bar(console: Console, total_steps: int, done: int, epochs: int
+                  ) -> contextlib.AbstractContextManager[Progress | None]:
     """A transient bar over the whole run's steps, with rate, elapsed time and ETA; None (and no
     per-step work) when the console is not a terminal."""
     if not console.is_terminal or console.quiet:
@@ -440,7 +441,7 @@ def _progress_bar(console: Console, total_steps: int) -> contextlib.AbstractCont
     bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), TaskProgressColumn(),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                    console=console, transient=True)
-    bar.add_task("", total=total_steps, rate="")
+    bar.add_task(f"epoch {done + 1}/{epochs}", total=total_steps, rate="")
     return bar
 
 

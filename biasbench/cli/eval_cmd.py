@@ -15,7 +15,7 @@ from biasbench.errors import UserError
 
 
 @app.command("eval", epilog="Examples:\n\n  biasbench eval runs/quickstart/seed0/checkpoint.pt\n\n"
-                            "  biasbench eval runs/quickstart/seed0 --which best   (the best-validation epoch)\n\n"
+                            "  biasbench eval runs/quickstart/seed0 --which best   (best validation)\n\n"
                             "  biasbench eval CHECKPOINT --split val --data-root /data/cifar --json")
 def eval_(
     checkpoint: Path = typer.Argument(..., help="A checkpoint.pt written by `biasbench train`, or its run folder."),

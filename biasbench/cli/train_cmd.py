@@ -20,12 +20,12 @@ from biasbench.runlog import say
 
 
 @app.command(epilog="Examples:\n\n  biasbench train recipes/quickstart.yaml\n\n"
-                    "  biasbench train recipes/quickstart.yaml --set model.variant=dac   "
-                    "(writes runs/quickstart/variant=dac/seed0, beside the baseline)\n\n"
+                    "  biasbench train recipes/quickstart.yaml --set model.variant=dac\n\n"
+                    "  (writes runs/quickstart/variant=dac/seed0, beside the baseline)\n\n"
                     "  biasbench train recipes/resnet32_dac.yaml --replicates 5 --set optim.lr=0.05\n\n"
-                    "  biasbench train recipes/resnet32_dac.yaml --smoke   (tiny run to check a recipe)\n\n"
-                    "  biasbench train recipes/quickstart.yaml --resume    (continue an interrupted run)\n\n"
-                    "  biasbench train recipes/quickstart.yaml --dry-run   (resolved recipe and run folders)\n\n"
+                    "  biasbench train recipes/resnet32_dac.yaml --smoke   (a tiny run)\n\n"
+                    "  biasbench train recipes/quickstart.yaml --resume   (continue a run)\n\n"
+                    "  biasbench train recipes/quickstart.yaml --dry-run   (trains nothing)\n\n"
                     "  biasbench train recipes/mnist1d_mlp.yaml --replicates 4 --jobs 2\n\n"
                     "  torchrun --nproc_per_node 2 -m biasbench train recipes/quickstart.yaml\n\n"
                     "Exit codes: 0 done, 2 bad input, 130/143/138 stopped by Ctrl-C/SIGTERM/SIGUSR1 "
@@ -53,8 +53,7 @@ def train(
 ) -> None:
     """Train a recipe: every replicate, with checkpoints each epoch and one results JSON per run.
 
-    Under `torchrun --nproc_per_node N -m biasbench train RECIPE`, the N processes train each run
-    together (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and rank 0 writes the files."""
+    Under `torchrun --nproc_per_node N -m biasbench train RECIPE`, the N processes train each run together (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) and rank 0 writes the files."""  # noqa: E501 (one paragraph: --help wraps it)
     import torch
 
     from biasbench.distributed import from_environment
