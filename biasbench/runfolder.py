@@ -28,7 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from biasbench.checkpoint import load_checkpoint
 from biasbench.errors import UserError
+from biasbench.predictions import FILE as PREDICTIONS_FILE
+from biasbench.recipe import Recipe, experiment_identity, known_keys
+from biasbench.results import load_results
 
 TAG_MAX = 96  # characters; longer tags keep a readable prefix and end in a hash
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
@@ -52,9 +56,7 @@ class RunPaths:
 
     @property
     def predictions(self) -> Path:
-        from biasbench.predictions import FILE
-
-        return self.dir / FILE
+        return self.dir / PREDICTIONS_FILE
 
     @property
     def metrics_csv(self) -> Path:
@@ -73,7 +75,7 @@ class RunPaths:
         return [self.checkpoint, self.best_checkpoint, self.results, self.predictions, self.metrics_csv]
 
 
-def run_paths(recipe: Any, seed: int) -> RunPaths:
+def run_paths(recipe: Recipe, seed: int) -> RunPaths:
     return RunPaths(Path(recipe.output.dir) / str(recipe.output.name) / f"seed{seed}")
 
 
@@ -93,8 +95,6 @@ def run_tag(overrides: Mapping[str, Any]) -> str:
     `~` + 8 hex digits of a hash of the whole mapping, so different mappings never share a tag.
     An empty mapping gives "".
     """
-    from biasbench.recipe import known_keys
-
     if not overrides:
         return ""
     schema = known_keys()
@@ -173,8 +173,6 @@ def experiment_overrides(base: Mapping[str, Any], final: Mapping[str, Any]) -> d
     """The dotted keys whose value in recipe dict `final` differs from `base` and that change the
     experiment (settings of place and speed, recipe.RESULT_NEUTRAL_KEYS, do not). Free-form
     option mappings are compared key by key: {"model.options.width": 32}."""
-    from biasbench.recipe import experiment_identity
-
     old, new = experiment_identity(dict(base)), experiment_identity(dict(final))
     out: dict[str, Any] = {}
     for key in sorted(old.keys() | new.keys()):
@@ -209,14 +207,12 @@ class Start:
     epoch: int = 0
 
 
-def inspect_start(paths: RunPaths, recipe: Any, seed: int, *, resume: bool, overwrite: bool) -> Start:
+def inspect_start(paths: RunPaths, recipe: Recipe, seed: int, *, resume: bool, overwrite: bool) -> Start:
     """Decide how a run starts in `paths.dir`; refuse in one line where no choice is safe.
 
     Never silently starts over and never discards a usable checkpoint: a checkpoint is resumed
     even when results.json is missing or unreadable (it is rewritten), and an interrupted run
     whose checkpoint is gone is refused unless it never had one (output.checkpoint: false)."""
-    from biasbench.checkpoint import load_checkpoint
-
     where = paths.dir
     if where.exists() and not where.is_dir():
         raise UserError(f"output path `{where}` is a file; choose another folder with --out")
@@ -253,8 +249,6 @@ def inspect_start(paths: RunPaths, recipe: Any, seed: int, *, resume: bool, over
 
 def _read_results(paths: RunPaths) -> tuple[dict[str, Any] | None, str | None]:
     """(document, None), or (None, why it is unreadable), or (None, None) when there is none."""
-    from biasbench.results import load_results
-
     if not paths.results.exists():
         return None, None
     try:
@@ -263,11 +257,10 @@ def _read_results(paths: RunPaths) -> tuple[dict[str, Any] | None, str | None]:
         return None, str(e).replace(f"`{paths.results}` ", "").replace(f"`{paths.results}`", "the file")
 
 
-def check_same_experiment(path: Path, recorded: dict[str, Any], recorded_seed: int, recipe: Any, seed: int) -> None:
+def check_same_experiment(path: Path, recorded: dict[str, Any], recorded_seed: int, recipe: Recipe,
+                          seed: int) -> None:
     """--resume continues a run only with the experiment that wrote it (settings of speed or
     place, such as data.workers or output.dir, may change)."""
-    from biasbench.recipe import experiment_identity
-
     old, new = experiment_identity(recorded), experiment_identity(recipe.to_dict())
     if old != new or recorded_seed != seed:
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))

@@ -19,7 +19,7 @@ import datetime as dt
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from biasbench.checkpoint import TrainingState, load_checkpoint, restore, save_checkpoint
-from biasbench.data import DataBundle, build_data
+from biasbench.data import DataBundle, Split, build_data
 from biasbench.data.loader import TensorLoader, make_train_loader
 from biasbench.distributed import DistContext, wrap_model
 from biasbench.env import environment
@@ -127,7 +127,6 @@ class Run:
     precision: str  # fp32, bf16 or fp16: what autocast runs in
     precision_note: str | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
-    notes: list[str] = field(default_factory=list)
 
     def parts(self) -> dict[str, Any]:
         """The stateful parts a checkpoint saves (see biasbench.checkpoint.PARTS)."""
@@ -330,14 +329,13 @@ def _evaluated(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -> dict[str, float]:
     """One pass over the training data. Sums stay on the device: no host sync per step."""
-    model, loader, criterion, optimizer, ctx = run.step_model, run.train_loader, run.criterion, run.optimizer, run.ctx
-    cfg = run.recipe.train
+    model, loader, criterion, ctx = run.step_model, run.train_loader, run.criterion, run.ctx
     model.train()
     loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
-    to_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    to_format = torch.channels_last if run.recipe.train.channels_last else torch.contiguous_format
     t0 = time.perf_counter()
     if bar is not None:
         bar.update(bar.task_ids[0], description=description)
@@ -350,22 +348,7 @@ def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -
         with run.autocast():
             out = model(x)
             loss = criterion(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaled = loss * share if share != 1.0 else loss
-        if run.scaler is None:
-            scaled.backward()
-        else:
-            run.scaler.scale(scaled).backward()
-            run.scaler.unscale_(optimizer)  # L2 and clipping act on true gradients
-        run.l2.apply()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if run.scaler is None:
-            optimizer.step()
-        else:
-            run.scaler.step(optimizer)
-            run.scaler.update()
-        run.scheduler.step()
+        _optimizer_step(run, loss * share if share != 1.0 else loss)
         loss_sum.add_(loss.detach(), alpha=len(y))
         if criterion.task == "classification":
             correct += (out.detach().argmax(1) == y).sum()
@@ -379,6 +362,26 @@ def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -
     if criterion.task == "classification":
         metrics["acc"] = correct.item() / count
     return metrics
+
+
+def _optimizer_step(run: Run, loss: torch.Tensor) -> None:
+    """Backward, L2 penalty, clipping, optimiser and schedule step; through the gradient scaler
+    with fp16, unscaling first so that L2 and clipping act on the true gradients."""
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is None:
+        loss.backward()
+    else:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+    run.l2.apply()
+    if run.recipe.train.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.recipe.train.grad_clip)
+    if run.scaler is None:
+        run.optimizer.step()
+    else:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    run.scheduler.step()
 
 
 @torch.no_grad()
@@ -457,7 +460,8 @@ def warm_up(run: Run, console: Console) -> float:
     say(console, f"DAC layers: building the fused {where} kernels before timing (the first run on a machine "
                  "compiles them, about a minute; later runs load them from the cache)")
     t0 = time.perf_counter()
-    x, _ = next(iter(TensorLoader(run.bundle, run.bundle.test, 2, run.device)))
+    two = Split(run.bundle.test.x[:2], run.bundle.test.y[:2])
+    x, _ = next(iter(TensorLoader(run.bundle, two, 2, run.device)))
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
         run.model.eval()
         run.model(x)

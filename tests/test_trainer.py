@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -532,3 +533,21 @@ def test_twenty_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_ru
     landed = _kill_repeatedly(tmp_path, kills=20, seed=1)
     print(f"kills: {landed.count('during a write')} during a write, "
           f"{landed.count('in steps or evaluation')} in steps or evaluation")
+
+
+def test_progress_bar_shows_the_runs_eta_on_a_terminal_and_nothing_in_a_pipe():
+    import io
+
+    from rich.console import Console
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=80)
+    with trainer._progress_bar(terminal, total_steps=100, done=2, epochs=10) as bar:
+        for _ in range(5):
+            time.sleep(0.05)
+            bar.update(bar.task_ids[0], advance=1, rate="123/s")
+        terminal.print(bar.get_renderable())
+    shown = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", terminal.file.getvalue())  # colours and cursor moves
+    assert "epoch 3/10" in shown and "123/s" in shown
+    assert re.search(r"eta 0:0\d:\d\d", shown)  # time remaining over the whole run's steps
+    with trainer._progress_bar(Console(file=io.StringIO()), 100, 0, 10) as bar:
+        assert bar is None  # not a terminal: no bar, no per-step work
