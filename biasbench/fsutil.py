@@ -73,10 +73,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], also: Iterable[Path] = ()) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], also: Iterable[Path] = (),
+                 durable: bool = True) -> None:
     """Write `path` atomically. `also`: more names for the same content (hard links where the
     file system allows, copies otherwise), each replaced atomically *before* `path`, so a kill
-    between the two renames leaves `also` newer than `path`, never older."""
+    between the two renames leaves `also` newer than `path`, never older. `durable=False` skips
+    the fsync (still all or nothing for a killed process; for files rewritten often from data
+    kept elsewhere, such as metrics.csv, where an fsync per epoch is a visible cost)."""
     path = Path(path)
     ensure_dir(path.parent)
     tmp = None
@@ -85,7 +88,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], also: Iterable[P
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are for sharing
         for other in also:
             _replace_with_copy(Path(tmp), Path(other))
@@ -113,8 +117,8 @@ def _replace_with_copy(src: Path, dest: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()), durable=durable)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

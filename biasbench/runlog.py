@@ -1,7 +1,8 @@
 """What a run reports each epoch besides its checkpoint: metrics.csv, TensorBoard, the epoch line.
 
 `metrics.csv` is rewritten atomically after every epoch from the whole history (one row per
-epoch, columns in the history's order), so it is always complete and never half-written.
+epoch, columns in the history's order), so it is always complete and never half-written (it is
+not fsynced: the checkpoint holds the same history, and the next epoch rewrites it).
 TensorBoard event files (`output.tensorboard: true`) go to `RUN/tensorboard/`, one scalar per
 history field (`train/loss`, `val/acc`, `lr`, ...) at step = epoch. The epoch line is one plain
 line per epoch that fits 80 columns without breaking a field, so logs stay grep-able.
@@ -26,7 +27,7 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue(), durable=False)  # rebuilt from the checkpoint's history
 
 
 def tensorboard_missing() -> str | None:
