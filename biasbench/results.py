@@ -126,8 +126,6 @@ def _problem(doc: dict[str, Any]) -> str | None:
         for k, v in row.items():
             if not _is(v, _NUMBER):
                 return f"`history[{i}].{k}` must be a number, got {_show(v)}"
-    if doc["epochs_completed"] != len(history):
-        return f"`epochs_completed` is {doc['epochs_completed']} but `history` has {len(history)} epochs"
     for k, v in doc["final"].items():
         if not _is(v, _NUMBER):
             return f"`final.{k}` must be a number, got {_show(v)}"

@@ -47,7 +47,7 @@ BROKEN = [
     (("wall_time_s", True), "`wall_time_s` must be a number, got true"),
     (("task", "ranking"), "`task` must be one of classification, regression"),
     (("history", 0, "oops"), "`history[0]` must be a mapping of metrics, got \"oops\""),
-    (("epochs_completed", 7), "`epochs_completed` is 7 but `history` has 2 epochs"),
+    (("epochs_completed", 2.5), "`epochs_completed` must be an integer, got 2.5"),
 ]
 
 
