@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from biasbench.checkpoint import TrainingState, load_checkpoint, restore, save_checkpoint
-from biasbench.data import DataBundle, Split, build_data
+from biasbench.data import DataBundle, build_data
 from biasbench.data.loader import TensorLoader, make_train_loader
 from biasbench.distributed import DistContext, wrap_model
 from biasbench.env import environment
@@ -460,8 +460,7 @@ def warm_up(run: Run, console: Console) -> float:
     say(console, f"DAC layers: building the fused {where} kernels before timing (the first run on a machine "
                  "compiles them, about a minute; later runs load them from the cache)")
     t0 = time.perf_counter()
-    two = Split(run.bundle.test.x[:2], run.bundle.test.y[:2])
-    x, _ = next(iter(TensorLoader(run.bundle, two, 2, run.device)))
+    x = next(iter(run.eval_loaders["test"]))[0][:2]  # whatever loader the split has: its first batch
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
         run.model.eval()
         run.model(x)
