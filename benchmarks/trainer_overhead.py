@@ -18,8 +18,10 @@ PYTHONPATH pointing at another checkout to measure that checkout's trainer with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -128,16 +130,27 @@ def main() -> None:
                 ours.append(trainer_time(recipe, Path(tmp)))
                 lean.append(trainer_time(recipe, Path(tmp), checkpoint=False))
             rows.append(_row(name, recipe.train.epochs, bare, ours, lean))
+    machine = _machine()
+    print(f"{machine['cpu']}, {machine['cores']} cores, load average {machine['load_average']:.1f}, "
+          f"biasbench from {machine['biasbench']}")
     print(tabulate(rows, headers="keys", tablefmt="github"))
     if args.json:
-        import biasbench
-        from biasbench.env import device_name, git_revision
-
         doc = {"benchmark": "trainer_overhead", "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "machine": device_name(torch.device("cpu")), "cores": os.cpu_count(),
-               "biasbench": str(Path(biasbench.__file__).parent), "git_revision": git_revision(),
-               "repeats": args.repeats, "rows": rows}
+               "repeats": args.repeats, **machine, "rows": rows}
         args.json.write_text(json.dumps(doc, indent=1))
+
+
+def _machine() -> dict:
+    """What was measured where: the CPU model, cores, load (other processes), the checkout."""
+    import biasbench
+    from biasbench.env import git_revision
+
+    cpu = platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2),
+            "biasbench": str(Path(biasbench.__file__).parent), "git_revision": git_revision()}
 
 
 if __name__ == "__main__":
