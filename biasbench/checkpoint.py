@@ -114,8 +114,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     expected = "give a checkpoint.pt written by `biasbench train`"
     kind = _sniff(path)
     if kind == "results":
-        raise UserError(f"`{path}` is a biasbench results file, not a checkpoint; the run's checkpoint is "
-                        f"`{path.with_name('checkpoint.pt')}` (`biasbench report` reads results files)")
+        beside = path.with_name("checkpoint.pt")
+        where = (f"the run's checkpoint is `{beside}`" if beside.exists() else
+                 "this run kept no checkpoint beside it (output.checkpoint: false?)")
+        raise UserError(f"`{path}` is a biasbench results file, not a checkpoint; {where} "
+                        "(`biasbench report` reads results files)")
     if kind != "zip":
         raise UserError(f"`{path}` is {kind}, not a biasbench checkpoint; {expected}")
     try:

@@ -129,7 +129,7 @@ def recipe_yaml(recipe: Recipe) -> str:
     """The resolved recipe as YAML (every key, defaults included)."""
     doc = recipe.to_dict()
     doc.pop("source", None)
-    return yaml.safe_dump(_plain(doc), sort_keys=False, default_flow_style=None, width=78)
+    return yaml.safe_dump(_plain(doc), sort_keys=False, default_flow_style=False, width=78)
 
 
 def _plain(x: Any) -> Any:
