@@ -22,7 +22,7 @@ from biasbench import stats
 from biasbench.errors import UserError, did_you_mean
 from biasbench.predictions import TestPredictions, load_predictions
 from biasbench.recipe import experiment_identity
-from biasbench.results import KIND, SCHEMA_VERSION, higher_is_better, load_results
+from biasbench.results import KIND, SCHEMA_VERSION, check_results, higher_is_better, load_results
 
 # Keys that must agree across every group of one comparison (else: refused).
 _COMPAT_PREFIXES = ("data.", "train.epochs", "task")
@@ -79,9 +79,7 @@ def _fast_load(path: Path) -> dict[str, Any]:
         return load_results(path)  # re-read for the precise one-line error
     if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("schema_version") != SCHEMA_VERSION:
         return load_results(path)
-    for key in ("status", "recipe", "task", "history"):
-        if key not in doc:
-            raise UserError(f"`{path}` lacks `{key}`; it is not a complete biasbench results file")
+    check_results(doc, path)
     return doc
 
 

@@ -1,18 +1,30 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename.
+"""Files that survive crashes: atomic writes, a writability probe, and folder locks.
 
-A crash or Ctrl-C in the middle of a write leaves the previous file intact, never half of one.
+`atomic_write` writes a temporary file `.NAME.XXXX.tmp` in the same folder, fsyncs it, then
+renames it over NAME, so a crash, a kill or Ctrl-C leaves the previous file intact, never half
+of one. A kill -9 in the middle leaves the temporary file behind: `remove_orphans` deletes them
+on the next start. Any OS error (read-only folder, full disk) becomes one `UserError` line
+naming the path and the cause.
+
+`hold_lock` is an OS-level lock (`fcntl.flock`) on a lock file that records the holder's PID:
+the kernel releases it when the process ends, however it ends, so a crash never leaves it stuck
+(the file a killed holder leaves behind holds a PID but no lock, and is taken over).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from biasbench.errors import UserError
+
+TMP_SUFFIX = ".tmp"
 
 
 def ensure_dir(path: Path) -> Path:
@@ -22,9 +34,58 @@ def ensure_dir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:
         raise UserError(f"cannot create output folder `{path}`: a parent is a file ({e.filename})") from None
-    except PermissionError:
-        raise UserError(f"cannot create output folder `{path}`: permission denied") from None
+    except OSError as e:
+        raise UserError(f"cannot create output folder `{path}`: {os_reason(e)}") from None
     return path
+
+
+class WriteError(UserError):
+    """An OS error while writing `path` (read-only folder, full disk, a parent that is a file):
+    one `error:` line; the file's previous version is intact (temporary file, then rename)."""
+
+    def __init__(self, path: Path, reason: str, fix: str = ""):
+        super().__init__(f"cannot write `{path}`: {reason}; the previous file is intact" + (f"; {fix}" if fix else ""))
+        self.path, self.reason = path, reason
+
+
+@contextlib.contextmanager
+def writing(path: Path, fix: str) -> Iterator[None]:
+    """Writes of `path` under this context that fail (an OSError, or a `WriteError` from
+    `atomic_write`) end in one line that also says how to fix it (`fix`)."""
+    try:
+        yield
+    except WriteError as e:
+        raise WriteError(e.path, e.reason, fix) from None
+    except OSError as e:
+        raise WriteError(path, os_reason(e), fix) from None
+
+
+def os_reason(e: OSError) -> str:
+    """'Permission denied (EACCES)': the cause of an OS error, without Python's repr."""
+    name = errno.errorcode.get(e.errno or 0)
+    return f"{e.strerror or e}" + (f" ({name})" if name else "")
+
+
+def nearest_existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a probe file in `folder` (or its nearest existing parent, when it does
+    not exist yet): a read-only or full output folder is refused before any training."""
+    where = nearest_existing(folder)
+    if not where.is_dir():
+        raise UserError(f"output folder `{folder}` is below `{where}`, which is a file; choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TMP_SUFFIX, dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write in `{where}`: {os_reason(e)}; choose another --out or make it writable") \
+            from None
 
 
 def _umask() -> int:
@@ -33,25 +94,149 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], also: Iterable[Path] = (),
+                 durable: bool = True) -> None:
+    """Write `path` atomically. `also`: more names for the same content (hard links where the
+    file system allows, copies otherwise), each replaced atomically *before* `path`, so a kill
+    between the two renames leaves `also` newer than `path`, never older. `durable=False` skips
+    the fsync (still all or nothing for a killed process; for files rewritten often from data
+    kept elsewhere, such as metrics.csv, where an fsync per epoch is a visible cost)."""
     path = Path(path)
     ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; results are for sharing
+        for other in also:
+            _replace_with_copy(Path(tmp), Path(other))
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:
+        raise WriteError(path, os_reason(e)) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _replace_with_copy(src: Path, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TMP_SUFFIX, dir=dest.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network or FAT file systems): copy
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()), durable=durable)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def remove_orphans(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files `atomic_write` leaves when killed mid-write (`.NAME.*.tmp` for
+    each of `names`, and write probes). Call it holding the folder's lock: nobody else writes."""
+    patterns = [f".{name}.*{TMP_SUFFIX}" for name in names] + [f".write-probe.*{TMP_SUFFIX}"]
+    removed = []
+    for pattern in patterns:
+        for p in Path(folder).glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder locks.
+# ---------------------------------------------------------------------------------------------
+
+
+def lock_holder(lock_file: Path) -> int | None:
+    """The PID holding `lock_file`, or None when nobody holds it (a PID left in the file by a
+    process that died does not count: the lock died with it)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # unreadable: the write probe or the lock itself will say why
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(fd) or -1
+    finally:
+        os.close(fd)  # closing drops our probe lock too
+    return None
+
+
+def refuse_if_locked(lock_file: Path, what: str) -> None:
+    """One line naming the holder when another process holds `lock_file`."""
+    pid = lock_holder(lock_file)
+    if pid is not None:
+        raise UserError(_in_use(what, pid))
+
+
+def _in_use(what: str, pid: int | None) -> str:
+    return (f"{what} is in use by another biasbench process" + (f" (PID {pid})" if pid and pid > 0 else "")
+            + "; wait for it to end, or write elsewhere with --out")
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def hold_lock(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (creating it) with this PID written in it; refuse in
+    one line naming the holder when another process has it. `what` names the locked thing. The
+    file is removed on release (a crash leaves it, unlocked: harmless)."""
+    import fcntl
+
+    while True:
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            raise UserError(f"cannot create the lock file `{lock_file}`: {os_reason(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise UserError(_in_use(what, pid)) from None
+        if _same_file(fd, lock_file):
+            break
+        os.close(fd)  # the holder removed the file between our open and our lock: try again
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_file)  # still holding the lock, so nobody can hold this file now
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

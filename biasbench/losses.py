@@ -24,6 +24,12 @@ class Criterion(nn.Module):
             return F.cross_entropy(outputs, targets, label_smoothing=self.label_smoothing)
         return F.mse_loss(outputs.reshape(targets.shape), targets)  # in the target's own scale
 
+    def example_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N,) per-example task loss of a regression batch: squared error, averaged over each
+        example's outputs (its mean over the batch is `task_loss`)."""
+        se = F.mse_loss(outputs.reshape(targets.shape), targets, reduction="none")
+        return se.reshape(len(targets), -1).mean(1)
+
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.task_loss(outputs, targets)
         for term in self.terms.values():

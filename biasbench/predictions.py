@@ -86,10 +86,12 @@ class PredictionLog:
 
     def add(self, epoch: int, outputs: torch.Tensor, targets: torch.Tensor, example_loss: torch.Tensor | None = None
             ) -> None:
-        """Record one epoch: `outputs` are the model's outputs over the whole split, in order."""
+        """Record one epoch: `outputs` are the model's outputs over the whole split, in order
+        ((N, classes) scores, or the (N,) predicted classes)."""
         if self.task == "classification":
             dtype = _label_dtype(self.num_classes)
-            self.rows.append(outputs.argmax(1).cpu().numpy().astype(dtype))
+            pred = outputs if outputs.dim() == 1 else outputs.argmax(1)
+            self.rows.append(pred.cpu().numpy().astype(dtype))
             if self.target is None:
                 self.target = targets.cpu().numpy().astype(dtype)
         else:

@@ -99,9 +99,9 @@ class TrainConfig:
     trainable: str = "all"
     # `normal_fan_in` redraws every weight from N(0, 1/fan_in) (the bias-learning paper's option).
     weight_init: Literal["default", "normal_fan_in"] = "default"
-    # The lean GPU path (ignored where they do not apply): bf16 autocast (fp16 with a gradient
-    # scaler, the DNRT authors' setting), channels_last memory format for conv nets, and
-    # torch.compile of the model.
+    # The lean GPU path (ignored where they do not apply): bf16 autocast, channels_last memory
+    # format for conv nets, and torch.compile of the model. fp16: autocast with a gradient
+    # scaler (the DNRT authors' setting), CUDA only; on the CPU it trains in bf16 and says so.
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
@@ -112,6 +112,7 @@ class OutputConfig:
     dir: str = "runs"
     name: str | None = None  # default: the recipe file's stem
     checkpoint: bool = True
+    tensorboard: bool = False  # event files in RUN/tensorboard/ (pip install 'biasbench[tensorboard]')
 
 
 @dataclass

@@ -33,8 +33,13 @@ from tabulate import tabulate  # noqa: E402
 
 from biasbench.compare import CompareResult, GroupSummary, Run, group_runs, used_runs  # noqa: E402
 from biasbench.errors import UserError  # noqa: E402
-from biasbench.fsutil import atomic_write, atomic_write_json, atomic_write_text, ensure_dir  # noqa: E402
-from biasbench.oserrors import writing  # noqa: E402
+from biasbench.fsutil import (  # noqa: E402
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_dir,
+    writing,  # noqa: E402
+)
 from biasbench.tables import comparison_table, failures_table, group_table, si_prefix  # noqa: E402
 from biasbench.termtable import TextTable  # noqa: E402
 

@@ -1,12 +1,22 @@
 """The results file: one JSON document per run, read by `compare` and `report`.
 
-Schema (version 1), top-level keys:
+Schema (version 2), top-level keys:
   schema_version, kind="biasbench-run", name, status (completed | diverged | interrupted),
-  seed, replicate, recipe (resolved), task, metric_names, history (one dict per epoch),
-  final (last epoch's metrics), best (the epoch with the best validation metric and its
-  metrics, and the best test metric over epochs), params (total/trainable, by role),
-  complexity (MACs/FLOPs, where counted), wall_time_s, images_per_second, data (sizes, split),
-  environment (versions, device, git revision), created (UTC, ISO 8601).
+  interrupted_by (null, or what stopped the run: SIGINT, SIGTERM, SIGUSR1, --stop-after),
+  checkpoint_epoch (the epoch checkpoint.pt held when the file was written; null: none),
+  seed, replicate, recipe (resolved), recipe_path, task (classification | regression),
+  epochs_completed, history (one dict per epoch), final (the last epoch's row), best (the
+  epoch with the best validation metric and its metrics, and the best test metric over epochs),
+  params (total/trainable, by role), complexity (MACs/FLOPs, where counted), wall_time_s,
+  images_per_second (training samples per second, kernel builds excluded), warmup_s (seconds
+  spent building kernels before the clock started), predictions (what predictions.npz beside
+  the file holds, or null), data (sizes, split), environment (versions, device, precision
+  trained in, git revision), created (UTC, ISO 8601).
+Version 2 added interrupted_by, checkpoint_epoch, warmup_s, predictions and
+environment.precision.
+
+`load_results` checks a file against this schema and names the file and the field of the first
+problem in one line.
 """
 
 from __future__ import annotations
@@ -17,8 +27,37 @@ from typing import Any
 
 from biasbench.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND = "biasbench-run"
+STATUSES = ("completed", "diverged", "interrupted")
+TASKS = ("classification", "regression")
+
+_NUMBER = (int, float)
+# Top-level keys: (accepted types, may be null).
+_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), True),
+    "status": ((str,), False),
+    "interrupted_by": ((str,), True),
+    "checkpoint_epoch": ((int,), True),
+    "seed": ((int,), False),
+    "replicate": ((int,), False),
+    "recipe": ((dict,), False),
+    "recipe_path": ((str,), True),
+    "task": ((str,), False),
+    "epochs_completed": ((int,), False),
+    "history": ((list,), False),
+    "final": ((dict,), False),
+    "best": ((dict,), False),
+    "params": ((dict,), False),
+    "complexity": ((dict,), True),
+    "wall_time_s": (_NUMBER, False),
+    "images_per_second": (_NUMBER, False),
+    "warmup_s": (_NUMBER, False),
+    "predictions": ((dict,), True),
+    "data": ((dict,), False),
+    "environment": ((dict,), False),
+    "created": ((str,), False),
+}
 
 
 def higher_is_better(metric: str) -> bool:
@@ -46,6 +85,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"results file `{path}` does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"`{path}` is a folder, not a results file") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"`{path}` is not valid JSON (a truncated or corrupt results file?)") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
@@ -54,4 +95,58 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if version != SCHEMA_VERSION:
         raise UserError(f"`{path}` has results schema version {version!r}, this biasbench reads version "
                         f"{SCHEMA_VERSION}; re-run it or read it with the biasbench release that wrote it")
+    check_results(doc, path)
     return doc
+
+
+def check_results(doc: dict[str, Any], path: str | Path) -> None:
+    """Check a parsed results document of this schema version; one line naming the field."""
+    problem = _problem(doc)
+    if problem is not None:
+        raise UserError(f"`{path}` is not a valid results file: {problem}; re-run the training that wrote it")
+
+
+def _problem(doc: dict[str, Any]) -> str | None:
+    for key, (types, nullable) in _FIELDS.items():
+        if key not in doc:
+            return f"`{key}` is missing"
+        value = doc[key]
+        if value is None and nullable:
+            continue
+        if not _is(value, types):
+            return f"`{key}` must be {_type_words(types, nullable)}, got {_show(value)}"
+    if doc["status"] not in STATUSES:
+        return f"`status` must be one of {', '.join(STATUSES)}, got {_show(doc['status'])}"
+    if doc["task"] not in TASKS:
+        return f"`task` must be one of {', '.join(TASKS)}, got {_show(doc['task'])}"
+    history = doc["history"]
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            return f"`history[{i}]` must be a mapping of metrics, got {_show(row)}"
+        for k, v in row.items():
+            if not _is(v, _NUMBER):
+                return f"`history[{i}].{k}` must be a number, got {_show(v)}"
+    for k, v in doc["final"].items():
+        if not _is(v, _NUMBER):
+            return f"`final.{k}` must be a number, got {_show(v)}"
+    if doc["status"] == "completed":
+        if not history:
+            return "`history` is empty, but `status` is completed"
+        if not doc["final"]:
+            return "`final` is empty, but `status` is completed"
+    return None
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def _type_words(types: tuple[type, ...], nullable: bool) -> str:
+    words = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list"}
+    text = "a number" if types == _NUMBER else " or ".join(words[t] for t in types)
+    return text + (" or null" if nullable else "")
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -128,11 +128,12 @@ def notes(texts: Sequence[str], width: int, prefix: str = "note: ") -> list[Line
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], notes: Sequence[str] = (), *,
-                left: set[int] | frozenset[int] = frozenset({0}), records: bool = False) -> None:
+                left: set[int] | frozenset[int] = frozenset({0}), records: bool = False,
+                stream: TextIO | None = None) -> None:
     """Render one table at the output's width, with notes under it, and print it."""
-    width = output_width()
+    width = output_width(stream)
     table = TextTable(list(headers), [list(r) for r in rows], title=title, left=set(left), records=records)
-    emit(render(table, width) + [(t, "") for text in notes for t in wrap(text, width)])
+    emit(render(table, width) + [(t, "") for text in notes for t in wrap(text, width)], stream)
 
 
 def emit(lines: Sequence[Line], stream: TextIO | None = None) -> None:

@@ -75,7 +75,7 @@ def write_run(root: Path, template: dict[str, Any], *, name: str, seed: int, cor
         doc["params"] = {**doc.get("params", {}), "total": params}
     run_dir = root / (folder or name) / f"seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    doc.pop("predictions", None)
+    doc["predictions"] = None  # a run that recorded none (the trainer writes null then)
     if predictions:
         y = targets(n)
         pred = np.where(correct, y, (y + 1) % CLASSES).astype(np.int16)

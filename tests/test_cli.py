@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
 
@@ -72,7 +73,7 @@ def test_output_folder_that_is_a_file(recipe, tmp_path):
 def test_corrupt_and_foreign_checkpoints(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02not a checkpoint at all")
-    one_line_error(*run_cli(["eval", str(corrupt)])[::2], "not a readable checkpoint")
+    one_line_error(*run_cli(["eval", str(corrupt)])[::2], "is a Python pickle", "give a checkpoint.pt")
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     one_line_error(*run_cli(["eval", str(foreign)])[::2], "not a biasbench checkpoint")
@@ -98,8 +99,13 @@ def test_overwrite_with_bad_input_keeps_the_earlier_run(recipe, tmp_path):
 
 def test_resume_refuses_a_run_of_another_experiment(recipe, tmp_path):
     assert run_cli(["train", str(recipe), "-q"])[0] == 0
-    code, _, err = run_cli(["train", str(recipe), "-q", "--resume", "--set", "optim.lr=0.5"])
+    original = recipe.read_text()
+    doc = yaml.safe_load(original)
+    doc["optim"]["lr"] = 0.5  # the recipe file itself changed: same folder, another experiment
+    recipe.write_text(yaml.safe_dump(doc))
+    code, _, err = run_cli(["train", str(recipe), "-q", "--resume"])
     one_line_error(code, err, "optim.lr", "--overwrite")
+    recipe.write_text(original)
     # settings of place and speed may change: the finished run is found and skipped
     code, out, _ = run_cli(["train", str(recipe), "--resume", "--set", "train.eval_batch_size=7"])
     assert code == 0 and "already completed, skipped" in out
@@ -111,3 +117,73 @@ def test_impossible_variant_option_gives_one_line(tmp_path):
     code, _, err = run_cli(["train", str(RECIPES / "dnrt/cifar10/vit_tiny_dnrt.yaml"), "--smoke", "-q",
                             "--out", str(tmp_path), "--set", "model.variant_options.lam=-1"])
     one_line_error(code, err, "variant `dnrt`", "lam >= 0")
+
+
+def test_eval_says_what_a_wrong_file_is(recipe, tmp_path):
+    assert run_cli(["train", str(recipe), "-q"])[0] == 0
+    run = tmp_path / "runs" / "r" / "seed0"
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a whole pickled module
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "random.bin").write_bytes(bytes(range(256)) * 4)
+    cases = [(run / "results.json", ["is a biasbench results file", str(run / "checkpoint.pt")]),
+             (tmp_path / "module.pt", ["pickled Python objects", "give a checkpoint.pt"]),
+             (tmp_path / "notes.txt", ["is a text file", "give a checkpoint.pt"]),
+             (tmp_path / "random.bin", ["binary file of an unknown format", "give a checkpoint.pt"])]
+    for path, words in cases:
+        code, _, err = run_cli(["eval", str(path)])
+        one_line_error(code, err, *words)
+        assert "\x1b" not in err and "weights_only" not in err and "..." not in err
+
+
+def test_eval_which_best_needs_a_run_folder_or_a_best_checkpoint(recipe, tmp_path):
+    assert run_cli(["train", str(recipe), "-q", "--set", "output.checkpoint=false"])[0] == 0
+    run = tmp_path / "runs" / "r" / "seed0"
+    one_line_error(*run_cli(["eval", str(run), "--which", "worst"])[::2], "--which must be last or best")
+    one_line_error(*run_cli(["eval", str(run / "results.json"), "--which", "best"])[::2], "give the folder")
+    one_line_error(*run_cli(["eval", str(run), "--which", "best"])[::2], "does not exist")
+
+
+def test_train_output_fits_80_columns_with_one_grepable_line_per_epoch(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them (a path is never broken)
+    doc = tiny_recipe(tmp_path, train={"epochs": 3, "replicates": 2})
+    doc["output"]["name"] = "a_rather_long_run_name_for_the_table"
+    write_recipe(tmp_path / "r.yaml", doc)
+    code, out, err = run_cli(["train", "r.yaml", "--out", "runs", "--set", "model.options.width=16",
+                              "--set", "optim.lr=0.1"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    for epoch in (1, 2, 3):  # stdout is not a terminal here: plain lines, one per epoch and replicate
+        assert len([x for x in lines if x.startswith(f"epoch {epoch}/3  loss ") and "test " in x]) == 2
+    assert not any(c in out for c in "│┃━─")  # no table borders or rules in a pipe
+    header = next(x for x in lines if x.split()[:2] == ["seed", "status"])
+    below = [x for x in lines[lines.index(header) + 1:] if set(x) - {"-", " "}]  # past the header's rule
+    rows = [x.split() for x in below[:2]]
+    assert [r[:2] for r in rows] == [["0", "completed"], ["1", "completed"]]
+
+
+def test_train_table_fits_80_columns_on_a_terminal_and_as_json(tmp_path, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from biasbench.cli.train_cmd import print_runs_table, summary_rows
+    from biasbench.recipe import load_recipe
+    from biasbench.trainer import train_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    recipe = load_recipe(path)
+    docs = train_recipe(recipe, torch.device("cpu"))
+    monkeypatch.setenv("COLUMNS", "80")
+    buf = io.StringIO()
+    buf.isatty = lambda: True  # a terminal: headers bold (escape codes), the same columns
+    print_runs_table(summary_rows(docs), recipe, Console(file=buf, force_terminal=True, width=80))
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", buf.getvalue())
+    assert all(len(line) <= 80 for line in plain.splitlines())
+    assert f"{100 * docs[0]['final']['test_acc']:.2f}%" in plain
+    code, out, err = run_cli(["train", str(path), "--resume", "--json", "-"])
+    assert code == 0, err
+    (row,) = json.loads(out)  # stdout holds the JSON alone
+    assert row["test_acc"] == docs[0]["final"]["test_acc"] and row["status"] == "completed"

@@ -33,7 +33,7 @@ def write(folder: Path, doc: dict[str, Any]) -> Path:
     """An edited copy of a run; its numbers no longer match any predictions file, so it has none."""
     path = folder / f"seed{doc['seed']}" / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: v for k, v in doc.items() if k != "predictions"}))
+    path.write_text(json.dumps({**doc, "predictions": None}))
     return path
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,15 +33,41 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     one, h1 = _history(tmp_path / "one" / "r" / "seed0" / "results.json")
     two, h2 = _history(tmp_path / "two" / "r" / "seed0" / "results.json")
     assert two["environment"]["world_size"] == 2
-    assert sorted(p.name for p in (tmp_path / "two" / "r" / "seed0").iterdir()) == ["checkpoint.pt", "results.json"]
+    written = sorted(p.name for p in (tmp_path / "two" / "r" / "seed0").iterdir())  # by rank 0 alone
+    assert written == ["checkpoint.pt", "checkpoint_best.pt", "metrics.csv", "predictions.npz",
+                       "results.json"]
     assert h1 == pytest.approx(h2, rel=1e-5, abs=1e-6)
 
 
-def test_parallel_jobs_equal_serial_replicates(tmp_path):
+def _children() -> list[str]:
+    """Command lines of this process's live children (Linux /proc), except multiprocessing's
+    resource tracker: one helper per parent process that ends when the parent does."""
+    me, out = str(os.getpid()), []
+    for p in Path("/proc").iterdir():
+        try:
+            stat = (p / "stat").read_text() if p.name.isdigit() else ""
+            cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode() if stat else ""
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields and fields[1] == me and fields[0] != "Z" and "resource_tracker" not in cmdline:
+            out.append(cmdline)
+    return out
+
+
+def test_parallel_jobs_equal_serial_replicates(tmp_path, capfd):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 2, "replicates": 2}))
     assert run_cli(["train", str(recipe), "--out", str(tmp_path / "serial"), "-q"])[0] == 0
-    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "par"), "-q", "--jobs", "2"])
+    capfd.readouterr()
+    code, out, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "par"), "--jobs", "2"])
     assert code == 0, err
+    workers = capfd.readouterr().out  # the workers write to the inherited stdout
+    for seed in (0, 1):  # one line per finished epoch per replicate, prefixed with its seed
+        for epoch in (1, 2):
+            assert len([x for x in workers.splitlines() if x.startswith(f"seed {seed}  epoch {epoch}/2  ")]) == 1
+    assert all(len(line) <= 80 for line in (out + workers).splitlines())
+    if Path("/proc/self/stat").exists():
+        assert _children() == []  # every worker ended with the run; none idles behind
     for seed in (0, 1):
         _, a = _history(tmp_path / "serial" / "r" / f"seed{seed}" / "results.json")
         _, b = _history(tmp_path / "par" / "r" / f"seed{seed}" / "results.json")

@@ -14,7 +14,7 @@ from biasbench.data import build_data
 from biasbench.errors import UserError
 from biasbench.models import build_model
 from biasbench.study import load_study
-from biasbench.study.naming import run_tag
+from biasbench.study.naming import cell_name
 from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
 
 
@@ -53,12 +53,13 @@ def test_grid_zip_and_exclude_expand_into_named_cells(tmp_path):
 
 
 def test_names_are_stable_and_readable():
-    assert run_tag({"model.options.depth": 8, "model.variant": "dac"}) == "depth=8,variant=dac"
-    assert run_tag({"model.options.width": 0.5, "optim.lr": 1e-3, "train.amp": True}) == \
+    assert cell_name({"model.options.depth": 8, "model.variant": "dac"}) == "depth=8,variant=dac"
+    assert cell_name({"model.options.width": 0.5, "optim.lr": 1e-3, "train.amp": True}) == \
         "width=0.5,lr=0.001,amp=true"
-    assert run_tag({"model.options.width": 4, "model.base_options.width": 8}) == "options.width=4,base_options.width=8"
-    assert run_tag({"recipe": "../recipes/base/dnrt_vit_cifar.yaml"}) == "recipe=dnrt_vit_cifar"
-    assert run_tag({}) == "default"
+    assert cell_name({"model.options.width": 4, "model.base_options.width": 8}) == \
+        "options.width=4,base_options.width=8"
+    assert cell_name({"recipe": "../recipes/base/dnrt_vit_cifar.yaml"}) == "recipe=dnrt_vit_cifar"
+    assert cell_name({}) == "default"
 
 
 def test_smoke_form_merges_over_the_study_and_applies_the_recipes_smoke_block(tmp_path):

@@ -1,7 +1,8 @@
 """`biasbench` command line: one module per command, all on one Typer app.
 
-Every `UserError` becomes one line on stderr and exit code 2; Ctrl-C during training leaves a
-resumable checkpoint and exits with 130. No traceback reaches the user for bad input.
+Every `UserError` becomes one line on stderr and exit code 2. A training stopped by Ctrl-C,
+SIGTERM or SIGUSR1 keeps a resumable checkpoint, says so in one line and exits with 128 + the
+signal's number (130, 143, 138). No traceback reaches the user for bad input.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import_submodules(_cli_package, suffix="_cmd")  # each *_cmd.py module registers
 
 def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    from biasbench.stopping import exit_code, signal_name, signal_of
     from biasbench.trainer import Interrupted
 
     try:
@@ -29,6 +31,24 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"[bold red]error:[/bold red] {escape(str(e))}")
         sys.exit(2)
     except Interrupted as e:
-        err.print(f"interrupted: checkpoint and results kept in {e.run_dir}; continue with the same command "
-                  "plus --resume")
-        sys.exit(130)
+        err.print(escape(interrupted_line(e)))
+        sys.exit(exit_code(e.signum))
+    except KeyboardInterrupt as e:  # a stop signal before any training began
+        err.print(f"stopped by {signal_name(signal_of(e))} before training began; nothing was written")
+        sys.exit(exit_code(signal_of(e)))
+
+
+def interrupted_line(e) -> str:
+    """What an interrupted training leaves, and how to continue it."""
+    from biasbench.stopping import signal_name
+
+    by = signal_name(e.signum)
+    if e.doc is None:  # several replicates (--jobs): each folder says what it kept
+        return (f"interrupted ({by}): each run's checkpoint and results are kept in {e.run_dir}; continue "
+                "with the same command plus --resume")
+    if e.checkpoint_epoch is None:
+        why = "output.checkpoint is false" if not e.doc["recipe"]["output"]["checkpoint"] else "no epoch had ended"
+        return (f"interrupted ({by}): results (status interrupted) in {e.run_dir}; no checkpoint was kept ({why}), "
+                "so --resume will start the run again")
+    return (f"interrupted ({by}): checkpoint (epoch {e.checkpoint_epoch}) and results kept in {e.run_dir}; "
+            "continue with the same command plus --resume")

@@ -66,8 +66,7 @@ def compare(
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from biasbench.fsutil import atomic_write_json
-    from biasbench.oserrors import writing
+    from biasbench.fsutil import atomic_write_json, writing
 
     if path.is_dir():
         raise UserError(f"--json `{path}` is a folder; give a file name")

@@ -1,7 +1,7 @@
 """Studies: a paper's whole experiment in one YAML file, from the grid to the paper's figures.
 
     schema.py    the study file: reading, validation, expansion into cells (one recipe each)
-    naming.py    readable, stable folder names from the keys that vary (`run_tag`)
+    naming.py    readable, stable folder names from the keys that vary (`cell_name`)
     manifest.py  DIR/study.json: every cell and run with its status; the lock on DIR
     runner.py    the trainer adapter and the sweep over a backend (local pool or Slurm)
     slurm.py     the Slurm backend through submitit (job arrays, requeue, resume)

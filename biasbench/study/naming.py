@@ -1,7 +1,9 @@
 """Readable, stable folder names from the keys that vary: `depth=8,shape=pyramidal,variant=dac`.
 
-`run_tag` has the signature of the trainer task's `biasbench.runfolder.run_tag`; the lead folds
-the two into one once both have landed.
+`cell_name` differs from `biasbench.runfolder.run_tag` (the folder of a `train --set` run) on
+purpose: a study's keys may be labels that are no recipe keys (`arm`, `dataset`), they keep the
+study file's order so a grid reads as written, and values read as a person wrote them
+(2.0 -> `2`, a base recipe's path -> its stem).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def tag_value(value: Any) -> str:
     return _UNSAFE.sub("_", text).strip("_") or "_"
 
 
-def run_tag(overrides: Mapping[str, Any]) -> str:
+def cell_name(overrides: Mapping[str, Any]) -> str:
     """`{"model.options.depth": 8, "model.variant": "dac"}` -> `depth=8,variant=dac`.
 
     Keys keep their order (the study file's); each is shortened to its shortest unambiguous

@@ -17,7 +17,7 @@ from typing import Any
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_text
 from biasbench.recipe import Recipe
-from biasbench.study.manifest import COMPLETED, ERROR, FINISHED, INTERRUPTED, PENDING, RUNNING, Manifest, run_key
+from biasbench.study.manifest import COMPLETED, ERROR, INTERRUPTED, PENDING, RUNNING, Manifest, run_key
 from biasbench.study.schema import Study, with_output_dir
 
 
@@ -29,8 +29,8 @@ def train_one(recipe: Recipe, seed: int, replicate: int, device: str, resume: bo
 
     try:
         return trainer.train_run(recipe, seed, replicate, resolve_device(device), resume=resume)
-    except trainer.Interrupted:
-        return load_results(trainer.run_paths(recipe, seed).results)
+    except trainer.Interrupted as e:
+        return e.doc if e.doc is not None else load_results(trainer.run_paths(recipe, seed).results)
 
 
 @dataclass(frozen=True)
@@ -52,48 +52,27 @@ class RunTask:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_same(where: Path, recorded: dict[str, Any], recorded_seed: Any, recipe: Recipe, seed: int) -> None:
-    from biasbench.trainer import _check_same_experiment
-
-    try:
-        _check_same_experiment(where, recorded, recorded_seed, recipe, seed)
-    except UserError as e:
-        text = str(e).split("; resume with")[0]
-        raise UserError(f"{text}; run the study that wrote it, or give this one another --out") from None
-
-
-def _read_results(path: Path) -> dict[str, Any] | None:
-    from biasbench.results import load_results
-
-    return load_results(path) if path.exists() else None
-
-
 def plan(study: Study, out: Path) -> tuple[list[RunTask], dict[str, dict[str, Any]]]:
-    """(runs to train, in replicate-major order; results of the finished runs by key)."""
-    from biasbench.checkpoint import load_checkpoint
-    from biasbench.trainer import run_paths
+    """(runs to train, in replicate-major order; results of the finished runs by key). Each run
+    folder is judged as `train --resume` judges it (`runfolder.inspect_start`)."""
+    from biasbench.runfolder import inspect_start, run_paths
 
     todo: list[tuple[int, RunTask]] = []
     finished: dict[str, dict[str, Any]] = {}
     for index, cell in enumerate(study.cells):
         recipe = with_output_dir(cell, out)
         for replicate, seed in cell.seeds():
-            paths = run_paths(recipe, seed)
             key = run_key(cell.name, seed)
-            if paths.dir.exists() and not paths.dir.is_dir():
-                raise UserError(f"`{paths.dir}` is a file where a run folder belongs; move it or choose another --out")
-            doc = _read_results(paths.results)
-            if doc is not None:
-                _check_same(paths.results, doc["recipe"], doc["seed"], recipe, seed)
-                if doc["status"] in FINISHED:
-                    finished[key] = doc
-                    continue
-            start = 0
-            if paths.checkpoint.exists():
-                ckpt = load_checkpoint(paths.checkpoint)
-                _check_same(paths.checkpoint, ckpt["recipe"], ckpt["seed"], recipe, seed)
-                start = int(ckpt["epoch"])
-            todo.append((replicate * len(study.cells) + index, RunTask(key, cell.name, replicate, seed, recipe, start)))
+            try:
+                start = inspect_start(run_paths(recipe, seed), recipe, seed, resume=True, overwrite=False)
+            except UserError as e:
+                text = str(e).split("; resume with")[0]  # a sweep has no --overwrite to offer
+                raise UserError(f"{text}; run the study that wrote it, or give this one another --out") from None
+            if start.action == "skip":
+                finished[key] = start.results or {}
+                continue
+            task = RunTask(key, cell.name, replicate, seed, recipe, start.epoch)
+            todo.append((replicate * len(study.cells) + index, task))
     return [t for _, t in sorted(todo, key=lambda p: p[0])], finished
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
-from biasbench.study.naming import MAX_NAME, run_tag
+from biasbench.study.naming import MAX_NAME, cell_name
 from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, read_spec, spec_keys, time_minutes
 
 TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "failure", "analysis", "launcher", "smoke")
@@ -347,7 +347,7 @@ def _cells(points: list[dict[str, Any]], naming: list[str], doc: dict[str, Any],
     cells: list[Cell] = []
     by_name: dict[str, dict[str, Any]] = {}
     for values in points:
-        name = run_tag({k: values[k] for k in naming})
+        name = cell_name({k: values[k] for k in naming})
         if len(name) > MAX_NAME:
             raise UserError(f"study `{path}`: cell folder names get too long ({len(name)} characters); vary "
                             "fewer keys or use short labels")

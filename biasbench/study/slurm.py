@@ -36,7 +36,7 @@ class SlurmRun(submitit.helpers.Checkpointable):
     def __call__(self, recipe: Any, seed: int, replicate: int, device: str, threads: int | None) -> dict[str, Any]:
         import torch
 
-        from biasbench.trainer import run_paths
+        from biasbench.runfolder import run_paths
 
         if threads:
             torch.set_num_threads(threads)
@@ -94,7 +94,7 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
 def _outcome(task: RunTask, job_folder: Path, job_id: str) -> tuple[str, Any]:
     """What a job that left the queue produced: ("finished", doc) or ("error", (line, text))."""
     from biasbench.results import load_results
-    from biasbench.trainer import run_paths
+    from biasbench.runfolder import run_paths
 
     results = run_paths(task.recipe, task.seed).results
     if results.exists():

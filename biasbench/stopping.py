@@ -1,0 +1,90 @@
+"""How a training process stops: signals become a resumable stop; workers end with their parent.
+
+`stop_on_signals()` turns SIGINT (Ctrl-C), SIGTERM (Slurm, `timeout`, container runtimes) and
+SIGUSR1 (Slurm's warning before a time limit, `#SBATCH --signal=USR1@120`) into
+`StopRequested`, a `KeyboardInterrupt`, raised in the main thread at once: the trainer then
+keeps its last checkpoint, writes results marked `interrupted`, and the CLI exits with
+128 + the signal's number (130, 143, 138), so a requeued job resumes with `--resume`. Only the
+first signal stops; later ones are ignored so that they cannot cut those last writes short
+(SIGKILL still ends a process at once, and the atomic writes keep its files whole).
+
+`die_with_parent(pid)` makes a worker process receive SIGTERM when its parent ends, however it
+ends (SIGKILL included): PR_SET_PDEATHSIG on Linux, and a watchdog thread that polls the parent
+PID (other systems, and a parent that died before the call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop signal arrived; handled wherever Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt (SIGINT for a plain Ctrl-C)."""
+    return exc.signum if isinstance(exc, StopRequested) else int(signal.SIGINT)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number."""
+    return 128 + int(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Inside this block the first of `signals` raises StopRequested in the main thread; later
+    ones are ignored. Outside the main thread (where Python cannot install handlers) it does
+    nothing. The previous handlers come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = False
+
+    def handler(signum, frame):
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise StopRequested(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM, poll_s: float = 0.5) -> None:
+    """Receive `signum` when the process `parent_pid` (our parent) ends."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=watch, daemon=True, name="biasbench-parent-watchdog").start()
