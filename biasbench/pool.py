@@ -23,11 +23,9 @@ interrupted, their results are still yielded, then `run` raises KeyboardInterrup
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -37,7 +35,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
+from biasbench.stopping import die_with_parent
+
 _interrupted = False  # in a worker: a SIGINT/SIGTERM arrived
 
 
@@ -62,23 +61,6 @@ class Event:
 # ---------------------------------------------------------------------------------------------
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)  # a clean interrupt first (checkpoint, results) ...
-        time.sleep(30.0)
-        os._exit(1)  # ... and out, whatever the main thread is stuck in
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
 def _interrupt_once(signum: int, frame: Any) -> None:
     global _interrupted
     _interrupted = True
@@ -88,7 +70,7 @@ def _interrupt_once(signum: int, frame: Any) -> None:
 
 
 def _worker_main(conn: Connection, parent_pid: int, threads: int | None) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, _interrupt_once)
     signal.signal(signal.SIGTERM, _interrupt_once)
     if threads is not None:

@@ -73,18 +73,26 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM, poll_s: float = 0.5) -> None:
-    """Receive `signum` when the process `parent_pid` (our parent) ends."""
+def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM, poll_s: float = 0.5,
+                    grace_s: float = 30.0) -> None:
+    """Receive `signum` when the process `parent_pid` (our parent) ends, even when it was
+    SIGKILLed: Linux's PR_SET_PDEATHSIG, and a watchdog thread for other systems (or a parent
+    that died before the prctl). `signum` is a clean stop (checkpoint, results `interrupted`);
+    a worker still alive `grace_s` later, stuck wherever it was, exits hard."""
     if sys.platform.startswith("linux"):
         import ctypes
 
         pr_set_pdeathsig = 1
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
         os.kill(os.getpid(), signum)
+        time.sleep(grace_s)
+        os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="biasbench-parent-watchdog").start()
