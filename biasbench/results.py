@@ -5,7 +5,8 @@ Schema (version 1), top-level keys:
   seed, replicate, recipe (resolved), task, metric_names, history (one dict per epoch),
   final (last epoch's metrics), best (the epoch with the best validation metric and its
   metrics, and the best test metric over epochs), params (total/trainable, by role),
-  complexity (MACs/FLOPs, where counted), wall_time_s, images_per_second, data (sizes, split),
+  complexity (MACs/FLOPs, where counted), conversion (only for a model `convert` built: what it
+  converted and left), wall_time_s, images_per_second, data (sizes, split),
   environment (versions, device, git revision), created (UTC, ISO 8601).
 """
 

@@ -33,6 +33,7 @@ from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, ensure_dir
 from biasbench.losses import Criterion
 from biasbench.models import build_model, model_hooks
+from biasbench.models.convert import conversion
 from biasbench.optim import build_optimizer, build_scheduler
 from biasbench.params import count_by_role
 from biasbench.recipe import Recipe, from_dict
@@ -153,6 +154,9 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
     paths = run_paths(recipe, seed)
     seed_everything(seed)
     bundle, model = build_for_recipe(recipe, replicate, device)
+    converted = conversion(model)  # a timm: / torchvision: model: what convert did and left
+    if converted is not None:
+        console.print(converted.line())
     criterion = build_criterion(recipe, bundle, model).to(device)
     step_model = _lean(model, recipe, device, ctx)  # what the training step calls (DDP / compiled)
     train_loader = make_train_loader(bundle, recipe.data, recipe.train.batch_size, device, seed)
@@ -358,6 +362,7 @@ def _results_doc(recipe, seed, replicate, status, history, bundle, model, device
         "best": best_epoch([h for h in history if "test_loss" in h], bundle.task),
         "params": describe_model(model),
         "complexity": _complexity(model, bundle.input_shape),
+        **({"conversion": converted.to_dict()} if (converted := conversion(model)) else {}),
         "wall_time_s": round(wall, 3),
         "images_per_second": round(rate, 1),
         "data": bundle.describe(),

@@ -28,9 +28,9 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def on_meta(build):
+def on_meta(build, *args, **kwargs):
     with torch.device("meta"):
-        return build()
+        return build(*args, **kwargs)
 
 
 def ours(name: str, variant: str = "baseline", classes: int = 10, **options) -> nn.Module:
@@ -82,7 +82,7 @@ def test_our_cnns_have_torchvisions_parameter_counts_and_the_papers_formulas():
         ("shufflenet_v2", {"width": 2.0}, n_params(on_meta(lambda: tv.shufflenet_v2_x2_0(num_classes=10)))),
     ]
     for name, options, expected in cases:
-        assert n_params(on_meta(lambda: ours(name, **options))) == expected, (name, options)
+        assert n_params(on_meta(ours, name, **options)) == expected, (name, options)
     assert n_params(on_meta(lambda: ours("vgg11", classes=100))) == vgg11_formula(100)
     assert n_params(on_meta(lambda: ours("vgg11", width=16))) == vgg11_formula(10, 16)
     assert n_params(on_meta(lambda: ours("mobilenet_v2", classes=100))) == mobilenet_v2_formula(100)
@@ -117,8 +117,8 @@ def test_deit_tiny_at_patch_4_is_dnrts_vit_tiny():
     """The DNRT authors' only model, vit_tiny_patch4_32 (biasbench's vit_tiny_patch4, pinned to
     their code), has DeiT-Tiny's architecture: the same counts with GELU and with RAA."""
     for variant in ("baseline", "raa"):
-        assert n_params(on_meta(lambda: ours("deit_tiny_patch4", variant))) == \
-            n_params(on_meta(lambda: ours("vit_tiny_patch4", variant)))
+        deit, vit = on_meta(ours, "deit_tiny_patch4", variant), on_meta(ours, "vit_tiny_patch4", variant)
+        assert n_params(deit) == n_params(vit)
     distilled = on_meta(lambda: ours("deit_tiny_patch4", distilled=True))  # + token, its position, a head
     assert n_params(distilled) == n_params(on_meta(lambda: ours("deit_tiny_patch4"))) + 192 + 192 + dense(192, 10)
 

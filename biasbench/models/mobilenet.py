@@ -63,7 +63,8 @@ class MobileNetV2Cifar(nn.Module):
         sequences, self.widths = [], []
         for stage, (t, channels, n, s) in enumerate(SEQUENCES, start=1):
             c_out = divisible(channels * width)
-            blocks = [InvertedResidual(v, c if i == 0 else c_out, c_out, s if i == 0 else 1, t, stage) for i in range(n)]
+            blocks = [InvertedResidual(v, c if i == 0 else c_out, c_out, s if i == 0 else 1, t, stage)
+                      for i in range(n)]
             sequences.append(nn.Sequential(*blocks))
             self.widths.append(c_out)
             c = c_out

@@ -108,7 +108,8 @@ def cait_xxs_patch4(variant: Variant, num_classes: int, in_channels: int, input_
     _check_patch(input_shape[-1], patch)
     return _create("cait_xxs24_224", input_shape, num_classes=num_classes, in_chans=in_channels,
                    img_size=input_shape[-1], patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
-                   init_values=layer_scale, depth_token_only=class_depth, drop_path_rate=drop_path, act_layer=_mlp_activation(variant, 4 * dim))
+                   init_values=layer_scale, depth_token_only=class_depth, drop_path_rate=drop_path,
+                   act_layer=_mlp_activation(variant, 4 * dim))
 
 
 # -- TNT-Small --------------------------------------------------------------------------------
