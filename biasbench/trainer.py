@@ -262,7 +262,7 @@ def _train_epoch(model, loader, epoch, criterion, optimizer, scheduler, l2, cfg,
         if len(y) < ctx.world:  # a last batch smaller than the ranks: every rank skips it alike
             continue
         x, y, share = ctx.shard(x, y)
-        if x.dim() == 4:
+        if isinstance(x, torch.Tensor) and x.dim() == 4:  # (not a graph batch)
             x = x.contiguous(memory_format=to_format)
         with autocast:
             out = model(x)
@@ -338,6 +338,9 @@ def _complexity(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[st
     """MACs and FLOPs per sample (biasbench.count), or None for a model the counter cannot trace."""
     from biasbench.count import complexity
 
+    hooks = model_hooks(model)
+    if hooks is not None and hooks.spec.inputs == "graphs":
+        return {"error": "not counted: count runs one sample of a fixed shape, a graph model reads a whole graph"}
     try:
         return complexity(model, input_shape)
     except Exception as e:  # counting must never lose a finished run's results

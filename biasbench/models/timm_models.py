@@ -35,7 +35,7 @@ PVT has no class token: the mean over each block's tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -165,16 +165,13 @@ def _pvt_grid(side: int, sr_ratios: list[int]) -> None:
                 taps=_pvt_taps, tiny_options={"dims": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "heads": [1, 1, 1, 1],
                                               "sr_ratios": [1, 1, 1, 1], "drop_path": 0.0}, **_DNRT)
 def pvt_tiny(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
-             dims: list[int] | None = None, depths: list[int] | None = None, heads: list[int] | None = None,
-             mlp_ratios: list[float] | None = None, sr_ratios: list[int] | None = None,
-             drop_path: float = 0.1) -> nn.Module:
-    """Defaults: PVT-Tiny's dims [64, 128, 320, 512], depths [2, 2, 2, 2], heads [1, 2, 5, 8],
-    mlp_ratios [8, 8, 4, 4], sr_ratios [8, 4, 2, 1]."""
-    sr = list(sr_ratios or [8, 4, 2, 1])
-    _pvt_grid(input_shape[-1], sr)
-    net = _create("pvt_v2_b1", input_shape, num_classes=num_classes, in_chans=in_channels,
-                  embed_dims=tuple(dims or (64, 128, 320, 512)), depths=tuple(depths or (2, 2, 2, 2)),
-                  num_heads=tuple(heads or (1, 2, 5, 8)), mlp_ratios=tuple(mlp_ratios or (8.0, 8.0, 4.0, 4.0)),
-                  sr_ratios=tuple(sr), drop_path_rate=drop_path)
+             dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (2, 2, 2, 2),
+             heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8.0, 8.0, 4.0, 4.0),
+             sr_ratios: Sequence[int] = (8, 4, 2, 1), drop_path: float = 0.1) -> nn.Module:
+    """Defaults: PVT-Tiny's (one entry per stage)."""
+    _pvt_grid(input_shape[-1], list(sr_ratios))
+    net = _create("pvt_v2_b1", input_shape, num_classes=num_classes, in_chans=in_channels, embed_dims=tuple(dims),
+                  depths=tuple(depths), num_heads=tuple(heads), mlp_ratios=tuple(float(r) for r in mlp_ratios),
+                  sr_ratios=tuple(sr_ratios), drop_path_rate=drop_path)
     _swap_mlp_activations(net, variant)
     return net
