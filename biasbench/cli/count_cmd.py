@@ -32,6 +32,9 @@ def _options(pairs: list[str], flag: str) -> dict[str, Any]:
 def _shape(spec: Any, recipe_shape: tuple[int, ...] | None, features: int | None, input_size: int | None,
            in_channels: int | None) -> tuple[int, ...]:
     """The input shape to count, from the flags, the recipe or the model's kind of input."""
+    if spec.inputs == "graphs":
+        raise UserError(f"model `{spec.name}` reads a whole graph; count runs one sample of a fixed shape and "
+                        "does not count graph models (their parameters: biasbench train writes them)")
     if features is not None:
         if input_size is not None or in_channels is not None:
             raise UserError("--features gives a flat input; do not combine it with --input-size / --in-channels")
@@ -89,10 +92,12 @@ def _count(model_name: str, variant: str, variant_options: dict, options: dict, 
 @app.command(epilog="Examples:\n\n  biasbench count --model resnet20_v2 --variant dac --input-size 80\n\n"
                     "  biasbench count --model resnet20_v2 --option width=4 --compare-variants\n\n"
                     "  biasbench count --model mlp --features 14 --option depth=8 --option width=200 --variant dac\n\n"
+                    "  biasbench count --model torchvision:resnet18 --variant dac --compare-variants\n\n"
                     "  biasbench count recipes/resnet32_dac.yaml --json")
 def count(
     recipe_path: Path | None = typer.Argument(None, metavar="[RECIPE.yaml]", help="Count the recipe's model."),
-    model: str | None = typer.Option(None, "--model", help="Model name (`biasbench list models`)."),
+    model: str | None = typer.Option(None, "--model", help="Model name (`biasbench list models`), or "
+                                                          "timm:NAME / torchvision:NAME (converted)."),
     variant: str | None = typer.Option(None, "--variant", help="Variant (`biasbench list variants`)."),
     input_size: int | None = typer.Option(None, "--input-size", min=1, help="Image side in pixels (default 32)."),
     num_classes: int | None = typer.Option(None, "--num-classes", min=1, help="Outputs (default 10)."),

@@ -18,42 +18,33 @@ Stages: 1 = conv 1's output, 2 = conv 2's, 3 = convs 3-5; ARR reads each stage's
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from biasbench.models import register_model
-from biasbench.models.contract import Taps, pooled
+from biasbench.models.staged import StagedNet
 from biasbench.models.variants import Variant
 
 MIN_SIDE = 29  # the 11x11 / stride 4 stem must leave 8 positions for the three 2x2 pools
 
 
-class AlexNetCifar(nn.Module):
-    def __init__(self, v: Variant, in_channels: int, num_classes: int, width: int = 64):
-        super().__init__()
-        c1, c2, c3, c4 = width, 3 * width, 6 * width, 4 * width  # 64, 192, 384, 256
-        bias = not v.removes_activation_shift  # each conv's bias feeds an activation
-        self.stage1 = nn.Sequential(v.conv2d(in_channels, c1, 11, stride=4, padding=5, bias=bias, role="stem"))
-        self.stage2 = nn.Sequential(nn.MaxPool2d(2), v.act_conv2d(c1, c2, 5, padding=2, bias=bias, stage=1))
-        self.stage3 = nn.Sequential(
-            nn.MaxPool2d(2),
-            v.act_conv2d(c2, c3, 3, padding=1, bias=bias, stage=2),
-            v.act_conv2d(c3, c4, 3, padding=1, bias=bias, stage=3),
-            v.act_conv2d(c4, c4, 3, padding=1, bias=bias, stage=3),
-        )
-        self.head = nn.Sequential(nn.MaxPool2d(2), v.act_pool_linear(c4, num_classes, stage=3))
-        self.widths = [c1, c2, c4]
-
-    def response_taps(self) -> Taps:
-        return Taps([self.stage1, self.stage2, self.stage3], list(self.widths), pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stage3(self.stage2(self.stage1(x))))
+def alexnet_cifar(v: Variant, in_channels: int, num_classes: int, width: int = 64) -> StagedNet:
+    c1, c2, c3, c4 = width, 3 * width, 6 * width, 4 * width  # 64, 192, 384, 256
+    bias = not v.removes_activation_shift  # each conv's bias feeds an activation
+    stages = [
+        nn.Sequential(v.conv2d(in_channels, c1, 11, stride=4, padding=5, bias=bias, role="stem")),
+        nn.Sequential(nn.MaxPool2d(2), v.act_conv2d(c1, c2, 5, padding=2, bias=bias, stage=1)),
+        nn.Sequential(nn.MaxPool2d(2),
+                      v.act_conv2d(c2, c3, 3, padding=1, bias=bias, stage=2),
+                      v.act_conv2d(c3, c4, 3, padding=1, bias=bias, stage=3),
+                      v.act_conv2d(c4, c4, 3, padding=1, bias=bias, stage=3)),
+    ]
+    head = nn.Sequential(nn.MaxPool2d(2), v.act_pool_linear(c4, num_classes, stage=3))
+    return StagedNet(nn.Identity(), stages, head, [c1, c2, c4])
 
 
 @register_model("alexnet", summary="CIFAR AlexNet: 5 convs (64-192-384-256-256), 3 max pools, dense (DNRT's)",
                 inputs="images", offers=("activations", "act_linear", "stages", "response_taps"),
-                taps=AlexNetCifar.response_taps, tiny_options={"width": 4}, tiny_input=(3, 32, 32))
+                taps=StagedNet.response_taps, tiny_options={"width": 4}, tiny_input=(3, 32, 32))
 def alexnet(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
             width: int = 64) -> nn.Module:
     """`width`: conv 1's channels; the others keep torchvision's ratios (x3, x6, x4, x4)."""
@@ -62,4 +53,4 @@ def alexnet(variant: Variant, num_classes: int, in_channels: int, input_shape: t
                          f"got {input_shape[1]}x{input_shape[2]}")
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive integer, got {width!r}")
-    return AlexNetCifar(variant, in_channels, num_classes, width)
+    return alexnet_cifar(variant, in_channels, num_classes, width)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from biasbench.models import register_model
-from biasbench.models.contract import Taps, pooled
+from biasbench.models.staged import StagedNet
 from biasbench.models.variants import Variant
 
 # (expansion t, channels c, blocks n, stride s) of the paper's Table 2, with CIFAR strides.
@@ -55,40 +55,27 @@ class InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-class MobileNetV2Cifar(nn.Module):
-    def __init__(self, v: Variant, in_channels: int, num_classes: int, width: float = 1.0):
-        super().__init__()
-        c = divisible(STEM * width)
-        self.stem = nn.Sequential(v.conv2d(in_channels, c, 3, padding=1, role="stem"), v.norm(c))
-        sequences, self.widths = [], []
-        for stage, (t, channels, n, s) in enumerate(SEQUENCES, start=1):
-            c_out = divisible(channels * width)
-            blocks = [InvertedResidual(v, c if i == 0 else c_out, c_out, s if i == 0 else 1, t, stage)
-                      for i in range(n)]
-            sequences.append(nn.Sequential(*blocks))
-            self.widths.append(c_out)
-            c = c_out
-        self.sequences = nn.ModuleList(sequences)
-        last = divisible(LAST * max(1.0, width))
-        self.head = nn.Sequential(v.conv2d(c, last, 1), v.norm(last),
-                                  v.act_pool_linear(last, num_classes, stage=len(SEQUENCES)))
-
-    def response_taps(self) -> Taps:
-        return Taps(list(self.sequences), list(self.widths), pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for sequence in self.sequences:
-            x = sequence(x)
-        return self.head(x)
+def mobilenet_v2_cifar(v: Variant, in_channels: int, num_classes: int, width: float = 1.0) -> StagedNet:
+    c = divisible(STEM * width)
+    stem = nn.Sequential(v.conv2d(in_channels, c, 3, padding=1, role="stem"), v.norm(c))
+    sequences, widths = [], []
+    for stage, (t, channels, n, s) in enumerate(SEQUENCES, start=1):
+        c_out = divisible(channels * width)
+        sequences.append(nn.Sequential(*[InvertedResidual(v, c if i == 0 else c_out, c_out, s if i == 0 else 1, t,
+                                                          stage) for i in range(n)]))
+        widths.append(c_out)
+        c = c_out
+    last = divisible(LAST * max(1.0, width))
+    head = nn.Sequential(v.conv2d(c, last, 1), v.norm(last), v.act_pool_linear(last, num_classes, stage=len(SEQUENCES)))
+    return StagedNet(stem, sequences, head, widths)
 
 
 @register_model("mobilenet_v2", summary="CIFAR MobileNetV2: 17 inverted residual blocks, ReLU6 (DNRT's MobileNet)",
                 inputs="images", offers=("activations", "act_linear", "stages", "response_taps"),
-                activation="relu6", taps=MobileNetV2Cifar.response_taps, tiny_options={"width": 0.1})
+                activation="relu6", taps=StagedNet.response_taps, tiny_options={"width": 0.1})
 def mobilenet_v2(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
                  width: float = 1.0) -> nn.Module:
     """`width`: torchvision's `width_mult` (every width x width, rounded to multiples of 8)."""
     if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
         raise ValueError(f"width must be a positive number, got {width!r}")
-    return MobileNetV2Cifar(variant, in_channels, num_classes, float(width))
+    return mobilenet_v2_cifar(variant, in_channels, num_classes, float(width))

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from biasbench.models import register_model
-from biasbench.models.contract import Taps, pooled
+from biasbench.models.staged import StagedNet
 from biasbench.models.variants import Variant
 
 # width multiplier -> (stem, three stage widths, last conv), torchvision's table
@@ -68,38 +68,25 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(torch.cat([kept, self.branch(x)], dim=1))
 
 
-class ShuffleNetV2Cifar(nn.Module):
-    def __init__(self, v: Variant, in_channels: int, num_classes: int, widths: tuple[int, ...],
-                 repeats: tuple[int, ...]):
-        super().__init__()
-        stem, *stage_widths, last = widths
-        if len(stage_widths) != len(repeats) or any(w % 2 for w in stage_widths):
-            raise ValueError(f"need one even width per stage ({len(repeats)} stages), got {list(stage_widths)}")
-        self.stem = nn.Sequential(v.conv2d(in_channels, stem, 3, padding=1, role="stem"), v.norm(stem))
-        stages, c = [], stem
-        for s, (c_out, n) in enumerate(zip(stage_widths, repeats, strict=True), start=1):
-            units = [ShuffleUnit(v, c if i == 0 else c_out, c_out, 2 if i == 0 else 1,
-                                 (max(s - 1, 1) if i == 0 else s, s)) for i in range(n)]
-            stages.append(nn.Sequential(*units))
-            c = c_out
-        self.stages = nn.ModuleList(stages)
-        self.head = nn.Sequential(v.act_conv2d(c, last, 1, stage=len(repeats)), v.norm(last),
-                                  v.act_pool_linear(last, num_classes, stage=len(repeats)))
-        self.widths = list(stage_widths)
-
-    def response_taps(self) -> Taps:
-        return Taps(list(self.stages), list(self.widths), pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.head(x)
+def shufflenet_v2_cifar(v: Variant, in_channels: int, num_classes: int, widths: tuple[int, ...],
+                        repeats: tuple[int, ...]) -> StagedNet:
+    stem_width, *stage_widths, last = widths
+    if len(stage_widths) != len(repeats) or any(w % 2 for w in stage_widths):
+        raise ValueError(f"need one even width per stage ({len(repeats)} stages), got {list(stage_widths)}")
+    stem = nn.Sequential(v.conv2d(in_channels, stem_width, 3, padding=1, role="stem"), v.norm(stem_width))
+    stages, c = [], stem_width
+    for s, (c_out, n) in enumerate(zip(stage_widths, repeats, strict=True), start=1):
+        stages.append(nn.Sequential(*[ShuffleUnit(v, c if i == 0 else c_out, c_out, 2 if i == 0 else 1,
+                                                  (max(s - 1, 1) if i == 0 else s, s)) for i in range(n)]))
+        c = c_out
+    head = nn.Sequential(v.act_conv2d(c, last, 1, stage=len(repeats)), v.norm(last),
+                         v.act_pool_linear(last, num_classes, stage=len(repeats)))
+    return StagedNet(stem, stages, head, list(stage_widths))
 
 
 @register_model("shufflenet_v2", summary="CIFAR ShuffleNetV2 (1x: 116-232-464, 4/8/4 units), DNRT's ShuffleNet",
                 inputs="images", offers=("activations", "act_linear", "stages", "response_taps"),
-                taps=ShuffleNetV2Cifar.response_taps,
+                taps=StagedNet.response_taps,
                 tiny_options={"channels": [4, 8, 8, 8, 16], "repeats": [1, 2, 1]})
 def shufflenet_v2(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
                   width: float = 1.0, repeats: list[int] | None = None, channels: list[int] | None = None) -> nn.Module:
@@ -113,4 +100,4 @@ def shufflenet_v2(variant: Variant, num_classes: int, in_channels: int, input_sh
     counts = tuple(repeats) if repeats is not None else REPEATS
     if any(not isinstance(n, int) or n < 1 for n in counts):
         raise ValueError(f"repeats must be positive integers, got {list(counts)}")
-    return ShuffleNetV2Cifar(variant, in_channels, num_classes, widths, counts)
+    return shufflenet_v2_cifar(variant, in_channels, num_classes, widths, counts)
