@@ -146,7 +146,7 @@ def _sbm_shape(o: dict) -> tuple[tuple[int, ...], int]:
 
 
 @register_dataset("sbm_graph", DatasetInfo("a stochastic block model graph with class-dependent node features",
-                                             bundled=True, shape=_sbm_shape))
+                                             bundled=True, task="node classification", shape=_sbm_shape))
 def sbm_graph(cfg: Any, replicate: int = 0) -> DataBundle:
     o = check_options("sbm_graph", cfg.options, _SBM)
     if int(o["nodes"]) < 10 or int(o["classes"]) < 2 or not 0 <= o["p_out"] <= 1 or not 0 <= o["p_in"] <= 1:
@@ -201,7 +201,8 @@ def read_dgraphfin(path: Path) -> tuple[Graph, dict[str, torch.Tensor]]:
 
 
 @register_dataset("dgraphfin", DatasetInfo("DGraph-Fin (dgraphfin.npz): 3.7M users, 4.3M edges, fraud or not",
-                                             bundled=False, shape=lambda o: ((17,), 2)))
+                                             bundled=False, task="node classification",
+                                             shape=lambda o: ((17,), 2)))
 def dgraphfin(cfg: Any, replicate: int = 0) -> DataBundle:
     check_options("dgraphfin", cfg.options, {})
     if cfg.val_folds:

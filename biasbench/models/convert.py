@@ -203,10 +203,6 @@ class Plan:
         users = _users_through(gm, node)
         return bool(users) and all(u in self.fate or u in self.absorbed for u in users)
 
-    @property
-    def units(self) -> int:
-        return sum(s.kind != "residual" for sinks_ in self.fate.values() for s in sinks_)
-
 
 def plan(gm: fx.GraphModule, blocked: dict[fx.Node, str] | None = None) -> Plan:
     """Every activation's fate; `blocked`: activations whose units could not be built, and why."""
