@@ -7,7 +7,8 @@ Schema (version 2), top-level keys:
   seed, replicate, recipe (resolved), recipe_path, task (classification | regression),
   epochs_completed, history (one dict per epoch), final (the last epoch's row), best (the
   epoch with the best validation metric and its metrics, and the best test metric over epochs),
-  params (total/trainable, by role), complexity (MACs/FLOPs, where counted), wall_time_s,
+  params (total/trainable, by role), complexity (MACs/FLOPs, where counted), conversion (only
+  for a model `convert` built: what it converted and left), wall_time_s,
   images_per_second (training samples per second, kernel builds excluded), warmup_s (seconds
   spent building kernels before the clock started), predictions (what predictions.npz beside
   the file holds, or null), data (sizes, split), environment (versions, device, precision

@@ -36,6 +36,7 @@ from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, check_writable, ensure_dir, hold_lock, refuse_if_locked, remove_orphans
 from biasbench.losses import Criterion
 from biasbench.models import build_model, model_hooks
+from biasbench.models.convert import conversion
 from biasbench.optim import L2Penalty, build_optimizer, build_scheduler
 from biasbench.params import count_by_role
 from biasbench.predictions import PredictionLog, describe, save_predictions
@@ -200,6 +201,8 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
         state = restore(load_checkpoint(paths.checkpoint), run.parts()) if start.action == "resume" else run.new_state()
         if run.precision_note:
             say(console, run.precision_note)
+        if (converted := conversion(run.model)) is not None:  # a timm: / torchvision: model
+            say(console, converted.line())
         warmup_s = warm_up(run, console)
         tensorboard = TensorBoardLog(paths.tensorboard, state.epoch) if recipe.output.tensorboard and ctx.is_main \
             else None
@@ -338,7 +341,7 @@ def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -
         if len(y) < ctx.world:  # a last batch smaller than the ranks: every rank skips it alike
             continue
         x, y, share = ctx.shard(x, y)
-        if x.dim() == 4:
+        if isinstance(x, torch.Tensor) and x.dim() == 4:  # (not a graph batch)
             x = x.contiguous(memory_format=to_format)
         with run.autocast():
             out = model(x)
@@ -487,6 +490,9 @@ def _complexity(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[st
     """MACs and FLOPs per sample (biasbench.count), or None for a model the counter cannot trace."""
     from biasbench.count import complexity
 
+    hooks = model_hooks(model)
+    if hooks is not None and hooks.spec.inputs == "graphs":
+        return {"error": "not counted: count runs one sample of a fixed shape, a graph model reads a whole graph"}
     try:
         return complexity(model, input_shape)
     except Exception as e:  # counting must never lose a finished run's results
@@ -516,6 +522,7 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
         "best": best_epoch(_evaluated(history), run.bundle.task),
         "params": describe_model(run.model),
         "complexity": _complexity(run.model, run.bundle.input_shape),
+        **({"conversion": converted.to_dict()} if (converted := conversion(run.model)) else {}),
         "wall_time_s": round(wall, 3),
         "images_per_second": round(rate, 1),
         "warmup_s": round(warmup_s, 3),

@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 PAPER_RECIPES = sorted(
     [*RECIPES.glob("abn/**/*.yaml"), *RECIPES.glob("dnrt/**/*.yaml"), *RECIPES.glob("bias_only/**/*.yaml")]
 )
-OFFLINE = {"digits", "mnist1d", "synthetic", "multitask", "periodic_signal"}
+OFFLINE = {"digits", "mnist1d", "synthetic", "multitask", "periodic_signal", "synthetic_images", "sbm_graph"}
 
 
 @pytest.mark.parametrize("path", PAPER_RECIPES, ids=lambda p: str(p.relative_to(RECIPES)))

@@ -148,9 +148,15 @@ def build(model: str, v: Variant, **extra):
                        **{**spec.tiny_options, **extra})
 
 
-def example(model: str) -> torch.Tensor:
+def example(model: str):
     # in [0, 0.49): multitask reads the last column as a task id (0 after rounding)
-    return 0.49 * torch.rand(4, *model_spec(model).tiny_input, generator=torch.Generator().manual_seed(0))
+    x = 0.49 * torch.rand(4, *model_spec(model).tiny_input, generator=torch.Generator().manual_seed(0))
+    if model_spec(model).inputs != "graphs":
+        return x
+    from biasbench.data.graph import GraphBatch  # a graph model: a 4-node ring, logits of every node
+
+    ring = torch.arange(4)
+    return GraphBatch(x, torch.stack([ring, (ring + 1) % 4]), ring)
 
 
 # The parameters that *are* each mechanism (not the weights of the layer it sits in).

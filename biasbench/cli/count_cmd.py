@@ -32,6 +32,9 @@ def _options(pairs: list[str], flag: str) -> dict[str, Any]:
 def _shape(spec: Any, recipe_shape: tuple[int, ...] | None, features: int | None, input_size: int | None,
            in_channels: int | None) -> tuple[int, ...]:
     """The input shape to count, from the flags, the recipe or the model's kind of input."""
+    if spec.inputs == "graphs":
+        raise UserError(f"model `{spec.name}` reads a whole graph; count runs one sample of a fixed shape and "
+                        "does not count graph models (their parameters: biasbench train writes them)")
     if features is not None:
         if input_size is not None or in_channels is not None:
             raise UserError("--features gives a flat input; do not combine it with --input-size / --in-channels")
@@ -56,10 +59,13 @@ def _variants(model: str, variant: str, compare: bool) -> tuple[list[str], dict[
     """The variants to count (baseline first) and, with --compare-variants, why the others do not
     apply. The asked-for variant is always built, with its options: refused with its own reason
     if it must be."""
-    from biasbench.models import applicable_variants
+    from biasbench.models import applicable_variants, list_variants
+    from biasbench.models.library import is_library_name
 
     if not compare:
         return list(dict.fromkeys(["baseline", variant])), {}
+    if is_library_name(model):  # only converting tells which apply: refusals come while counting
+        return list(dict.fromkeys(["baseline", variant, *list_variants()])), {}
     reasons = applicable_variants(model)
     refused = {v: why for v, why in reasons.items() if why and v != variant}
     return list(dict.fromkeys(v for v in ["baseline", variant, *sorted(reasons)] if v not in refused)), refused
@@ -69,19 +75,29 @@ def _count(model_name: str, variant: str, variant_options: dict, options: dict, 
            num_classes: int) -> dict[str, Any]:
     from biasbench.count import count_built
     from biasbench.models import build_model
+    from biasbench.models.convert import conversion
 
-    return count_built(lambda: build_model(model_name, variant, num_classes=num_classes, in_channels=input_shape[0],
-                                           input_shape=input_shape, variant_options=variant_options, **options),
-                       input_shape)
+    built = []
+
+    def build():
+        built.append(build_model(model_name, variant, num_classes=num_classes, in_channels=input_shape[0],
+                                 input_shape=input_shape, variant_options=variant_options, **options))
+        return built[-1]
+
+    row = count_built(build, input_shape)
+    report = conversion(built[-1])
+    return {**row, "conversion": report.to_dict()} if report else row
 
 
 @app.command(epilog="Examples:\n\n  biasbench count --model resnet20_v2 --variant dac --input-size 80\n\n"
                     "  biasbench count --model resnet20_v2 --option width=4 --compare-variants\n\n"
                     "  biasbench count --model mlp --features 14 --option depth=8 --option width=200 --variant dac\n\n"
+                    "  biasbench count --model torchvision:resnet18 --variant dac --compare-variants\n\n"
                     "  biasbench count recipes/resnet32_dac.yaml --json")
 def count(
     recipe_path: Path | None = typer.Argument(None, metavar="[RECIPE.yaml]", help="Count the recipe's model."),
-    model: str | None = typer.Option(None, "--model", help="Model name (`biasbench list models`)."),
+    model: str | None = typer.Option(None, "--model", help="Model name (`biasbench list models`), or "
+                                                          "timm:NAME / torchvision:NAME (converted)."),
     variant: str | None = typer.Option(None, "--variant", help="Variant (`biasbench list variants`)."),
     input_size: int | None = typer.Option(None, "--input-size", min=1, help="Image side in pixels (default 32)."),
     num_classes: int | None = typer.Option(None, "--num-classes", min=1, help="Outputs (default 10)."),
@@ -116,8 +132,14 @@ def count(
     classes = num_classes or classes
 
     names, refused = _variants(model, variant, compare_variants)
-    rows = {name: _count(model, name, v_options if name == variant else {}, options, shape, classes)
-            for name in names}
+    rows = {}
+    for name in names:
+        try:
+            rows[name] = _count(model, name, v_options if name == variant else {}, options, shape, classes)
+        except UserError as e:
+            if name in ("baseline", variant) or not compare_variants:
+                raise
+            refused[name] = str(e)  # a library model: its conversion says why
     for row in rows.values():
         row["vs_baseline"] = ratios(row, rows["baseline"])
 
@@ -157,4 +179,10 @@ def _print_table(model: str, shape: tuple[int, ...], classes: int, rows: dict[st
                      f"{listed}")
     for name, why in refused.items():
         notes.append(f"not applicable: {name}: {why}")
+    for name, r in rows.items():
+        if "conversion" in r and name != "baseline":
+            from biasbench.models.convert import Conversion
+
+            notes.append(Conversion(**{**r["conversion"], "left": tuple((d["node"], d["reason"])
+                                                                        for d in r["conversion"]["left"])}).line())
     print_table(f"{model}, input {'x'.join(map(str, shape))}, {classes} outputs", headers, table, notes)

@@ -18,7 +18,7 @@ import contextlib
 import os
 import random
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from biasbench.data.augment import (
     no_augment,
 )
 from biasbench.errors import UserError
+
+if TYPE_CHECKING:
+    from biasbench.data.graph import GraphLoader
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -267,7 +270,7 @@ class FileEvalLoader:
 
 
 def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.device, seed: int,
-                      workers: int | None = None) -> TensorLoader | ImageLoader:
+                      workers: int | None = None) -> TensorLoader | ImageLoader | GraphLoader:
     """The training batches for a recipe's `data` section.
 
     Batched augmentations (`none`, `crop_flip`) give a `TensorLoader`; per-image pipelines
@@ -275,6 +278,10 @@ def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.de
     8, one per core). Either offers `set_epoch(e)`, `__len__`, `__iter__` yielding (x, y) on
     `device`, and attributes `device` and `y` (the training targets).
     """
+    from biasbench.data.graph import GraphSplit, graph_loader
+
+    if isinstance(bundle.train, GraphSplit):  # node classification: the whole graph in every batch
+        return graph_loader(bundle.train, cfg, batch_size, device, shuffle=True, seed=seed)
     aug = get_augment(cfg.augment)
     if isinstance(aug, PerImageAugment):
         workers = workers if workers is not None else cfg.workers
@@ -286,11 +293,15 @@ def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.de
 
 
 def make_eval_loader(bundle: DataBundle, split: Split | FileSplit, cfg, batch_size: int,
-                     device: torch.device) -> TensorLoader | FileEvalLoader:
+                     device: torch.device) -> TensorLoader | FileEvalLoader | GraphLoader:
     """Evaluation batches of a split, in order: in-memory splits are already transformed (see
     `build_data`); image files get the pipeline's evaluation transform as they are read."""
+    from biasbench.data.graph import GraphSplit, graph_loader
+
     if isinstance(split, Split):
         return TensorLoader(bundle, split, batch_size, device)
+    if isinstance(split, GraphSplit):
+        return graph_loader(split, cfg, batch_size, device)
     aug = get_augment(cfg.augment)
     transform = aug.eval(bundle.input_shape[-1], augment_options(cfg.augment, cfg.augment_options))
     return FileEvalLoader(bundle, split, batch_size, device, transform, workers=cfg.workers)

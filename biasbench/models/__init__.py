@@ -31,6 +31,7 @@ from biasbench.models.contract import (
     model_hooks,
     refusal,
 )
+from biasbench.models.library import build_library_model, is_library_name, library_spec
 from biasbench.models.variants import VARIANTS, Variant, build_variant
 from biasbench.registry import Registry
 
@@ -38,7 +39,7 @@ ModelBuilder = Callable[..., nn.Module]
 MODELS: Registry[ModelSpec] = Registry("model")
 _FIXED = ("variant", "num_classes", "in_channels", "input_shape")
 
-__all__ = ["MODELS", "ModelSpec", "Taps", "build_model", "list_models", "list_variants", "model_hooks",
+__all__ = ["MODELS", "ModelSpec", "Taps", "build_model", "convert", "list_models", "list_variants", "model_hooks",
            "model_options", "model_spec", "register_model", "applicable_variants", "applicability"]
 
 
@@ -59,6 +60,8 @@ def register_model(name: str, *, summary: str, inputs: InputKind, offers: Iterab
 
 
 def model_spec(name: str) -> ModelSpec:
+    if is_library_name(name):  # timm:NAME, torchvision:NAME (models/library.py)
+        return library_spec(name)
     return MODELS.get(name)
 
 
@@ -71,6 +74,9 @@ def model_options(name: str) -> dict[str, Any]:
 def build_model(name: str, variant: str | Variant = "baseline", num_classes: int = 10, in_channels: int = 3,
                 input_shape: tuple[int, ...] | None = None, variant_options: dict[str, Any] | None = None,
                 **options: Any) -> nn.Module:
+    if is_library_name(name):  # built by timm / torchvision, the variant applied by convert
+        return build_library_model(name, variant, num_classes, in_channels, tuple(input_shape or (in_channels,)),
+                                   variant_options, **options)
     spec = MODELS.get(name)
     known = model_options(name)
     for key in options:
@@ -135,3 +141,7 @@ import sys as _sys  # noqa: E402
 from biasbench.plugins import import_submodules as _import_submodules  # noqa: E402
 
 _import_submodules(_sys.modules[__name__])
+
+# `biasbench.models.convert` is the function (a variant applied to any traceable module, by the
+# DAC paper's rule), not its module of the same name, which importing the modules above bound.
+from biasbench.models.convert import convert  # noqa: E402

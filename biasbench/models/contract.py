@@ -40,11 +40,12 @@ CAPABILITIES: Mapping[str, str] = MappingProxyType({
     "stages": "is placed by stage (option `stages`)",
 })
 
-InputKind = Literal["images", "features", "sequences", "task_rows"]
+InputKind = Literal["images", "features", "sequences", "task_rows", "graphs"]
 INPUT_SHAPES: Mapping[str, str] = MappingProxyType({
     "images": "(C, H, W)", "features": "(F,)", "sequences": "(L, F)", "task_rows": "(F + 1,): features, task id",
+    "graphs": "(F,) per node, with edges (data/graph.py)",
 })
-_INPUT_DIMS = {"images": 3, "features": 1, "sequences": 2, "task_rows": 1}
+_INPUT_DIMS = {"images": 3, "features": 1, "sequences": 2, "task_rows": 1, "graphs": 1}
 
 
 @dataclass(frozen=True)
