@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 
 from biasbench.cli.app import app
 from biasbench.env import resolve_device
 from biasbench.errors import UserError
-from biasbench.recipe import Recipe, load_recipe
+from biasbench.recipe import Recipe, load_recipe, recipe_yaml
 from biasbench.runlog import say
 from biasbench.termtable import print_table
 
@@ -125,21 +124,6 @@ def resolve_recipe(path: Path, sets: list[str], *, seed: int | None = None, repl
 # ---------------------------------------------------------------------------------------------
 
 
-def recipe_yaml(recipe: Recipe) -> str:
-    """The resolved recipe as YAML (every key, defaults included)."""
-    doc = recipe.to_dict()
-    doc.pop("source", None)
-    return yaml.safe_dump(_plain(doc), sort_keys=False, default_flow_style=False, width=78)
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def print_dry_run(recipe: Recipe, notes: list[str], resume: bool, overwrite: bool) -> None:
     import textwrap
 
@@ -152,7 +136,7 @@ def print_dry_run(recipe: Recipe, notes: list[str], resume: bool, overwrite: boo
     comment(f"resolved recipe (from {recipe.source}); --dry-run trains nothing")
     for note in notes:
         comment(note)
-    print(recipe_yaml(recipe), end="")
+    print(recipe_yaml(recipe), end="")  # as `biasbench recipe show` prints it
     comment(f"{recipe.train.replicates} run folder(s):")
     for r in range(recipe.train.replicates):
         seed = recipe.train.seed + r
