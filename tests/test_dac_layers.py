@@ -590,3 +590,58 @@ def test_triton_kernel_matches_reference_in_interpreter():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and f"ok {len(TRITON_CASES)}" in proc.stdout, proc.stderr[-3000:]
+
+
+# -- the Triton kernel on a GPU (benchmarks/gpu_check.sh runs these: pytest -k cuda) -----------
+
+# (in, out, spatial size, stride) of every 3x3 conv shape in a CIFAR ResNet20
+RESNET20_CONVS = [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", RESNET20_CONVS, ids=lambda c: "x".join(map(str, c)))
+def test_triton_kernel_on_cuda_matches_reference(case, dtype):
+    from biasbench.kernels import dac_triton
+    cin, cout, hw, stride = case
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = torch.randn(4, cin, hw, hw, device="cuda", generator=g).to(dtype).requires_grad_()
+    w = (torch.randn(cout, cin, 3, 3, device="cuda", generator=g) / (9 * cin) ** 0.5).to(dtype).requires_grad_()
+    b = (torch.randn(cout, cin, device="cuda", generator=g) * 0.5).to(dtype).requires_grad_()
+    out = dac_triton.dac_conv2d(z, w, b, stride, 1)
+    assert out.dtype == dtype and type(out.grad_fn).__name__.startswith("_DACConvTriton")
+    # the truth: the chunked path in float64 on the same (rounded) inputs
+    z64, w64, b64 = (t.detach().double().requires_grad_() for t in (z, w, b))
+    ref = dac_conv2d_chunked(z64, w64, b64, stride, 1, torch.relu)
+    grad = torch.randn(ref.shape, device="cuda", generator=g).to(dtype)
+    got = [out, *torch.autograd.grad(out, [z, w, b], grad)]
+    want = [ref, *torch.autograd.grad(ref, [z64, w64, b64], grad.double())]
+    rel = 1e-4 if dtype == torch.float32 else 2e-2  # bf16 keeps 8 bits: outputs rounded once
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), e, rtol=rel, atol=rel * e.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_layers_on_cuda_take_the_triton_kernel():
+    layer = _conv_layer(3, 5, 3, 2, 1, "kernel", impl="auto", dtype=torch.float32).cuda()
+    z = torch.randn(2, 3, 9, 9, device="cuda", requires_grad=True)
+    out = layer(z)
+    assert type(out.grad_fn).__name__.startswith("_DACConvTriton")
+    torch.testing.assert_close(out, dac_conv2d_reference(z, layer.weight, layer.unshared_bias, 2, 1))
+
+
+def test_fused_kernels_run_in_float32_under_cpu_autocast():
+    # The C++ kernels have no bfloat16 path: under CPU autocast the layers hand them float32
+    # (as autocast runs a float32 op) instead of failing on mixed dtypes.
+    _cpp_or_skip()
+    _linear_cpp_or_skip()
+    conv = _conv_layer(3, 19, 3, 2, 1, "kernel", impl="auto", dtype=torch.float32)
+    dense = _linear_layer(13, 7, "auto", torch.float32)
+    for layer, shape, node in ((conv, (2, 3, 7, 5), "_DACConvCPU"), (dense, (4, 13), "_DACLinearCPU")):
+        z = torch.randn(shape).to(torch.bfloat16).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(z)
+        assert out.dtype == torch.float32 and any(n.startswith(node) for n in _autograd_names(out))
+        torch.testing.assert_close(out, layer(z.detach().float()))
+        out.sum().backward()
+        assert z.grad is not None and z.grad.dtype == torch.bfloat16

@@ -129,3 +129,15 @@ def test_falls_back_to_the_reference_when_the_build_fails(monkeypatch):
     with pytest.warns(RuntimeWarning, match="RAA C\\+\\+ kernel .* unavailable"):
         out = layer(x)
     torch.testing.assert_close(out, raa_reference(x, layer.weight, layer.bias, "gelu", True))
+
+
+def test_fused_kernel_runs_in_float32_under_cpu_autocast():
+    _isas()
+    layer = RAA(16, "gelu")
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.1)
+    x = torch.randn(3, 5, 16).to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32 and any(n.startswith("_RAACPU") for n in _autograd_names(out))
+    torch.testing.assert_close(out, raa_reference(x.detach().float(), layer.weight, layer.bias, "gelu", False))

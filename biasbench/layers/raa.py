@@ -9,9 +9,9 @@ Two implementations compute it: `raa_reference` (the formula in PyTorch operator
 the input, the shift, x + s and erf's output) and the fused C++ kernel on the CPU
 (`biasbench/kernels/raa_cpu.cpp`: one pass computes the shift and the activation, backward keeps
 only the input and the shift). A module's `impl` attribute picks one: "auto" (the kernel for
-float32 / float64 CPU tensors when it built, the reference otherwise, and always while tracing,
-so `biasbench count` sees the shift's multiply-adds), "cpp" or "reference". See
-docs/dac_layers.md for speed and memory.
+float32 / float64 CPU tensors, in float32 under CPU autocast, when it built; the reference
+otherwise, and always while tracing, so `biasbench count` sees the shift's multiply-adds),
+"cpp" or "reference". See docs/dac_layers.md for speed and memory.
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ def raa_function(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, form
         raise ValueError(f"RAA impl must be auto, cpp or reference, got {impl!r}")
     if impl != "reference" and not torch.jit.is_tracing():
         from biasbench.kernels import raa_cpu
-        fits = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and weight.dtype == x.dtype)
+        from biasbench.layers.dac_dispatch import autocast_inputs
+        xc, wc, bc = autocast_inputs(x, weight, bias)  # CPU autocast: float32, as for DAC
+        fits = x.device.type == "cpu" and xc.dtype in (torch.float32, torch.float64) and wc.dtype == xc.dtype
         if fits and raa_cpu.available():
-            return raa_cpu.raa(x, weight, bias, form == "gelu", two_d)
+            return raa_cpu.raa(xc, wc, bc, form == "gelu", two_d)
         if impl == "cpp":
             raise RuntimeError(f"RAA impl 'cpp' cannot run here (device={x.device}, dtype={x.dtype}, "
                                f"kernel built: {raa_cpu.available()})")
