@@ -80,11 +80,12 @@ def cpu_info() -> str:
     return f"{platform.processor()} {platform.machine()}"
 
 
-def cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
     for line in cpu_info().splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def native_isa() -> str:
