@@ -492,8 +492,27 @@ inline typename V<T>::type hsum_block(const T* M) {
   return buf[0];
 }
 
+// Where one input row's d = relu'(A) * t goes: the lane sums dr (the first i-block stores, later
+// ones add) and db, as two partial sums (a shorter add chain).
+template <typename T, bool FIRST>
+struct DRow {
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  const T* arow;
+  T* dr;
+  VT dbs[2];
+  DRow(const T* a, T* d, VT db) : arow(a), dr(d), dbs{db, Vt::splat(T(0))} {}
+  inline void put(int x, VT t) {
+    const VT d = Vt::mask(Vt::load(arow + int64_t(x) * Vt::L), t);
+    T* dp = dr + int64_t(x) * Vt::L;
+    Vt::store(dp, FIRST ? d : Vt::load(dp) + d);
+    dbs[x & 1] += d;
+  }
+  VT total() const { return dbs[0] + dbs[1]; }
+};
+
 // Stride 1, one input row: d[x] = relu'(A[x]) * sum_(a,b) W[a,b] G[x - b - a*gs] for x < W,
-// added into the lane sums dr (FIRST: stored) and into db. g0 points at G for x = 0. M
+// into DRow. g0 points at G for x = 0. M
 // positions at a time: each gradient column is loaded once per tap row and feeds every (m, b)
 // it serves (K FMAs per load), and the M sums are independent FMA chains.
 template <typename T, int K, int M, bool FIRST>
@@ -502,13 +521,7 @@ inline void drow1(const typename V<T>::type* wr, const T* g0, int64_t gs, const 
   using Vt = V<T>;
   using VT = typename Vt::type;
   constexpr int L = Vt::L;
-  VT dbs[2] = {db, Vt::splat(T(0))};  // two partial sums: shorter add chain
-  auto put = [&](int x, VT t) {
-    const VT d = Vt::mask(Vt::load(arow + int64_t(x) * L), t);
-    T* dp = dr + int64_t(x) * L;
-    Vt::store(dp, FIRST ? d : Vt::load(dp) + d);
-    dbs[x & 1] += d;
-  };
+  DRow<T, FIRST> out(arow, dr, db);
   int x = 0;
   for (; x + M <= W; x += M) {
     VT t[M];
@@ -527,15 +540,15 @@ inline void drow1(const typename V<T>::type* wr, const T* g0, int64_t gs, const 
         }
       }
 #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) put(x + m, t[m]);
+    for (int m = 0; m < M; ++m) out.put(x + m, t[m]);
   }
   for (; x < W; ++x) {
     VT t = Vt::splat(T(0));
     for (int a = 0; a < K; ++a)
       for (int b = 0; b < K; ++b) t += wr[a * K + b] * Vt::load(g0 + int64_t(x - b) * L - a * gs);
-    put(x, t);
+    out.put(x, t);
   }
-  db = dbs[0] + dbs[1];
+  db = out.total();
 }
 
 // Stride 2, one input row u (row phase RA = u % 2, column phase P0 = pad % 2 of x = 0): the
@@ -552,13 +565,7 @@ inline void drow2(const typename V<T>::type* wr, const T* g0, int64_t gs, const 
   constexpr int L = Vt::L;
   static_assert(M % 2 == 0, "whole column pairs");
   constexpr int CMIN = (P0 - (K - 1) - 1) / 2, CMAX = (P0 + M - 1) / 2;  // gradient columns read
-  VT dbs[2] = {db, Vt::splat(T(0))};
-  auto put = [&](int x, VT t) {
-    const VT d = Vt::mask(Vt::load(arow + int64_t(x) * L), t);
-    T* dp = dr + int64_t(x) * L;
-    Vt::store(dp, FIRST ? d : Vt::load(dp) + d);
-    dbs[x & 1] += d;
-  };
+  DRow<T, FIRST> out(arow, dr, db);
   int x = 0;
   for (; x + M <= W; x += M) {
     VT t[M];
@@ -583,7 +590,7 @@ inline void drow2(const typename V<T>::type* wr, const T* g0, int64_t gs, const 
             if ((P0 + m - b) % 2 == 0 && (P0 + m - b) / 2 == c) t[m] += wr[a * K + b] * v;
       }
 #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) put(x + m, t[m]);
+    for (int m = 0; m < M; ++m) out.put(x + m, t[m]);
   }
   for (; x < W; ++x) {  // the last positions: the same sums, taps chosen at run time
     VT t = Vt::splat(T(0));
@@ -591,9 +598,9 @@ inline void drow2(const typename V<T>::type* wr, const T* g0, int64_t gs, const 
     for (int a = RA; a < K; a += 2)
       for (int b = v % 2; b < K; b += 2)
         t += wr[a * K + b] * Vt::load(g0 - ((a - RA) / 2) * gs + int64_t((v - b) / 2 - base) * L);
-    put(x, t);
+    out.put(x, t);
   }
-  db = dbs[0] + dbs[1];
+  db = out.total();
 }
 
 // dW[a,b] += sum_p grad[p] * A[p*s + (a,b)] for one (sample, i-block, j): K*K accumulators,

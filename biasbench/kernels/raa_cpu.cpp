@@ -47,7 +47,30 @@ struct S1 {
   static inline type exp(type v) { return std::exp(v); }
 };
 
-// V<T> plus erf and exp: Sleef's 1-ulp versions where torch ships them, lane by lane otherwise.
+// The body of a vector math function `name`: Sleef's 1-ulp version for this width and type where
+// torch ships Sleef, std::name lane by lane otherwise.
+#if BIASBENCH_SLEEF && defined(__AVX512F__)
+#define SLEEF_512(name)                                                                              \
+  if constexpr (simd::kBytes == 64 && sizeof(T) == 4) return (type)Sleef_##name##f16_u10((__m512)v); \
+  if constexpr (simd::kBytes == 64 && sizeof(T) == 8) return (type)Sleef_##name##d8_u10((__m512d)v);
+#else
+#define SLEEF_512(name)
+#endif
+#if BIASBENCH_SLEEF
+#define SLEEF_256(name)                                                                              \
+  if constexpr (simd::kBytes == 32 && sizeof(T) == 4) return (type)Sleef_##name##f8_u10((__m256)v);  \
+  if constexpr (simd::kBytes == 32 && sizeof(T) == 8) return (type)Sleef_##name##d4_u10((__m256d)v);
+#else
+#define SLEEF_256(name)
+#endif
+#define VECTOR_MATH(name)                              \
+  static inline type name(type v) {                   \
+    SLEEF_512(name)                                    \
+    SLEEF_256(name)                                    \
+    return each(v, [](T x) { return std::name(x); }); \
+  }
+
+// V<T> plus erf and exp.
 template <typename T>
 struct W : simd::V<T> {
   using Vt = simd::V<T>;
@@ -57,28 +80,8 @@ struct W : simd::V<T> {
     for (int l = 0; l < Vt::L; ++l) v[l] = f(v[l]);
     return v;
   }
-  static inline type erf(type v) {
-#if BIASBENCH_SLEEF
-#if defined(__AVX512F__)
-    if constexpr (simd::kBytes == 64 && sizeof(T) == 4) return (type)Sleef_erff16_u10((__m512)v);
-    if constexpr (simd::kBytes == 64 && sizeof(T) == 8) return (type)Sleef_erfd8_u10((__m512d)v);
-#endif
-    if constexpr (simd::kBytes == 32 && sizeof(T) == 4) return (type)Sleef_erff8_u10((__m256)v);
-    if constexpr (simd::kBytes == 32 && sizeof(T) == 8) return (type)Sleef_erfd4_u10((__m256d)v);
-#endif
-    return each(v, [](T x) { return std::erf(x); });
-  }
-  static inline type exp(type v) {
-#if BIASBENCH_SLEEF
-#if defined(__AVX512F__)
-    if constexpr (simd::kBytes == 64 && sizeof(T) == 4) return (type)Sleef_expf16_u10((__m512)v);
-    if constexpr (simd::kBytes == 64 && sizeof(T) == 8) return (type)Sleef_expd8_u10((__m512d)v);
-#endif
-    if constexpr (simd::kBytes == 32 && sizeof(T) == 4) return (type)Sleef_expf8_u10((__m256)v);
-    if constexpr (simd::kBytes == 32 && sizeof(T) == 8) return (type)Sleef_expd4_u10((__m256d)v);
-#endif
-    return each(v, [](T x) { return std::exp(x); });
-  }
+  VECTOR_MATH(erf)
+  VECTOR_MATH(exp)
 };
 
 // Phi(u) = (1 + erf(u / sqrt 2)) / 2 and phi(u) = exp(-u^2 / 2) / sqrt(2 pi). float vectors use
@@ -137,6 +140,20 @@ inline typename Vt::type grad_parts(typename Vt::type x, typename Vt::type s, ty
 
 // Same rule as the DAC kernels: min(vectors, 32) chunks of consecutive vectors (samples for 2-d).
 inline int64_t chunks_for(int64_t n) { return std::max<int64_t>(1, std::min<int64_t>(n, 32)); }
+
+// dw[c] and db as the sums of the chunks' partial sums (nch x C and nch), in chunk order.
+template <typename T>
+void add_chunks(const std::vector<T>& part_w, const std::vector<T>& part_b, int64_t nch, int64_t C, T* gw,
+                T* gb) {
+  for (int64_t c = 0; c < C; ++c) {
+    T acc = T(0);
+    for (int64_t ch = 0; ch < nch; ++ch) acc += part_w[ch * C + c];
+    gw[c] = acc;
+  }
+  T acc = T(0);
+  for (int64_t ch = 0; ch < nch; ++ch) acc += part_b[ch];
+  gb[0] = acc;
+}
 
 // ---- 2-d: x (N, C, P), vectors over positions, a block of up to Q vectors of positions -------
 
@@ -244,14 +261,7 @@ void backward2d(const T* x, const T* s, const T* w, const T* gy, T* gx, T* gw, T
       part_b[ch] = W<T>::sum(dbv) + dbs;
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    T acc = T(0);
-    for (int64_t ch = 0; ch < nch; ++ch) acc += part_w[ch * C + c];
-    gw[c] = acc;
-  }
-  T acc = T(0);
-  for (int64_t ch = 0; ch < nch; ++ch) acc += part_b[ch];
-  gb[0] = acc;
+  add_chunks(part_w, part_b, nch, C, gw, gb);
 }
 
 // ---- 1-d: x (M, C), vectors over the features of one row -------------------------------------
@@ -335,14 +345,7 @@ void backward1d(const T* x, const T* s, const T* w, const T* gy, T* gx, T* gw, T
       part_b[ch] = db;
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    T acc = T(0);
-    for (int64_t ch = 0; ch < nch; ++ch) acc += part_w[ch * C + c];
-    gw[c] = acc;
-  }
-  T acc = T(0);
-  for (int64_t ch = 0; ch < nch; ++ch) acc += part_b[ch];
-  gb[0] = acc;
+  add_chunks(part_w, part_b, nch, C, gw, gb);
 }
 
 // ---- operators ----------------------------------------------------------------------------------
