@@ -43,17 +43,18 @@ from machine import ISA_ENV, cpu_name, describe, kernel_paths, loadavg, reexec_f
 from peak_memory import peak_step_bytes, run_child  # noqa: E402  (benchmarks/)
 
 from biasbench.losses import Criterion  # noqa: E402
-from biasbench.models import build_model, list_variants  # noqa: E402
+from biasbench.models import build_model, list_variants, model_options  # noqa: E402
 from biasbench.models.variants import VARIANTS  # noqa: E402
 
 DEFAULT_VARIANTS = "baseline,dac,preact,mba,raa,dnrt"
 # The README's performance table: ResNet20 v1 in every variant on 1 and 2 threads (ReLU, the DAC
-# paper's setting), the DNRT variants against the GELU baseline on ResNet20 and ViT-Tiny.
+# paper's setting); RAA against the GELU baseline on ResNet20 (which has no response layers for
+# ARR), and RAA and DNRT (RAA + ARR) on DNRT's own models, ResNet-18 and ViT-Tiny.
 PRESETS = {
     "readme": [
         {"model": "resnet20_v1", "variants": "all", "activation": "relu", "threads": [1, 2], "batch": 128},
-        {"model": "resnet20_v1", "variants": "baseline,raa,dnrt", "activation": "gelu", "threads": [2],
-         "batch": 128},
+        {"model": "resnet20_v1", "variants": "baseline,raa", "activation": "gelu", "threads": [2], "batch": 128},
+        {"model": "resnet18", "variants": "baseline,raa,dnrt", "activation": "gelu", "threads": [2], "batch": 32},
         {"model": "vit_tiny_patch4", "variants": "baseline,raa,dnrt", "activation": "gelu", "threads": [2],
          "batch": 64},
     ],
@@ -64,9 +65,12 @@ SCHEMA = "biasbench-variant-step/1"
 # -- one section: a model, an activation, a thread count ---------------------------------------
 
 def build(sec: dict, variant: str) -> torch.nn.Module:
+    """The section's activation reaches every variant (a variant option) and the model, where the
+    model has an `activation` option of its own (resnet18, vit_tiny_patch4), which wins."""
     s = sec["input_size"]
+    own = {"activation": sec["activation"]} if "activation" in model_options(sec["model"]) else {}
     return build_model(sec["model"], variant, num_classes=10, in_channels=3, input_shape=(3, s, s),
-                       variant_options={"activation": sec["activation"]})
+                       variant_options={"activation": sec["activation"]}, **own)
 
 
 def loss_terms(model: torch.nn.Module) -> dict:
