@@ -5,7 +5,8 @@ nn.Linear on the DAC paper's SGEMM MLP shapes (141x141, 200x200, 250x250) at --d
 Whole models: benchmarks/variant_step.py (the one place the step ratios come from).
 
     .venv/bin/python benchmarks/dac_layers.py [--batch 128] [--dense-batch 256] [--reps 9]
-        [--impl auto|cpp|chunked|triton] [--threads N] [--isa avx2] [--no-memory] [--json out.json]
+        [--impl auto|cpp|chunked|triton] [--threads N] [--isa avx2] [--clock wall|cpu] [--no-memory]
+        [--json out.json]
 
 Time: forward + backward of one layer, plain and DAC interleaved run by run so that load from
 other processes hits both alike; `time` is the ratio of the medians, `min` of the fastest runs
@@ -28,7 +29,6 @@ import json
 import statistics
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ISA_ENV, describe, kernel_paths, loadavg, reexec_for_isa  # noqa: E402  (benchmarks/)
+from machine import CLOCKS, ISA_ENV, describe, kernel_paths, loadavg, reexec_for_isa  # noqa: E402  (benchmarks/)
 from peak_memory import peak_step_bytes, run_child  # noqa: E402
 
 from biasbench.layers import DACConv2d, DACLinear  # noqa: E402
@@ -102,14 +102,16 @@ def cases(args) -> list[tuple[str, Callable[[bool], Callable[[], None]]]]:
     return out
 
 
-def time_pair(plain: Callable[[], None], dac: Callable[[], None], reps: int) -> tuple[list[float], list[float]]:
+def time_pair(plain: Callable[[], None], dac: Callable[[], None], reps: int,
+              clock: str) -> tuple[list[float], list[float]]:
+    now = CLOCKS[clock]
     plain(), dac()  # warm-up: lazy init, kernel compilation, allocator
     tp, td = [], []
     for _ in range(reps):
         for fn, acc in ((plain, tp), (dac, td)):
-            t = time.perf_counter()
+            t = now()
             fn()
-            acc.append(time.perf_counter() - t)
+            acc.append(now() - t)
     return tp, td
 
 
@@ -134,6 +136,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--dense-batch", type=int, default=256, help="batch of the dense rows")
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: elapsed; cpu: process CPU time, steadier on a shared machine")
     ap.add_argument("--impl", default="auto", choices=["auto", "cpp", "chunked", "triton"])
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--isa", choices=sorted(ISA_ENV), help="run as on a CPU without AVX-512 (benchmarks/machine.py)")
@@ -158,7 +162,7 @@ def main() -> None:
     mem = measure_memory(args) if args.memory else None
     rows, records = [], []
     for name, make in cases(args):
-        tp, td = time_pair(make(False), make(True), args.reps)
+        tp, td = time_pair(make(False), make(True), args.reps, args.clock)
         mp_, md_ = statistics.median(tp), statistics.median(td)
         rec = {"case": name, "plain_s": mp_, "dac_s": md_, "time_ratio": md_ / mp_,
                "time_ratio_min": min(td) / min(tp)}
@@ -172,11 +176,12 @@ def main() -> None:
         gc.collect()
     kernels = kernel_paths()
     meta = {"machine": describe(args.isa, kernels), "batch": args.batch, "dense_batch": args.dense_batch,
-            "reps": args.reps, "impl": impl, "dense_impl": dense_impl, "torch": torch.__version__,
+            "reps": args.reps, "clock": args.clock, "impl": impl, "dense_impl": dense_impl, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": "cpu", "isa_limit": args.isa, "kernels": kernels,
             "loadavg_before": load_before, "loadavg_after": loadavg()}
     print(textwrap.fill(f"DAC vs ReLU+conv / ReLU+Linear, batch {args.batch} (dense {args.dense_batch}), "
-                        f"impl={impl} (dense {dense_impl}), {meta['threads']} threads, {args.reps} runs; "
+                        f"impl={impl} (dense {dense_impl}), {meta['threads']} threads, {args.reps} runs, "
+                        f"{args.clock} clock; "
                         f"{meta['machine']}", 80, break_on_hyphens=False))
     headers = ["case", "plain ms", "DAC ms", "time", "min", "memory"]
     if sys.stdout.isatty():

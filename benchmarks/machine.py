@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 ISA_ENV = {"avx2": {"BIASBENCH_CPU_ISA": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
@@ -23,6 +24,13 @@ def reexec_for_isa(isa: str | None) -> None:
     if isa is None or all(os.environ.get(k) == v for k, v in ISA_ENV[isa].items()):
         return
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ISA_ENV[isa]})
+
+
+# --clock: `wall` (perf_counter, what a user waits) or `cpu` (process_time: CPU seconds of all
+# this process's threads). On a shared machine another process's load stretches wall time but
+# not CPU time; with one thread, CPU time is the step's own work. With several threads it sums
+# them (spin-waits at barriers included), so it measures work, not latency.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def loadavg() -> str | None:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/variant_step.py [--model resnet20_v1[,vit_tiny_patch4]]
         [--variants baseline,dac,preact,mba,raa,dnrt|all] [--activation relu|gelu] [--batch 128]
         [--input-size 32] [--reps 7] [--threads 1,2] [--device cpu|cuda] [--amp bf16]
-        [--channels-last] [--compile] [--no-memory] [--json out.json] [--markdown]
+        [--channels-last] [--compile] [--clock wall|cpu] [--no-memory] [--json out.json] [--markdown]
     .venv/bin/python benchmarks/variant_step.py --preset readme --json readme.json   # README table
     .venv/bin/python benchmarks/variant_step.py --from-json readme.json --markdown   # table again
 
@@ -31,7 +31,6 @@ import platform
 import statistics
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import ISA_ENV, cpu_name, describe, kernel_paths, loadavg, reexec_for_isa  # noqa: E402
+from machine import CLOCKS, ISA_ENV, cpu_name, describe, kernel_paths, loadavg, reexec_for_isa  # noqa: E402
 from peak_memory import peak_step_bytes, run_child  # noqa: E402  (benchmarks/)
 
 from biasbench.losses import Criterion  # noqa: E402
@@ -126,7 +125,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_all(steps: dict[str, Callable[[], None]], reps: int, device: str) -> dict[str, list[float]]:
+def time_all(steps: dict[str, Callable[[], None]], reps: int, device: str, clock: str) -> dict[str, list[float]]:
+    now = CLOCKS[clock]
     for fn in steps.values():  # warm-up: lazy init, kernel builds, compilation, allocator
         fn()
         fn()
@@ -135,10 +135,10 @@ def time_all(steps: dict[str, Callable[[], None]], reps: int, device: str) -> di
     for _ in range(reps):
         for name, fn in steps.items():
             sync(device)
-            t = time.perf_counter()
+            t = now()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - t)
+            times[name].append(now() - t)
     return times
 
 
@@ -176,7 +176,7 @@ def memory_child(sec: dict, names: list[str]) -> None:
     print(json.dumps(res))
 
 
-def run_section(sec: dict, reps: int, with_memory: bool) -> dict:
+def run_section(sec: dict, reps: int, with_memory: bool, clock: str) -> dict:
     torch.set_num_threads(sec["threads"])
     given = sec["variants"]
     wanted = list_variants() if given == "all" else [v.strip() for v in given.split(",") if v.strip()]
@@ -188,7 +188,7 @@ def run_section(sec: dict, reps: int, with_memory: bool) -> dict:
     mem = memory(sec, names) if with_memory else None
     steps = {name: make_step(sec, name) for name in names}
     params = {name: sum(p.numel() for p in build(sec, name).parameters()) for name in names}
-    times = time_all(steps, reps, sec["device"])
+    times = time_all(steps, reps, sec["device"], clock)
     med = {n: statistics.median(ts) for n, ts in times.items()}
     low = {n: min(ts) for n, ts in times.items()}
     records = []
@@ -200,7 +200,7 @@ def run_section(sec: dict, reps: int, with_memory: bool) -> dict:
             rec["peak_bytes"] = mem[name]
             rec["memory_ratio"] = mem[name] / mem["baseline"] if mem["baseline"] else None
         records.append(rec)
-    return {**sec, "reps": reps, "loadavg_before": load_before, "loadavg_after": loadavg(),
+    return {**sec, "reps": reps, "clock": clock, "loadavg_before": load_before, "loadavg_after": loadavg(),
             "skipped": skipped, "results": records}
 
 
@@ -211,7 +211,7 @@ def title(sec: dict) -> str:
     amp = f", {sec['amp']}" if sec.get("amp") else ""
     return (f"{sec['model']} ({sec['activation']}) on {sec['device']}{amp}{extra}: batch "
             f"{sec['batch']}, {sec['threads']} thread{'s' if sec['threads'] > 1 else ''}, "
-            f"median of {sec['reps']}")
+            f"median of {sec['reps']}, {sec.get('clock', 'wall')} clock")
 
 
 def cells(r: dict) -> list[str]:
@@ -254,9 +254,10 @@ def print_plain(sec: dict) -> None:
 def markdown(doc: dict) -> str:
     """The README block: one table for all sections, and the machine it ran on."""
     loads = sorted({s["loadavg_before"].split()[0] for s in doc["sections"] if s["loadavg_before"]})
-    lines = [f"Measured on {doc['meta']['machine']}. Load average at the start of the sections: "
-             f"{', '.join(loads) or 'unknown'}. Ratios are against the baseline of the same row "
-             "group; `time` compares medians, `min` the fastest steps.",
+    clocks = sorted({s.get("clock", "wall") for s in doc["sections"]})
+    lines = [f"Measured on {doc['meta']['machine']}, {' and '.join(clocks)} clock. Load average at "
+             f"the start of the sections: {', '.join(loads) or 'unknown'}. Ratios are against the "
+             "baseline of the same row group; `time` compares medians, `min` the fastest steps.",
              "",
              "| model | act. | threads | variant | step ms | time | min | memory |",
              "|---|---|---|---|---|---|---|---|"]
@@ -287,6 +288,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine "
+                         "(benchmarks/machine.py)")
     ap.add_argument("--threads", help="comma-separated thread counts, one section each (default: torch's)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--amp", choices=["bf16"], help="autocast the forward pass to bfloat16")
@@ -316,7 +320,9 @@ def main() -> None:
         if doc.get("schema") != SCHEMA:
             sys.exit(f"error: {args.from_json} is not a {SCHEMA} file")
     else:
-        sections = [run_section(sec, args.reps, args.memory) for sec in sections_from_args(args)]
+        if args.clock == "cpu" and args.device == "cuda":
+            sys.exit("error: --clock cpu measures the CPU's work; a CUDA step needs --clock wall")
+        sections = [run_section(sec, args.reps, args.memory, args.clock) for sec in sections_from_args(args)]
         gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
         kernels = kernel_paths()
         meta = {"machine": describe(args.isa, kernels, gpu), "cpu": cpu_name(), "cpu_count": os.cpu_count(),

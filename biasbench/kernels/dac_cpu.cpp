@@ -511,44 +511,47 @@ struct DRow {
   VT total() const { return dbs[0] + dbs[1]; }
 };
 
-// Stride 1, one input row: d[x] = relu'(A[x]) * sum_(a,b) W[a,b] G[x - b - a*gs] for x < W,
-// into DRow. g0 points at G for x = 0. M
-// positions at a time: each gradient column is loaded once per tap row and feeds every (m, b)
-// it serves (K FMAs per load), and the M sums are independent FMA chains.
+// Stride 1, all H input rows: d[y, x] = relu'(A[y, x]) * sum_(a,b) W[a,b] G[y - a, x - b] into
+// DRow, row after row (rows advance by gs in G, rs in A, W * L in D: a small plane's rows stay
+// in one call). g0 / arow point at row 0, x = 0. M positions at a time: each gradient column is
+// loaded once per tap row and feeds every (m, b) it serves (K FMAs per load), and the M sums are
+// independent FMA chains.
 template <typename T, int K, int M, bool FIRST>
-inline void drow1(const typename V<T>::type* wr, const T* g0, int64_t gs, const T* arow, T* dr,
-                  int W, typename V<T>::type& db) {
+inline void drows1(const typename V<T>::type* wr, const T* g0, int64_t gs, const T* arow, int64_t rs,
+                   T* dr, int W, int H, typename V<T>::type& db) {
   using Vt = V<T>;
   using VT = typename Vt::type;
   constexpr int L = Vt::L;
-  DRow<T, FIRST> out(arow, dr, db);
-  int x = 0;
-  for (; x + M <= W; x += M) {
-    VT t[M];
+  for (int y = 0; y < H; ++y, g0 += gs, arow += rs, dr += int64_t(W) * L) {
+    DRow<T, FIRST> out(arow, dr, db);
+    int x = 0;
+    for (; x + M <= W; x += M) {
+      VT t[M];
 #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) t[m] = Vt::splat(T(0));
-    const T* gx = g0 + int64_t(x) * L;
+      for (int m = 0; m < M; ++m) t[m] = Vt::splat(T(0));
+      const T* gx = g0 + int64_t(x) * L;
 #pragma GCC unroll 8
-    for (int a = 0; a < K; ++a)
+      for (int a = 0; a < K; ++a)
 #pragma GCC unroll 32
-      for (int c = 1 - K; c < M; ++c) {  // gradient column x + c
-        const VT v = Vt::load(gx - a * gs + c * L);
+        for (int c = 1 - K; c < M; ++c) {  // gradient column x + c
+          const VT v = Vt::load(gx - a * gs + c * L);
 #pragma GCC unroll 16
-        for (int m = 0; m < M; ++m) {
-          const int b = m - c;
-          if (b >= 0 && b < K) t[m] += wr[a * K + b] * v;
+          for (int m = 0; m < M; ++m) {
+            const int b = m - c;
+            if (b >= 0 && b < K) t[m] += wr[a * K + b] * v;
+          }
         }
-      }
 #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) out.put(x + m, t[m]);
+      for (int m = 0; m < M; ++m) out.put(x + m, t[m]);
+    }
+    for (; x < W; ++x) {
+      VT t = Vt::splat(T(0));
+      for (int a = 0; a < K; ++a)
+        for (int b = 0; b < K; ++b) t += wr[a * K + b] * Vt::load(g0 + int64_t(x - b) * L - a * gs);
+      out.put(x, t);
+    }
+    db = out.total();
   }
-  for (; x < W; ++x) {
-    VT t = Vt::splat(T(0));
-    for (int a = 0; a < K; ++a)
-      for (int b = 0; b < K; ++b) t += wr[a * K + b] * Vt::load(g0 + int64_t(x - b) * L - a * gs);
-    out.put(x, t);
-  }
-  db = out.total();
 }
 
 // Stride 2, one input row u (row phase RA = u % 2, column phase P0 = pad % 2 of x = 0): the
@@ -637,17 +640,17 @@ inline void input_grad(const Geo& g, const typename V<T>::type* wr, const T* G, 
                        const T* A, int64_t rs, T* D, bool first, typename V<T>::type& db) {
   constexpr int L = V<T>::L, R1 = S > 1 ? 1 : 0;
   const int p0 = g.pad % S;
-  for (int y = 0; y < g.H; ++y) {
-    const int u = y + g.pad, ra = u % S;
-    const T* arow = A + u * rs + int64_t(g.pad) * L;
-    const T* grow = G + int64_t((u - ra) / S + E) * gs;
-    T* dr = D + int64_t(y) * g.W * L;
-    if constexpr (S == 1) {
-      const T* g0 = grow + int64_t(g.pad + E) * L;
-      if (first) drow1<T, K, DM, true>(wr, g0, gs, arow, dr, g.W, db);
-      else drow1<T, K, DM, false>(wr, g0, gs, arow, dr, g.W, db);
-    } else {  // the row's and the first column's phases pick the tap pattern at compile time
-      const T* g0 = grow + int64_t((g.pad - p0) / 2 + E) * L;
+  if constexpr (S == 1) {
+    const T* g0 = G + int64_t(g.pad + E) * gs + int64_t(g.pad + E) * L;
+    const T* a0 = A + g.pad * rs + int64_t(g.pad) * L;
+    if (first) drows1<T, K, DM, true>(wr, g0, gs, a0, rs, D, g.W, g.H, db);
+    else drows1<T, K, DM, false>(wr, g0, gs, a0, rs, D, g.W, g.H, db);
+  } else {  // per row: the row's and the first column's phases pick the tap pattern at compile time
+    for (int y = 0; y < g.H; ++y) {
+      const int u = y + g.pad, ra = u % S;
+      const T* arow = A + u * rs + int64_t(g.pad) * L;
+      const T* g0 = G + int64_t((u - ra) / S + E) * gs + int64_t((g.pad - p0) / 2 + E) * L;
+      T* dr = D + int64_t(y) * g.W * L;
       auto go = [&](auto fn) { fn(wr, g0, gs, arow, dr, g.W, g.pad, db); };
       switch ((ra << 2) | (p0 << 1) | int(first)) {
         case 0: go(drow2<T, K, DM2, 0, 0, false>); break;
