@@ -252,20 +252,28 @@ def print_plain(sec: dict) -> None:
 
 
 def markdown(doc: dict) -> str:
-    """The README block: one table for all sections, and the machine it ran on."""
-    loads = sorted({s["loadavg_before"].split()[0] for s in doc["sections"] if s["loadavg_before"]})
-    clocks = sorted({s.get("clock", "wall") for s in doc["sections"]})
-    lines = [f"Measured on {doc['meta']['machine']}, {' and '.join(clocks)} clock. Load average at "
-             f"the start of the sections: {', '.join(loads) or 'unknown'}. Ratios are against the "
-             "baseline of the same row group; `time` compares medians, `min` the fastest steps.",
+    """The README block: one table for all sections, the machine, the clock and what was skipped."""
+    secs = doc["sections"]
+    loads = sorted({s["loadavg_before"].split()[0] for s in secs if s["loadavg_before"]})
+    clocks = sorted({s.get("clock", "wall") for s in secs})
+    work = any(s.get("clock") == "cpu" and s["threads"] > 1 for s in secs)
+    lines = [f"Measured on {doc['meta']['machine']}, {' and '.join(clocks)} clock"
+             + (" (rows with 2 or more threads compare CPU time summed over the threads: work, not "
+                "latency)" if work else "")
+             + f". Load average at the start of the sections: {', '.join(loads) or 'unknown'}. "
+             "Ratios are against the baseline of the same model, activation and thread count; "
+             "`time` compares medians, `min` the fastest steps.",
              "",
-             "| model | act. | threads | variant | step ms | time | min | memory |",
-             "|---|---|---|---|---|---|---|---|"]
-    for sec in doc["sections"]:
+             "| model | act. | batch | threads | variant | step ms | time | min | memory |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for sec in secs:
         for r in sec["results"]:
             c = dict(zip(HEADERS, cells(r)))
-            lines.append(f"| {sec['model']} | {sec['activation']} | {sec['threads']} | {r['variant']} | "
-                         f"{c['step ms']} | {c['time']} | {c['min']} | {c['memory']} |")
+            lines.append(f"| {sec['model']} | {sec['activation']} | {sec['batch']} | {sec['threads']} | "
+                         f"{r['variant']} | {c['step ms']} | {c['time']} | {c['min']} | {c['memory']} |")
+    skipped = sorted({f"{s['model']} {name} ({why})" for s in secs for name, why in s["skipped"].items()})
+    if skipped:
+        lines += ["", "Not built: " + "; ".join(skipped) + "."]
     return "\n".join(lines)
 
 

@@ -172,7 +172,8 @@ inline void fwd2d_block(const T* x, const T* w, T b, T* y, T* s, int64_t C, int6
       Vt::store(y + c * P + q * Vt::L, act<Vt, T, GELU>(Vt::load(x + c * P + q * Vt::L), acc[q]));
 }
 
-// dwv / dws: this chunk's dw accumulators (C vectors, C scalars); dbv / dbs: db's.
+// Backward of Q vectors of positions: gx, and this chunk's accumulators dwacc (C lanes-wide
+// dw sums: C vectors, or C scalars for the scalar tail) and db.
 template <typename Vt, typename T, bool GELU, int Q>
 inline void bwd2d_block(const T* x, const T* s, const T* w, const T* gy, T* gx, int64_t C,
                         int64_t P, T* dwacc, typename Vt::type& db) {
