@@ -4,6 +4,8 @@ independence, every vector width this CPU runs, and the modules' dispatch."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -106,7 +108,9 @@ def test_modules_run_the_fused_kernel_and_the_reference_when_told_or_tracing():
     token_raa.impl = "reference"
     assert not any(n.startswith("_RAACPU") for n in _autograd_names(token_raa(x)))
     # tracing (biasbench count) sees the shift as a linear map, whatever impl says
-    traced = torch.jit.trace(conv_raa, (x.detach(),), check_trace=False)
+    with warnings.catch_warnings():  # torch.jit.trace is deprecated; fvcore (count) still uses it
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(conv_raa, (x.detach(),), check_trace=False)
     assert "aten::_convolution" in str(traced.graph) or "aten::conv2d" in str(traced.graph)
     # a forced kernel refuses what it cannot run instead of falling back
     conv_raa.impl = "cpp"

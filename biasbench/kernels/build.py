@@ -2,7 +2,7 @@
 
 A kernel is a `.cpp` file next to this module (plus the shared `simd.h`) that registers a
 TORCH_LIBRARY operator namespace. It is compiled with the system C++ compiler the first time it
-is needed (20-60 s; later processes reuse the build) into `$BIASBENCH_CACHE_DIR/kernels/<name>`
+is needed (10-20 s; later processes reuse the build) into `$BIASBENCH_CACHE_DIR/kernels/<name>`
 (default `~/.cache/biasbench`). The build name hashes the sources, flags, torch version and the
 CPU's model name and ISA flags, because `-march=native` code must not run on another CPU.
 
