@@ -1,24 +1,26 @@
 """DAC layers against plain (ReLU -> conv / ReLU -> Linear) layers, side by side.
 
-Conv rows: the CIFAR ResNet20 3x3 shapes at --batch. Dense rows: DACLinear against ReLU +
-nn.Linear on the DAC paper's SGEMM MLP shapes (141x141, 200x200, 250x250) at --dense-batch.
-Whole models: benchmarks/variant_step.py (the one place the step ratios come from).
+Examples:
+  python benchmarks/dac_layers.py --threads 1
+  python benchmarks/dac_layers.py --threads 1 --clock cpu --isa avx2
+  python benchmarks/dac_layers.py --impl chunked --no-memory --reps 3
 
-    .venv/bin/python benchmarks/dac_layers.py [--batch 128] [--dense-batch 256] [--reps 9]
-        [--impl auto|cpp|chunked|triton] [--threads N] [--isa avx2] [--clock wall|cpu] [--no-memory]
-        [--json out.json]
+Conv rows: the CIFAR ResNet20 3x3 shapes at --batch. Dense rows: DACLinear
+against ReLU + nn.Linear on the DAC paper's SGEMM MLP shapes (141x141, 200x200,
+250x250) at --dense-batch. Whole models: benchmarks/variant_step.py (the one
+place the step ratios come from).
 
-Time: forward + backward of one layer, plain and DAC interleaved run by run so that load from
-other processes hits both alike; `time` is the ratio of the medians, `min` of the fastest runs
-(the steadier one on a busy machine). `--isa avx2` runs as on a CPU without AVX-512
-(benchmarks/machine.py). The header names the kernel build that ran; the JSON also records the
-machine and /proc/loadavg before and after.
-Peak memory: measured in a child process started with MALLOC_MMAP_THRESHOLD_=65536 (every
-tensor-sized allocation is its own mmap and goes back to the OS when freed), as the rise of the
-process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each measurement)
-over the resident set just before the forward pass. It counts everything the step touches:
-tensors, saved activations, gradients, and kernel scratch buffers. Linux only; elsewhere it is
-reported as unavailable.
+Time: forward + backward of one layer, plain and DAC interleaved run by run so
+that load from other processes hits both alike; `time` is the ratio of the
+medians, `min` of the fastest runs. `--isa avx2` runs as on a CPU without
+AVX-512 (benchmarks/machine.py). The header names the kernel build that ran;
+the JSON also records the machine and /proc/loadavg before and after.
+Peak memory: in a child process started with MALLOC_MMAP_THRESHOLD_=65536 (every
+tensor-sized allocation is its own mmap and goes back to the OS when freed), the
+rise of the process's peak resident set (VmHWM, reset through
+/proc/self/clear_refs) over the resident set just before the forward pass: it
+counts tensors, saved activations, gradients and kernel scratch. Linux only;
+elsewhere it is reported as unavailable.
 """
 
 from __future__ import annotations
@@ -132,17 +134,18 @@ def measure_memory(args) -> dict[str, list[int]] | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=128)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=128, help="batch of the conv rows (default 128)")
     ap.add_argument("--dense-batch", type=int, default=256, help="batch of the dense rows")
-    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=9, help="timed runs per case (default 9)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed; cpu: process CPU time, steadier on a shared machine")
-    ap.add_argument("--impl", default="auto", choices=["auto", "cpp", "chunked", "triton"])
+    ap.add_argument("--impl", default="auto", choices=["auto", "cpp", "chunked", "triton"],
+                    help="DAC implementation (default: the fastest available)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--isa", choices=sorted(ISA_ENV), help="run as on a CPU without AVX-512 (benchmarks/machine.py)")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--no-memory", dest="memory", action="store_false")
+    ap.add_argument("--json", type=Path, help="write the results and the machine to this file")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory child")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     reexec_for_isa(args.isa)

@@ -1,23 +1,26 @@
-"""One training step of a registered model's variants against its baseline, side by side.
+r"""One training step of a model's variants against its baseline, side by side.
 
-    .venv/bin/python benchmarks/variant_step.py [--model resnet20_v1[,vit_tiny_patch4]]
-        [--variants baseline,dac,preact,mba,raa,dnrt|all] [--activation relu|gelu] [--batch 128]
-        [--input-size 32] [--reps 7] [--threads 1,2] [--device cpu|cuda] [--amp bf16]
-        [--channels-last] [--compile] [--clock wall|cpu] [--no-memory] [--json out.json] [--markdown]
-    .venv/bin/python benchmarks/variant_step.py --preset readme --json readme.json   # README table
-    .venv/bin/python benchmarks/variant_step.py --from-json readme.json --markdown   # table again
+Examples:
+  python benchmarks/variant_step.py                # ResNet20 v1, 6 variants
+  python benchmarks/variant_step.py --model vit_tiny_patch4 --activation gelu \
+      --variants baseline,raa,dnrt --batch 64 --threads 1,2
+  python benchmarks/variant_step.py --preset readme --json readme.json
+  python benchmarks/variant_step.py --from-json readme.json --markdown
+  python benchmarks/variant_step.py --isa avx2 --variants baseline,dac
+  python benchmarks/variant_step.py --device cuda --amp bf16 --channels-last \
+      --compile --model resnet20_v1,vit_tiny_patch4 --variants all
 
-This script is the one place the variants' speed and memory ratios come from (README and
-docs/dac_layers.md quote its output). A step is forward + cross-entropy + backward + SGD
-(momentum 0.9) on one random batch, models from `biasbench.models.build_model(name, variant,
-num_classes=10, in_channels=3, input_shape=(3, s, s), variant_options={"activation": A})`.
-Each (model, activation, thread count) is a section with its own baseline. Time: the variants
-run interleaved, rep by rep, so that load from other processes hits all alike; the table gives
-the median step and the ratio of medians (`time`) and of minima (`min`, the steadier one on a
-busy machine); images per second is batch / median. Peak memory on the CPU:
-benchmarks/peak_memory.py (a child process, rise of VmHWM over one step); on CUDA: the rise of
-max_memory_allocated. The JSON records the CPU, the DAC/RAA kernel path that ran, and
-/proc/loadavg before and after. A variant that cannot be built for a model is listed as skipped.
+This script is the one place the variants' speed and memory ratios come from
+(README and docs/dac_layers.md quote its output). A step is forward + loss (the
+trainer's: cross-entropy plus the loss terms a variant attaches, ARR) + backward
++ SGD (momentum 0.9) on one random batch. Each (model, activation, thread count)
+is a section with its own baseline. The variants run interleaved, rep by rep,
+so that load from other processes hits all alike; the table gives the median
+step, the ratio of medians (`time`) and of the fastest steps (`min`). Peak
+memory on the CPU: benchmarks/peak_memory.py (a child process, rise of VmHWM
+over one step); on CUDA: the rise of max_memory_allocated. The JSON records the
+machine, the kernel builds that ran and /proc/loadavg before and after. A
+variant that a model cannot take is listed as skipped.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ def buildable(sec: dict, names: list[str]) -> tuple[list[str], dict[str, str]]:
             skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             continue
         if getattr(VARIANTS.get(name), "adds_loss_terms", False) and not loss_terms(model):  # as the trainer
-            skipped[name] = f"adds a loss term that {sec['model']} cannot feed (no response layers)"
+            skipped[name] = "no response layers for its loss term"
             continue
         ok.append(name)
     return ok, skipped
@@ -288,25 +291,25 @@ def sections_from_args(args) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet20_v1", help="comma-separated model names")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated, or 'all'")
     ap.add_argument("--activation", default="relu", choices=["relu", "gelu"],
                     help="every variant's activation (the RAA form follows it)")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--input-size", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=128, help="images per step (default 128)")
+    ap.add_argument("--input-size", type=int, default=32, help="image side in pixels (default 32)")
+    ap.add_argument("--reps", type=int, default=7, help="timed steps per variant (default 7)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine "
                          "(benchmarks/machine.py)")
     ap.add_argument("--threads", help="comma-separated thread counts, one section each (default: torch's)")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the steps run")
     ap.add_argument("--amp", choices=["bf16"], help="autocast the forward pass to bfloat16")
     ap.add_argument("--channels-last", action="store_true", help="channels_last model and input")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--preset", choices=sorted(PRESETS), help="a prepared set of sections (overrides "
                     "--model, --variants, --activation, --threads, --batch)")
-    ap.add_argument("--no-memory", dest="memory", action="store_false")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory child")
     ap.add_argument("--json", type=Path, help="write every section and the machine to this file")
     ap.add_argument("--markdown", action="store_true", help="print the README table (Markdown)")
     ap.add_argument("--from-json", type=Path, help="print the tables of an earlier --json run; measure nothing")
