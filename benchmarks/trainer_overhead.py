@@ -1,6 +1,6 @@
 """Trainer overhead: biasbench's trainer against a bare hand-written PyTorch loop.
 
-    python benchmarks/trainer_overhead.py [--json out.json] [--repeats 3]
+    python benchmarks/trainer_overhead.py [--json out.json] [--repeats 5] [--device cpu|cuda] [--cases ...]
 
 Both train the same model on the same in-memory data with the same optimiser, batch size and
 number of epochs, and both evaluate validation and test sets after every epoch (that is what the
@@ -41,7 +41,14 @@ CASES = {
                    "train": {"epochs": 5, "batch_size": 64}},
     "mlp/mnist1d": {"model": {"name": "mlp", "options": {"depth": 3, "width": 256}}, "data": {"name": "mnist1d"},
                     "train": {"epochs": 5, "batch_size": 100}},
+    # CIFAR-shaped (3 x 32 x 32, 10 classes, 10,000 generated images): the GPU case (issue 15);
+    # minutes per repeat on a CPU, so only with --cases or on --device cuda.
+    "resnet20/cifar-shaped": {"model": {"name": "resnet20_v1"},
+                              "data": {"name": "synthetic_images",
+                                       "options": {"classes": 10, "num_samples": 10000}},
+                              "train": {"epochs": 2, "batch_size": 128}},
 }
+CPU_CASES = ("cnn64/digits", "cnn/digits", "mlp/mnist1d")
 
 
 class Clock:
@@ -56,27 +63,30 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def bare_loop(recipe) -> Clock:
+def bare_loop(recipe, device: torch.device) -> Clock:
     """The same work written by hand: no registry, no progress bar, no checkpoints, no results."""
     torch.manual_seed(0)
     data = build_data(recipe.data)
     model = build_model(recipe.model.name, num_classes=data.num_outputs, in_channels=data.input_shape[0],
-                        input_shape=data.input_shape, **recipe.model.options)
+                        input_shape=data.input_shape, **recipe.model.options).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.optim.lr, momentum=recipe.optim.momentum)
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1) if data.mean else None
-    std = torch.tensor(data.std).view(1, -1, 1, 1) if data.std else None
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) if data.mean else None
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) if data.std else None
     norm = (lambda x: (x - mean) / std) if mean is not None else (lambda x: x)  # noqa: E731
     with Clock() as clock:
-        _bare_epochs(recipe, data, model, opt, norm)
+        _bare_epochs(recipe, data, model, opt, norm, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     return clock
 
 
-def _bare_epochs(recipe, data, model, opt, norm) -> None:
-    xs, ys = data.train.x, data.train.y
+def _bare_epochs(recipe, data, model, opt, norm, device: torch.device) -> None:
+    xs, ys = data.train.x.to(device), data.train.y.to(device)
+    evals = [(split.x.to(device), split.y.to(device)) for split in (data.val, data.test) if split is not None]
     bs = recipe.train.batch_size
     for epoch in range(recipe.train.epochs):
         model.train()
-        perm = torch.randperm(len(ys), generator=torch.Generator().manual_seed(epoch))
+        perm = torch.randperm(len(ys), generator=torch.Generator().manual_seed(epoch)).to(device)
         for i in range(0, len(ys) - 1, bs):
             idx = perm[i:i + bs]
             if len(idx) < 2:
@@ -87,20 +97,22 @@ def _bare_epochs(recipe, data, model, opt, norm) -> None:
             opt.step()
         model.eval()
         with torch.no_grad():
-            for split in (data.val, data.test):
+            for ex, ey in evals:
                 correct = 0
-                for i in range(0, len(split.y), recipe.train.eval_batch_size):
-                    out = model(norm(split.x[i:i + recipe.train.eval_batch_size]))
-                    correct += (out.argmax(1) == split.y[i:i + recipe.train.eval_batch_size]).sum().item()
+                for i in range(0, len(ey), recipe.train.eval_batch_size):
+                    out = model(norm(ex[i:i + recipe.train.eval_batch_size]))
+                    correct += (out.argmax(1) == ey[i:i + recipe.train.eval_batch_size]).sum().item()
 
 
-def trainer_time(recipe, out: Path, checkpoint: bool = True) -> Clock:
+def trainer_time(recipe, out: Path, device: torch.device, checkpoint: bool = True) -> Clock:
     recipe.output.checkpoint = checkpoint
     recipe.output.dir = str(out)
     recipe.output.name = f"bench{time.perf_counter_ns()}"
     build_data(recipe.data)  # same warm data cache as the bare loop
     with Clock() as clock:
-        train_run(recipe, seed=0, replicate=0, device=torch.device("cpu"))
+        train_run(recipe, seed=0, replicate=0, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     return clock
 
 
@@ -118,17 +130,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both loops train")
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=None,
+                    help="default: the small cases on the CPU, every case on CUDA")
     args = ap.parse_args()
+    cases = args.cases or (list(CASES) if args.device == "cuda" else list(CPU_CASES))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch sees no CUDA device")
+    device = torch.device(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, doc in CASES.items():
+        for name in cases:
+            doc = CASES[name]
             recipe = from_dict({**doc, "optim": {"name": "sgd", "lr": 0.05}})
-            bare_loop(recipe)  # warm-up: data generation, allocator, kernels
+            bare_loop(recipe, device)  # warm-up: data generation, allocator, kernels
             bare, ours, lean = [], [], []
             for _ in range(args.repeats):
-                bare.append(bare_loop(recipe))
-                ours.append(trainer_time(recipe, Path(tmp)))
-                lean.append(trainer_time(recipe, Path(tmp), checkpoint=False))
+                bare.append(bare_loop(recipe, device))
+                ours.append(trainer_time(recipe, Path(tmp), device))
+                lean.append(trainer_time(recipe, Path(tmp), device, checkpoint=False))
             rows.append(_row(name, recipe.train.epochs, bare, ours, lean))
     machine = _machine()
     print(f"{machine['cpu']}, {machine['cores']} cores, load average {machine['load_average']:.1f}, "
@@ -136,7 +156,7 @@ def main() -> None:
     print(tabulate(rows, headers="keys", tablefmt="github"))
     if args.json:
         doc = {"benchmark": "trainer_overhead", "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "repeats": args.repeats, **machine, "rows": rows}
+               "repeats": args.repeats, "device": args.device, **machine, "rows": rows}
         args.json.write_text(json.dumps(doc, indent=1))
 
 

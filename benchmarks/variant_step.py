@@ -1,164 +1,351 @@
-"""One training step of a registered model's variants against its baseline, side by side.
+r"""One training step of a model's variants against its baseline, side by side.
 
-    .venv/bin/python benchmarks/variant_step.py [--model resnet20_v1] [--variants baseline,dac,preact,mba]
-                                                [--batch 128] [--input-size 32] [--reps 5]
-                                                [--threads N] [--no-memory] [--json out.json]
+Examples:
+  python benchmarks/variant_step.py                # ResNet20 v1, 6 variants
+  python benchmarks/variant_step.py --model vit_tiny_patch4 --activation gelu \
+      --variants baseline,raa,dnrt --batch 64 --threads 1,2
+  python benchmarks/variant_step.py --preset readme --json readme.json
+  python benchmarks/variant_step.py --from-json readme.json --markdown
+  python benchmarks/variant_step.py --isa avx2 --variants baseline,dac
+  python benchmarks/variant_step.py --device cuda --amp bf16 --channels-last \
+      --compile --model resnet20_v1,vit_tiny_patch4 --variants all
 
-A step is forward + cross-entropy + backward + SGD (momentum 0.9) on one random batch, models
-from `biasbench.models.build_model(name, variant, num_classes=10, in_channels=3,
-input_shape=(3, s, s))`. Time: median of --reps runs, the variants interleaved run by run so
-that load from other processes hits all alike; images per second is batch / median. Peak
-memory: benchmarks/peak_memory.py (child process, rise of VmHWM over one step). Ratios are
-against the baseline measured in the same run. `--variants all` takes every registered variant;
-a variant that cannot be built for the model is listed as skipped.
+This script is the one place the variants' speed and memory ratios come from
+(README and docs/dac_layers.md quote its output). A step is forward + loss (the
+trainer's: cross-entropy plus the loss terms a variant attaches, ARR) + backward
++ SGD (momentum 0.9) on one random batch. Each (model, activation, thread count)
+is a section with its own baseline. The variants run interleaved, rep by rep,
+so that load from other processes hits all alike; the table gives the median
+step, the ratio of medians (`time`) and of the fastest steps (`min`). Peak
+memory on the CPU: benchmarks/peak_memory.py (a child process, rise of VmHWM
+over one step); on CUDA: the rise of max_memory_allocated. The JSON records the
+machine, the kernel builds that ran and /proc/loadavg before and after. A
+variant that a model cannot take is listed as skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
+import platform
 import statistics
 import sys
-import time
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import CLOCKS, ISA_ENV, cpu_name, describe, kernel_paths, loadavg, reexec_for_isa  # noqa: E402
 from peak_memory import peak_step_bytes, run_child  # noqa: E402  (benchmarks/)
 
-from biasbench.models import build_model, list_variants  # noqa: E402
+from biasbench.errors import UserError  # noqa: E402
+from biasbench.losses import Criterion  # noqa: E402
+from biasbench.models import build_model, list_variants, model_hooks  # noqa: E402
 
-DEFAULT_VARIANTS = "baseline,dac,preact,mba"
+DEFAULT_VARIANTS = "baseline,dac,preact,mba,raa,dnrt"
+# The README's performance table: ResNet20 v1 in every variant on 1 and 2 threads (ReLU, the DAC
+# paper's setting); RAA against the GELU baseline on ResNet20 (which has no response layers for
+# ARR), and RAA and DNRT (RAA + ARR) on DNRT's own models, ResNet-18 and ViT-Tiny.
+PRESETS = {
+    "readme": [
+        {"model": "resnet20_v1", "variants": "all", "activation": "relu", "threads": [1, 2], "batch": 128},
+        {"model": "resnet20_v1", "variants": "baseline,raa", "activation": "gelu", "threads": [2], "batch": 128},
+        {"model": "resnet18", "variants": "baseline,raa,dnrt", "activation": "gelu", "threads": [2], "batch": 32},
+        {"model": "vit_tiny_patch4", "variants": "baseline,raa,dnrt", "activation": "gelu", "threads": [2],
+         "batch": 64},
+    ],
+}
+SCHEMA = "biasbench-variant-step/1"
 
 
-def build(args, variant: str) -> torch.nn.Module:
-    s = args.input_size
-    return build_model(args.model, variant, num_classes=10, in_channels=3, input_shape=(3, s, s))
+# -- one section: a model, an activation, a thread count ---------------------------------------
+
+def build(sec: dict, variant: str) -> torch.nn.Module:
+    """The section's activation reaches every variant and the model (a variant option)."""
+    s = sec["input_size"]
+    return build_model(sec["model"], variant, num_classes=10, in_channels=3, input_shape=(3, s, s),
+                       variant_options={"activation": sec["activation"]})
 
 
-def make_step(args, variant: str) -> Callable[[], None]:
+def loss_terms(model: torch.nn.Module) -> dict:
+    """The stateful loss terms a variant attaches (ARR), as the trainer takes them."""
+    hooks = model_hooks(model)
+    return dict(hooks.loss_terms) if hooks else {}
+
+
+def make_step(sec: dict, variant: str) -> Callable[[], None]:
     torch.manual_seed(0)
-    model = build(args, variant)
+    device = torch.device(sec["device"])
+    model = build(sec, variant).to(device)
+    criterion = Criterion("classification", 0.0, loss_terms(model)).to(device)
     model.train()
+    fmt = torch.channels_last if sec["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(args.batch, 3, args.input_size, args.input_size)
-    y = torch.randint(0, 10, (args.batch,))
+    x = torch.randn(sec["batch"], 3, sec["input_size"], sec["input_size"], device=device)
+    x = x.contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (sec["batch"],), device=device)
+    forward = torch.compile(model) if sec["compile"] else model
+
+    def autocast():
+        if sec["amp"] == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with autocast():
+            loss = criterion(forward(x), y)
+        loss.backward()
         opt.step()
     return step
 
 
-def buildable(args, names: list[str]) -> tuple[list[str], dict[str, str]]:
+def buildable(sec: dict, names: list[str]) -> tuple[list[str], dict[str, str]]:
     ok, skipped = [], {}
     for name in names:
         try:
-            build(args, name)
-            ok.append(name)
-        except Exception as exc:  # noqa: BLE001 - a variant this model does not support
-            skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            build(sec, name)
+        except UserError as exc:  # the pair does not apply: build_model says why, in one line
+            skipped[name] = str(exc)
+            continue
+        ok.append(name)
     return ok, skipped
 
 
-def time_all(steps: dict[str, Callable[[], None]], reps: int) -> dict[str, float]:
-    for fn in steps.values():  # warm-up: lazy init, kernel compilation, allocator
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_all(steps: dict[str, Callable[[], None]], reps: int, device: str, clock: str) -> dict[str, list[float]]:
+    now = CLOCKS[clock]
+    for fn in steps.values():  # warm-up: lazy init, kernel builds, compilation, allocator
         fn()
+        fn()
+    sync(device)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, fn in steps.items():
-            t = time.perf_counter()
+            sync(device)
+            t = now()
             fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            sync(device)
+            times[name].append(now() - t)
+    return times
 
 
-def memory_child(args) -> None:
+def cuda_peak_bytes(make: Callable[[], Callable[[], None]]) -> int:
+    step = make()
+    step()
+    torch.cuda.synchronize()
+    gc.collect()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def section_args(sec: dict) -> list[str]:
+    out = ["--model", sec["model"], "--activation", sec["activation"], "--batch", str(sec["batch"]),
+           "--input-size", str(sec["input_size"]), "--threads", str(sec["threads"]),
+           "--device", sec["device"]]
+    return out + (["--channels-last"] if sec["channels_last"] else []) + (
+        ["--amp", sec["amp"]] if sec["amp"] else [])
+
+
+def memory(sec: dict, names: list[str]) -> dict[str, int] | None:
+    if sec["device"] == "cuda":
+        return {n: cuda_peak_bytes(lambda n=n: make_step(sec, n)) for n in names}
+    return run_child(__file__, ["--memory-child", "--variants", ",".join(names), *section_args(sec)])
+
+
+def memory_child(sec: dict, names: list[str]) -> None:
     res = {}
-    for name in args.variants.split(","):
-        res[name] = peak_step_bytes(lambda n=name: make_step(args, n))
+    for name in names:
+        res[name] = peak_step_bytes(lambda n=name: make_step(sec, n))
         gc.collect()
     print(json.dumps(res))
 
 
-def child_args(args, variants: list[str]) -> list[str]:
-    out = ["--memory-child", "--model", args.model, "--variants", ",".join(variants),
-           "--batch", str(args.batch), "--input-size", str(args.input_size)]
-    if args.threads:
-        out += ["--threads", str(args.threads)]
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet20_v1")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated, or 'all'")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--input-size", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    ap.add_argument("--no-memory", dest="memory", action="store_false")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.memory_child:
-        return memory_child(args)
-
-    from rich.console import Console
-    from rich.table import Table
-
-    wanted = list_variants() if args.variants == "all" else [v.strip() for v in args.variants.split(",") if v.strip()]
-    if "baseline" not in wanted:
-        wanted.insert(0, "baseline")  # the ratios need it
-    wanted = ["baseline"] + [v for v in wanted if v != "baseline"]
-    names, skipped = buildable(args, wanted)
+def run_section(sec: dict, reps: int, with_memory: bool, clock: str) -> dict:
+    torch.set_num_threads(sec["threads"])
+    given = sec["variants"]
+    wanted = list_variants() if given == "all" else [v.strip() for v in given.split(",") if v.strip()]
+    wanted = ["baseline"] + [v for v in wanted if v != "baseline"]  # the ratios need it, first
+    names, skipped = buildable(sec, wanted)
     if "baseline" not in names:
-        sys.exit(f"the baseline of {args.model} does not build: {skipped.get('baseline')}")
-
-    mem = run_child(__file__, child_args(args, names)) if args.memory else None
-    steps = {name: make_step(args, name) for name in names}
-    params = {name: sum(p.numel() for p in build(args, name).parameters()) for name in names}
-    med = time_all(steps, args.reps)
-
-    base_t, base_m = med["baseline"], (mem or {}).get("baseline")
+        sys.exit(f"the baseline of {sec['model']} does not build: {skipped.get('baseline')}")
+    load_before = loadavg()
+    mem = memory(sec, names) if with_memory else None
+    steps = {name: make_step(sec, name) for name in names}
+    params = {name: sum(p.numel() for p in build(sec, name).parameters()) for name in names}
+    times = time_all(steps, reps, sec["device"], clock)
+    med = {n: statistics.median(ts) for n, ts in times.items()}
+    low = {n: min(ts) for n, ts in times.items()}
     records = []
     for name in names:
-        rec = {"variant": name, "params": params[name], "step_s": med[name],
-               "images_per_s": args.batch / med[name], "time_ratio": med[name] / base_t}
+        rec = {"variant": name, "params": params[name], "step_s": med[name], "step_min_s": low[name],
+               "images_per_s": sec["batch"] / med[name], "time_ratio": med[name] / med["baseline"],
+               "time_ratio_min": low[name] / low["baseline"]}
         if mem:
             rec["peak_bytes"] = mem[name]
-            rec["memory_ratio"] = mem[name] / base_m if base_m else None
+            rec["memory_ratio"] = mem[name] / mem["baseline"] if mem["baseline"] else None
         records.append(rec)
+    return {**sec, "reps": reps, "clock": clock, "loadavg_before": load_before, "loadavg_after": loadavg(),
+            "skipped": skipped, "results": records}
 
-    from biasbench.kernels import dac_cpu  # which DAC path the run took (auto: C++ if it built)
-    meta = {"model": args.model, "batch": args.batch, "input_size": args.input_size,
-            "reps": args.reps, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": "cpu", "dac_cpp": dac_cpu._state.get("ok"), "skipped": skipped}
-    table = Table(title=f"{args.model} train step: batch {args.batch}, {args.input_size}x"
-                        f"{args.input_size}, {meta['threads']} threads, median of {args.reps}")
-    for col in ("variant", "params", "step ms", "img/s", "time", "peak MiB", "memory"):
+
+# -- output -------------------------------------------------------------------------------------
+
+def title(sec: dict) -> str:
+    extra = "".join(f", {k}" for k in ("channels_last", "compile") if sec.get(k))
+    amp = f", {sec['amp']}" if sec.get("amp") else ""
+    return (f"{sec['model']} ({sec['activation']}) on {sec['device']}{amp}{extra}: batch "
+            f"{sec['batch']}, {sec['threads']} thread{'s' if sec['threads'] > 1 else ''}, "
+            f"median of {sec['reps']}, {sec.get('clock', 'wall')} clock")
+
+
+def cells(r: dict) -> list[str]:
+    return [r["variant"], f"{r['params']:,}", f"{r['step_s'] * 1e3:.1f}", f"{r['time_ratio']:.2f}x",
+            f"{r['time_ratio_min']:.2f}x",
+            f"{r['peak_bytes'] / 2**20:.1f}" if "peak_bytes" in r else "n/a",
+            f"{r['memory_ratio']:.2f}x" if r.get("memory_ratio") else "n/a"]
+
+
+HEADERS = ["variant", "params", "step ms", "time", "min", "peak MiB", "memory"]
+
+
+def print_terminal(sec: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=title(sec))
+    for col in HEADERS:
         table.add_column(col, justify="left" if col == "variant" else "right")
-    for r in records:
-        table.add_row(r["variant"], f"{r['params']:,}", f"{r['step_s'] * 1e3:.1f}",
-                      f"{r['images_per_s']:.0f}", f"{r['time_ratio']:.2f}x",
-                      f"{r['peak_bytes'] / 2**20:.1f}" if "peak_bytes" in r else "n/a",
-                      f"{r['memory_ratio']:.2f}x" if r.get("memory_ratio") else "n/a")
-    for name in skipped:
+    for r in sec["results"]:
+        table.add_row(*cells(r))
+    for name in sec["skipped"]:
         table.add_row(name, "", "skipped", "", "", "", "", style="dim")
     console = Console()
     console.print(table)
-    for name, why in skipped.items():
+    for name, why in sec["skipped"].items():
         console.print(f"[dim]{name}: {why}[/dim]")
-    if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "results": records}, indent=2))
+
+
+def print_plain(sec: dict) -> None:
+    """One grep-able line per variant (stdout is not a terminal): model, activation,
+    device/threads, variant, median step, time and min ratios, memory ratio."""
+    head = f"{sec['model']} {sec['activation']} {sec['device']}/{sec['threads']}t"
+    for r in sec["results"]:
+        c = dict(zip(HEADERS, cells(r)))
+        print(f"{head} {r['variant']} {c['step ms']}ms time={c['time']} min={c['min']} mem={c['memory']}")
+    for name, why in sec["skipped"].items():
+        print(f"{head} {name} skipped: {why}")
+
+
+def markdown(doc: dict) -> str:
+    """The README block: one table for all sections, the machine, the clock and what was skipped."""
+    secs = doc["sections"]
+    loads = sorted({s["loadavg_before"].split()[0] for s in secs if s["loadavg_before"]})
+    clocks = sorted({s.get("clock", "wall") for s in secs})
+    work = any(s.get("clock") == "cpu" and s["threads"] > 1 for s in secs)
+    lines = [f"Measured on {doc['meta']['machine']}, {' and '.join(clocks)} clock"
+             + (" (rows with 2 or more threads compare CPU time summed over the threads: work, not "
+                "latency)" if work else "")
+             + f". Load average at the start of the sections: {', '.join(loads) or 'unknown'}. "
+             "Ratios are against the baseline of the same model, activation and thread count; "
+             "`time` compares medians, `min` the fastest steps.",
+             "",
+             "| model | act. | batch | threads | variant | step ms | time | min | memory |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for sec in secs:
+        for r in sec["results"]:
+            c = dict(zip(HEADERS, cells(r)))
+            lines.append(f"| {sec['model']} | {sec['activation']} | {sec['batch']} | {sec['threads']} | "
+                         f"{r['variant']} | {c['step ms']} | {c['time']} | {c['min']} | {c['memory']} |")
+    skipped = sorted({f"{s['model']} {name} ({why})" for s in secs for name, why in s["skipped"].items()})
+    if skipped:
+        lines += ["", "Not built: " + "; ".join(skipped) + "."]
+    return "\n".join(lines)
+
+
+def sections_from_args(args) -> list[dict]:
+    common = {"input_size": args.input_size, "device": args.device, "amp": args.amp,
+              "channels_last": args.channels_last, "compile": args.compile}
+    if args.preset:
+        return [{**common, **p, "threads": t} for p in PRESETS[args.preset] for t in p["threads"]]
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
+    return [{**common, "model": m, "variants": args.variants, "activation": args.activation,
+             "batch": args.batch, "threads": t} for m in args.model.split(",") for t in threads]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet20_v1", help="comma-separated model names")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated, or 'all'")
+    ap.add_argument("--activation", default="relu", choices=["relu", "gelu"],
+                    help="every variant's activation (the RAA form follows it)")
+    ap.add_argument("--batch", type=int, default=128, help="images per step (default 128)")
+    ap.add_argument("--input-size", type=int, default=32, help="image side in pixels (default 32)")
+    ap.add_argument("--reps", type=int, default=7, help="timed steps per variant (default 7)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine "
+                         "(benchmarks/machine.py)")
+    ap.add_argument("--threads", help="comma-separated thread counts, one section each (default: torch's)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the steps run")
+    ap.add_argument("--amp", choices=["bf16"], help="autocast the forward pass to bfloat16")
+    ap.add_argument("--channels-last", action="store_true", help="channels_last model and input")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="a prepared set of sections (overrides "
+                    "--model, --variants, --activation, --threads, --batch)")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory child")
+    ap.add_argument("--json", type=Path, help="write every section and the machine to this file")
+    ap.add_argument("--markdown", action="store_true", help="print the README table (Markdown)")
+    ap.add_argument("--from-json", type=Path, help="print the tables of an earlier --json run; measure nothing")
+    ap.add_argument("--isa", choices=sorted(ISA_ENV), help="run as on a CPU without AVX-512: our kernels, "
+                    "oneDNN, ATen and MKL limited to AVX2 (an AVX-512 machine standing in for an AVX2 one)")
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    reexec_for_isa(args.isa)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch sees no CUDA device")
+
+    if args.memory_child:
+        sec = sections_from_args(args)[0]
+        torch.set_num_threads(sec["threads"])
+        return memory_child(sec, args.variants.split(","))
+
+    if args.from_json:
+        doc = json.loads(args.from_json.read_text())
+        if doc.get("schema") != SCHEMA:
+            sys.exit(f"error: {args.from_json} is not a {SCHEMA} file")
+    else:
+        if args.clock == "cpu" and args.device == "cuda":
+            sys.exit("error: --clock cpu measures the CPU's work; a CUDA step needs --clock wall")
+        sections = [run_section(sec, args.reps, args.memory, args.clock) for sec in sections_from_args(args)]
+        gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+        kernels = kernel_paths()
+        meta = {"machine": describe(args.isa, kernels, gpu), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+                "gpu": gpu, "torch": torch.__version__, "python": platform.python_version(), "isa_limit": args.isa,
+                "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "kernels": kernels}
+        doc = {"schema": SCHEMA, "meta": meta, "sections": sections}
+    show = print_terminal if sys.stdout.isatty() else print_plain
+    if args.markdown:
+        print(markdown(doc))
+    else:
+        print(textwrap.fill(f"machine: {doc['meta']['machine']}", 80, break_on_hyphens=False))
+        for sec in doc["sections"]:
+            show(sec)
+    if args.json and not args.from_json:
+        from biasbench.fsutil import atomic_write_json
+        atomic_write_json(args.json, doc)
 
 
 if __name__ == "__main__":

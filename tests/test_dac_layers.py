@@ -235,15 +235,18 @@ FAST_CASES = CONV_CASES + [
     (2, 3, 3, 2, 0, 20, 34),
     (2, 3, 5, 1, 2, 11, 29),
     (2, 3, 1, 2, 0, 12, 35),
-    # Lane-blocked kernels (k = 1, 3) vectorise over 8 float / 4 double output channels: several
-    # channel blocks with a partial last one, output widths off the 4-position (forward) and
-    # 2-position (weight gradient) blocks, planes whose size is no multiple of the lane count
-    # (dz's lane sums), both column phases of stride 2 (padding 1 and 0), and row tiles (33x35).
+    # Lane-blocked kernels (k = 1, 3) vectorise over the output channels (AVX-512: 16 float / 8
+    # double lanes, AVX2: 8 / 4): several channel blocks with a partial last one at either
+    # width, output widths off the position blocks, planes whose size is no multiple of the
+    # lane count (the in-register transposes' tails, dz's lane sums), both column phases of
+    # stride 2 (padding 1 and 0), and row tiles (33x35).
     (5, 11, 3, 1, 1, 9, 13),
     (4, 19, 3, 2, 1, 10, 17),
     (3, 9, 3, 2, 0, 11, 15),
     (6, 17, 1, 1, 0, 6, 9),
     (5, 13, 1, 2, 1, 7, 11),
+    (3, 37, 3, 1, 1, 9, 13),
+    (2, 33, 3, 2, 1, 10, 17),
     (2, 8, 3, 1, 1, 33, 35),
     (2, 5, 3, 2, 1, 33, 35),
     # other kernel sizes keep the plane-per-output-channel kernels, stride 2 included
@@ -251,49 +254,77 @@ FAST_CASES = CONV_CASES + [
 ]
 
 
-def _cpp_or_skip():
+def kernel_isas(kernel) -> list[str]:
+    """The builds to test here: every vector width this CPU runs (AVX-512 and AVX2 on an AVX-512
+    machine: the AVX2 build is what a CPU without AVX-512 runs). Skips only when this CPU's own
+    build is unavailable (no C++ compiler); a narrower build that fails where the native one
+    builds is a failure."""
+    from biasbench.kernels import build
+    if not kernel.available(build.native_isa()):
+        pytest.skip(f"{kernel.what} C++ kernel unavailable here: {kernel.error(build.native_isa())}")
+    isas = [isa for isa in build.supported_isas() if isa != "portable"] or ["portable"]
+    for isa in isas:
+        assert kernel.available(isa), (isa, kernel.error(isa))
+    return isas
+
+
+def _cpp_or_skip() -> list[str]:
     from biasbench.kernels import dac_cpu
-    if not dac_cpu.available():
-        pytest.skip(f"C++ DAC kernel unavailable here: {dac_cpu._state.get('error')}")
+    return kernel_isas(dac_cpu.KERNEL)
+
+
+def _tolerance(dtype: torch.dtype) -> dict:
+    return {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", FAST_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_cpp_kernel_matches_chunked_and_reference(case, dtype):
-    _cpp_or_skip()
+    # Every build (vector width) against the chunked path, and the builds against each other.
+    from biasbench.kernels import dac_cpu
+    isas = _cpp_or_skip()
     cin, cout, k, s, p, h, w = case
-    fast = _conv_layer(cin, cout, k, s, p, "kernel", impl="cpp", dtype=dtype)
     slow = _conv_layer(cin, cout, k, s, p, "kernel", impl="chunked", dtype=dtype)
     batch = 37 if h * w <= 64 else 3
     z = torch.randn(batch, cin, h, w, dtype=dtype, requires_grad=True)
-    out, ref = fast(z), slow(z)
-    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
-    torch.testing.assert_close(out, ref, **tol)
-    got = _grads(out, [z, fast.weight, fast.unshared_bias])
-    want = _grads(ref, [z, slow.weight, slow.unshared_bias])
-    for a, b in zip(got, want, strict=True):
+    params = [z, slow.weight, slow.unshared_bias]
+    ref = slow(z)
+    want = [ref, *_grads(ref, params)]
+    tol = _tolerance(dtype)
+    results = {}
+    for isa in isas:
+        out = dac_cpu.dac_conv2d(z, slow.weight, slow.unshared_bias, s, p, isa)
+        results[isa] = [out, *_grads(out, params)]
+        for a, b in zip(results[isa], want, strict=True):
+            torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(*results.values(), strict=False):  # the widths agree with each other too
         torch.testing.assert_close(a, b, **tol)
     if dtype == torch.float64 and batch == 3 and h < 10:  # and the loop reference, on small shapes
-        check_conv_against_reference(fast, h, w)
+        check_conv_against_reference(_conv_layer(cin, cout, k, s, p, "kernel", impl="cpp"), h, w)
 
 
 @pytest.mark.parametrize("k, stride", [(3, 1), (3, 2), (1, 1), (5, 1)])
 def test_cpp_kernel_gradients_do_not_depend_on_the_thread_count(k, stride):
-    # A seed must fix a run on any CPU: the same bits with 1 thread as with several.
-    _cpp_or_skip()
-    layer = _conv_layer(6, 11, k, stride, k // 2, "kernel", impl="cpp", dtype=torch.float32)
-    assert_same_bits_for_any_thread_count(layer, torch.randn(40, 6, 9, 9, requires_grad=True))
+    # A seed must fix a run on any CPU: the same bits with 1 thread as with several, per build.
+    from biasbench.kernels import dac_cpu
+    for isa in _cpp_or_skip():
+        layer = _conv_layer(6, 19, k, stride, k // 2, "kernel", impl="cpp", dtype=torch.float32)
+        z = torch.randn(40, 6, 9, 9, requires_grad=True)
+        assert_same_bits_for_any_thread_count(
+            lambda z, layer=layer, isa=isa: dac_cpu.dac_conv2d(z, layer.weight, layer.unshared_bias, stride,
+                                                               k // 2, isa),
+            z, [layer.weight, layer.unshared_bias])
 
 
-def assert_same_bits_for_any_thread_count(layer, z: torch.Tensor) -> None:
-    """Output and gradients are bit-identical with 1, 2 and 3 threads."""
+def assert_same_bits_for_any_thread_count(fn, z: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """fn(z)'s output and gradients are bit-identical with 1, 2 and 3 threads."""
     before = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            out = layer(z)
-            results.append([out, *_grads(out, [z, layer.weight, layer.unshared_bias])])
+            out = fn(z)
+            results.append([out, *_grads(out, [z, *params])])
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:
@@ -317,8 +348,8 @@ def test_auto_falls_back_when_the_compiler_fails(monkeypatch):
     def broken_build():
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(dac_cpu, "_state", {})
-    monkeypatch.setattr(dac_cpu, "_build", broken_build)
+    monkeypatch.setattr(dac_cpu.KERNEL, "state", {})
+    monkeypatch.setattr(dac_cpu.KERNEL, "build", lambda isa: broken_build())
     with pytest.warns(RuntimeWarning, match="unavailable"):
         assert not dac_cpu.available()
     layer = _conv_layer(3, 4, 3, 2, 1, "kernel", impl="auto")
@@ -326,7 +357,7 @@ def test_auto_falls_back_when_the_compiler_fails(monkeypatch):
     out = layer(z)
     assert type(out.grad_fn).__name__.startswith("_ChunkedDAC")
     torch.testing.assert_close(out, dac_conv2d_reference(z, layer.weight, layer.unshared_bias, 2, 1))
-    monkeypatch.setattr(dac_cpu, "_state", {})
+    monkeypatch.setattr(dac_cpu.KERNEL, "state", {})
     monkeypatch.setenv("BIASBENCH_DAC_CPP", "0")
     assert not dac_cpu.available()
 
@@ -336,19 +367,82 @@ def test_cpp_build_name_covers_the_cpu_flags():
     # a hypervisor) can cover CPUs with and without AVX-512.
     from pathlib import Path
 
-    from biasbench.kernels import dac_cpu
+    from biasbench.kernels import build
     info = Path("/proc/cpuinfo")
     if not info.exists() or "flags" not in info.read_text():
         pytest.skip("no x86 /proc/cpuinfo here")
-    assert "flags" in dac_cpu._cpu_model()
+    assert "flags" in build.cpu_info()
+
+
+def test_isa_follows_the_cpu_and_the_environment(monkeypatch):
+    from biasbench.errors import UserError
+    from biasbench.kernels import build
+    monkeypatch.setattr(build, "cpu_flags", lambda: {"avx2", "fma", "sse2"})
+    monkeypatch.delenv(build.ISA_ENV, raising=False)
+    assert build.native_isa() == build.selected_isa() == "avx2"
+    assert build.supported_isas() == ["avx2", "portable"]
+    monkeypatch.setenv(build.ISA_ENV, "avx512")  # this "CPU" lacks AVX-512: refused, not ignored
+    with pytest.raises(UserError, match="avx512f"):
+        build.selected_isa()
+    monkeypatch.setenv(build.ISA_ENV, "avx513")
+    with pytest.raises(UserError, match="avx513"):
+        build.selected_isa()
+    monkeypatch.setattr(build, "cpu_flags", lambda: {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"})
+    monkeypatch.delenv(build.ISA_ENV)
+    assert build.selected_isa() == "avx512"
+    monkeypatch.setenv(build.ISA_ENV, "avx2")  # the stand-in for a CPU without AVX-512
+    assert build.selected_isa() == "avx2"
+    monkeypatch.setattr(build, "cpu_flags", lambda: set())  # neither: portable vectors
+    monkeypatch.delenv(build.ISA_ENV)
+    assert build.selected_isa() == "portable"
+
+
+def test_forced_avx2_build_is_what_layers_run(monkeypatch):
+    # BIASBENCH_CPU_ISA=avx2 makes the layers call the 256-bit build: what a CPU without
+    # AVX-512 runs, on this machine.
+    from biasbench.kernels import build, dac_cpu
+    if "avx2" not in _cpp_or_skip():
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setenv(build.ISA_ENV, "avx2")
+    calls = []
+    real_ops = dac_cpu.KERNEL.ops
+    monkeypatch.setattr(dac_cpu.KERNEL, "ops", lambda isa=None: calls.append(isa or build.selected_isa())
+                        or real_ops(isa))
+    layer = _conv_layer(3, 19, 3, 1, 1, "kernel", impl="auto", dtype=torch.float32)
+    z = torch.randn(2, 3, 7, 5, requires_grad=True)
+    layer(z).sum().backward()
+    assert calls == ["avx2", "avx2"]  # forward and backward
+
+
+@pytest.mark.parametrize("kernel_module", ["dac_cpu", "dac_linear_cpu", "raa_cpu"])
+def test_avx2_build_has_no_512_bit_instructions(kernel_module):
+    # The stand-in for a CPU without AVX-512 must not contain one AVX-512 instruction (zmm
+    # registers or opmask registers), while the AVX-512 build does use them.
+    import importlib
+    import shutil
+    import subprocess
+
+    from biasbench.kernels import build
+    kernel = importlib.import_module(f"biasbench.kernels.{kernel_module}").KERNEL
+    isas = kernel_isas(kernel)
+    if "avx2" not in isas or shutil.which("objdump") is None:
+        pytest.skip("needs an AVX2 CPU and objdump")
+
+    def disassembly(isa: str) -> str:
+        lib = build.library_path(kernel, isa)
+        return subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+
+    avx2 = disassembly("avx2")
+    assert "%ymm" in avx2 and "%zmm" not in avx2 and "{%k" not in avx2
+    if "avx512" in isas:
+        assert "%zmm" in disassembly("avx512")
 
 
 # -- fused dense kernel (biasbench/kernels/dac_linear_cpu.cpp) ----------------------------------
 
-def _linear_cpp_or_skip():
+def _linear_cpp_or_skip() -> list[str]:
     from biasbench.kernels import dac_linear_cpu
-    if not dac_linear_cpu.available():
-        pytest.skip(f"C++ DAC linear kernel unavailable here: {dac_linear_cpu._state.get('error')}")
+    return kernel_isas(dac_linear_cpu.KERNEL)
 
 
 def _autograd_names(out: torch.Tensor) -> list[str]:
@@ -379,7 +473,8 @@ LINEAR_CASES = [((37,), 13, 7), ((1,), 13, 7), ((37,), 141, 141), ((2, 3), 13, 7
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: f"{c[0]}x{c[1]}->{c[2]}")
 def test_cpp_linear_matches_chunked_and_reference(case, dtype):
-    _linear_cpp_or_skip()
+    from biasbench.kernels import dac_linear_cpu
+    isas = _linear_cpp_or_skip()
     lead, cin, cout = case
     fast = _linear_layer(cin, cout, "cpp", dtype)
     slow = _linear_layer(cin, cout, "chunked", dtype)
@@ -387,24 +482,34 @@ def test_cpp_linear_matches_chunked_and_reference(case, dtype):
     out, ref = fast(z), slow(z)
     assert out.shape == (*lead, cout)
     assert any(n.startswith("_DACLinearCPU") for n in _autograd_names(out))
-    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-4}
+    tol = _tolerance(dtype)
     loop = dac_linear_reference(z.reshape(-1, cin), fast.weight, fast.unshared_bias) + fast.bias
     loop = loop.reshape(*lead, cout)
     torch.testing.assert_close(out, ref, **tol)
     torch.testing.assert_close(out, loop, **tol)
-    got = _grads(out, [z, fast.weight, fast.unshared_bias, fast.bias])
+    params = [z, fast.weight, fast.unshared_bias, fast.bias]
+    got = _grads(out, params)
     want = _grads(ref, [z, slow.weight, slow.unshared_bias, slow.bias])
-    want_loop = _grads(loop, [z, fast.weight, fast.unshared_bias, fast.bias])
+    want_loop = _grads(loop, params)
     for a, b, c in zip(got, want, want_loop, strict=True):
         torch.testing.assert_close(a, b, **tol)
         torch.testing.assert_close(a, c, **tol)
+    # every build (vector width) against the layer's, values and gradients
+    flat = z.reshape(-1, cin)
+    for isa in isas:
+        other = (dac_linear_cpu.dac_linear(flat, fast.weight, fast.unshared_bias, isa) + fast.bias).reshape(out.shape)
+        for a, b in zip([other, *_grads(other, params)], [out, *got], strict=True):
+            torch.testing.assert_close(a, b, **tol)
 
 
 def test_cpp_linear_gradients_do_not_depend_on_the_thread_count():
-    _linear_cpp_or_skip()
-    for cin, cout, batch in ((141, 19, 70), (13, 7, 37)):
-        layer = _linear_layer(cin, cout, "cpp", torch.float32)
-        assert_same_bits_for_any_thread_count(layer, torch.randn(batch, cin, requires_grad=True))
+    from biasbench.kernels import dac_linear_cpu
+    for isa in _linear_cpp_or_skip():
+        for cin, cout, batch in ((141, 19, 70), (13, 7, 37)):
+            layer = _linear_layer(cin, cout, "cpp", torch.float32)
+            assert_same_bits_for_any_thread_count(
+                lambda z, layer=layer, isa=isa: dac_linear_cpu.dac_linear(z, layer.weight, layer.unshared_bias, isa),
+                torch.randn(batch, cin, requires_grad=True), [layer.weight, layer.unshared_bias])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -428,8 +533,8 @@ def test_linear_auto_falls_back_when_the_compiler_fails(monkeypatch):
     def broken_build():
         raise RuntimeError("no compiler")
 
-    monkeypatch.setattr(dac_linear_cpu, "_state", {})
-    monkeypatch.setattr(dac_linear_cpu, "_build", broken_build)
+    monkeypatch.setattr(dac_linear_cpu.KERNEL, "state", {})
+    monkeypatch.setattr(dac_linear_cpu.KERNEL, "build", lambda isa: broken_build())
     with pytest.warns(RuntimeWarning, match="unavailable"):
         assert not dac_linear_cpu.available()
     layer = _linear_layer(6, 5, "auto", torch.float64, bias=False)
@@ -439,7 +544,7 @@ def test_linear_auto_falls_back_when_the_compiler_fails(monkeypatch):
     torch.testing.assert_close(out, dac_linear_reference(z, layer.weight, layer.unshared_bias))
     with pytest.raises(RuntimeError, match="cannot run"):  # a forced kernel never falls back
         _linear_layer(6, 5, "cpp", torch.float64)(z)
-    monkeypatch.setattr(dac_linear_cpu, "_state", {})
+    monkeypatch.setattr(dac_linear_cpu.KERNEL, "state", {})
     monkeypatch.setenv("BIASBENCH_DAC_CPP", "0")
     assert not dac_linear_cpu.available()
 
@@ -485,3 +590,58 @@ def test_triton_kernel_matches_reference_in_interpreter():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and f"ok {len(TRITON_CASES)}" in proc.stdout, proc.stderr[-3000:]
+
+
+# -- the Triton kernel on a GPU (benchmarks/gpu_check.sh runs these: pytest -k cuda) -----------
+
+# (in, out, spatial size, stride) of every 3x3 conv shape in a CIFAR ResNet20
+RESNET20_CONVS = [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", RESNET20_CONVS, ids=lambda c: "x".join(map(str, c)))
+def test_triton_kernel_on_cuda_matches_reference(case, dtype):
+    from biasbench.kernels import dac_triton
+    cin, cout, hw, stride = case
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = torch.randn(4, cin, hw, hw, device="cuda", generator=g).to(dtype).requires_grad_()
+    w = (torch.randn(cout, cin, 3, 3, device="cuda", generator=g) / (9 * cin) ** 0.5).to(dtype).requires_grad_()
+    b = (torch.randn(cout, cin, device="cuda", generator=g) * 0.5).to(dtype).requires_grad_()
+    out = dac_triton.dac_conv2d(z, w, b, stride, 1)
+    assert out.dtype == dtype and type(out.grad_fn).__name__.startswith("_DACConvTriton")
+    # the truth: the chunked path in float64 on the same (rounded) inputs
+    z64, w64, b64 = (t.detach().double().requires_grad_() for t in (z, w, b))
+    ref = dac_conv2d_chunked(z64, w64, b64, stride, 1, torch.relu)
+    grad = torch.randn(ref.shape, device="cuda", generator=g).to(dtype)
+    got = [out, *torch.autograd.grad(out, [z, w, b], grad)]
+    want = [ref, *torch.autograd.grad(ref, [z64, w64, b64], grad.double())]
+    rel = 1e-4 if dtype == torch.float32 else 2e-2  # bf16 keeps 8 bits: outputs rounded once
+    for a, e in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), e, rtol=rel, atol=rel * e.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_layers_on_cuda_take_the_triton_kernel():
+    layer = _conv_layer(3, 5, 3, 2, 1, "kernel", impl="auto", dtype=torch.float32).cuda()
+    z = torch.randn(2, 3, 9, 9, device="cuda", requires_grad=True)
+    out = layer(z)
+    assert type(out.grad_fn).__name__.startswith("_DACConvTriton")
+    torch.testing.assert_close(out, dac_conv2d_reference(z, layer.weight, layer.unshared_bias, 2, 1))
+
+
+def test_fused_kernels_run_in_float32_under_cpu_autocast():
+    # The C++ kernels have no bfloat16 path: under CPU autocast the layers hand them float32
+    # (as autocast runs a float32 op) instead of failing on mixed dtypes.
+    _cpp_or_skip()
+    _linear_cpp_or_skip()
+    conv = _conv_layer(3, 19, 3, 2, 1, "kernel", impl="auto", dtype=torch.float32)
+    dense = _linear_layer(13, 7, "auto", torch.float32)
+    for layer, shape, node in ((conv, (2, 3, 7, 5), "_DACConvCPU"), (dense, (4, 13), "_DACLinearCPU")):
+        z = torch.randn(shape).to(torch.bfloat16).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(z)
+        assert out.dtype == torch.float32 and any(n.startswith(node) for n in _autograd_names(out))
+        torch.testing.assert_close(out, layer(z.detach().float()))
+        out.sum().backward()
+        assert z.grad is not None and z.grad.dtype == torch.bfloat16

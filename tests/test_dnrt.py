@@ -26,11 +26,13 @@ def n_params(m) -> int:
 
 # -- RAA ------------------------------------------------------------------------------------------
 def test_raa_equals_exact_gelu_and_relu_at_init():
+    # The fused kernel computes erf its own way: equal to float32 rounding (1 ulp at |x| ~ 10).
+    torch.manual_seed(0)
     x = torch.randn(3, 7, 16) * 3
-    torch.testing.assert_close(RAA(16, "gelu")(x), F.gelu(x, approximate="none"), rtol=0, atol=1e-6)
+    torch.testing.assert_close(RAA(16, "gelu")(x), F.gelu(x, approximate="none"), rtol=3e-7, atol=1e-6)
     torch.testing.assert_close(RAA(16, "relu")(x), F.relu(x), rtol=0, atol=0)
     maps = torch.randn(2, 5, 4, 4) * 3
-    torch.testing.assert_close(RAA2d(5, "gelu")(maps), F.gelu(maps), rtol=0, atol=1e-6)
+    torch.testing.assert_close(RAA2d(5, "gelu")(maps), F.gelu(maps), rtol=3e-7, atol=1e-6)
     torch.testing.assert_close(RAA2d(5, "relu")(maps), F.relu(maps), rtol=0, atol=0)
 
 

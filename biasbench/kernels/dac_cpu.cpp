@@ -9,13 +9,13 @@
 // the activation (spec section 1).
 //
 // Two kernel families:
-//  - namespace lanes (kernel sizes 1 and 3, what ResNets use): vectors over 8 output channels,
-//    see the comment there. The fast path.
+//  - namespace lanes (kernel sizes 1 and 3, what ResNets use): vectors over 16 (AVX-512) or 8
+//    (AVX2) output channels, see the comment there. The fast path.
 //  - the plane kernels below (any other kernel size): vectors over positions, one plane per
 //    (n, i, j) in "phase" layout (padded column u lives in phase u % s at index u / s, so a
 //    stride-s tap reads contiguous memory).
-// Vectors are GCC/Clang vector extensions (32 bytes): portable C++, AVX2 where -march=native
-// has it (relu uses vmaxps when __AVX__ is defined).
+// Vectors are simd.h's GCC/Clang vector extensions, 64 bytes in the AVX-512 build and 32 bytes
+// in the AVX2 / portable builds (biasbench/kernels/build.py picks the width from the CPU).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -24,12 +24,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
 #include <cstdlib>
 #include <cstring>
 #include <vector>
+
+#include "simd.h"
 
 // Partial sums of the weight and bias gradients are kept per chunk of samples and added in
 // chunk order. The chunks depend on the batch size only, never on the thread count, so the
@@ -39,44 +38,8 @@ static inline int batch_chunks(int n) { return std::max(1, std::min(n, 32)); }
 
 namespace {
 
-template <typename T>
-struct V {
-  static constexpr int L = 32 / sizeof(T);
-  typedef T type __attribute__((vector_size(32)));
-  static inline type load(const T* p) { type v; std::memcpy(&v, p, sizeof(v)); return v; }
-  static inline void store(T* p, type v) { std::memcpy(p, &v, sizeof(v)); }
-  // scalar + vector broadcasts (one vbroadcastss); a lane-by-lane loop compiles to inserts
-  static inline type splat(T x) { return type{} + x; }
-  static inline type relu(type v) {
-#if defined(__AVX__)
-    if constexpr (sizeof(type) == 32 && sizeof(T) == 4) return (type)_mm256_max_ps((__m256)v, _mm256_setzero_ps());
-    if constexpr (sizeof(type) == 32 && sizeof(T) == 8) return (type)_mm256_max_pd((__m256d)v, _mm256_setzero_pd());
-#endif
-    const type zero = splat(T(0));
-    return v > zero ? v : zero;
-  }
-  static inline type mask(type m, type v) { const type zero = splat(T(0)); return m > zero ? v : zero; }
-  static inline T sum(type v) { T s = T(0); for (int l = 0; l < L; ++l) s += v[l]; return s; }
-  // (a0 b0 a1 b1 ...) <-> (a0 a1 ...), (b0 b1 ...): stride-2 columns to / from phase layout
-  static inline void split(type lo, type hi, type& even, type& odd) {
-    if constexpr (L == 8) {
-      even = __builtin_shufflevector(lo, hi, 0, 2, 4, 6, 8, 10, 12, 14);
-      odd = __builtin_shufflevector(lo, hi, 1, 3, 5, 7, 9, 11, 13, 15);
-    } else {
-      even = __builtin_shufflevector(lo, hi, 0, 2, 4, 6);
-      odd = __builtin_shufflevector(lo, hi, 1, 3, 5, 7);
-    }
-  }
-  static inline void merge(type even, type odd, type& lo, type& hi) {
-    if constexpr (L == 8) {
-      lo = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
-      hi = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
-    } else {
-      lo = __builtin_shufflevector(even, odd, 0, 4, 1, 5);
-      hi = __builtin_shufflevector(even, odd, 2, 6, 3, 7);
-    }
-  }
-};
+using simd::Scratch;
+using simd::V;
 
 struct Geo {  // geometry shared by forward and backward
   int N, C, H, W, O, k, s, pad, Ho, Wo, Hp, Wp, Wq;
@@ -335,29 +298,25 @@ void backward_impl(const Geo& g, const T* z, const T* w, const T* b, const T* gr
 // ---------------------------------------------------------------------------------------------
 // Lane-blocked kernels (kernel sizes 1 and 3; others use the plane kernels above).
 //
-// Vectors run over L = 32 / sizeof(T) consecutive OUTPUT channels i (an "i-block") instead of
-// over positions: lane l of A[u][v] holds relu(z[j, u-pad, v-pad] + B[i0+l, j]). For one
-// (sample, i-block, j) the activated zero-bordered plane is built once (one broadcast, add and
-// max per input position for L output channels) and every tap then is one aligned vector FMA
-// against a weight vector held in a register, for any stride: a stride-s tap only reads every
-// s-th position of the lane plane, no phase split. The weight and bias gradients accumulate
-// per lane (no horizontal sums); only dz sums over i, once per input position per (n, j) after
-// all i-blocks. Output channels past O are zero lanes of the packed weights and biases.
+// Vectors run over L = simd::kBytes / sizeof(T) consecutive OUTPUT channels i (an "i-block":
+// 16 floats with AVX-512, 8 with AVX2) instead of over positions: lane l of A[u][v] holds
+// relu(z[j, u-pad, v-pad] + B[i0+l, j]). For one (sample, i-block, j) the activated
+// zero-bordered plane is built once (one broadcast-add and one max per input position for L
+// output channels) and every tap then is one aligned vector FMA against a weight vector held in
+// a register, for any stride: a stride-s tap only reads every s-th position of the lane plane.
+// The weight and bias gradients accumulate per lane (no horizontal sums); only dz sums over i,
+// once per input position per (n, j) after all i-blocks. Moving between the NCHW tensors and
+// the lane layout (forward's output, backward's gradient) transposes L x L blocks in registers.
+// Output channels past O are zero lanes of the packed weights and biases.
 namespace lanes {
 
-template <typename T>
-struct Buf {  // 64-byte aligned, zero-initialised scratch
-  T* p = nullptr;
-  explicit Buf(int64_t n) {
-    const size_t bytes = ((std::max<int64_t>(n, 1) * sizeof(T) + 63) / 64) * 64;
-    p = static_cast<T*>(std::aligned_alloc(64, bytes));
-    TORCH_CHECK(p != nullptr, "dac_cpu: out of memory");
-    std::memset(p, 0, bytes);
-  }
-  ~Buf() { std::free(p); }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
+// Blocking, per vector width (measured on a 2-core Xeon with AVX-512 and AMX, and with the
+// 256-bit build on the same machine and on an AVX2 AMD EPYC; docs/dac_layers.md): FM output
+// positions per forward step (independent accumulators; 6 or 8 spilled with AVX2's 16 registers
+// and were no faster with AVX-512's 32), DM / DM2 input positions per step of the input
+// gradient at stride 1 / 2, and the forward row tile's L1 budget in bytes.
+constexpr int FM = 4, DM = 4, DM2 = simd::kBytes == 64 ? 8 : 4;
+constexpr int64_t kTileBytes = 24576;
 
 template <typename T>
 struct Pack {  // w: (i-block, j, tap, lane), b: (i-block, j, lane)
@@ -404,6 +363,47 @@ inline void build(const Geo& g, const T* __restrict__ zj, typename V<T>::type bv
   }
 }
 
+// out[l * ostride + p] = lanes[p * L + l] for the first nl lanes and p < np: L x L blocks
+// transposed in registers, instead of one scalar load and store per element.
+template <typename T>
+inline void lanes_to_planes(const T* lanes, int64_t np, T* out, int64_t ostride, int nl) {
+  using Vt = V<T>;
+  constexpr int L = Vt::L;
+  int64_t p = 0;
+  for (; p + L <= np; p += L) {
+    typename Vt::type r[L];
+#pragma GCC unroll 16
+    for (int q = 0; q < L; ++q) r[q] = Vt::load(lanes + (p + q) * L);
+    Vt::transpose(r);
+    for (int l = 0; l < nl; ++l) Vt::store(out + l * ostride + p, r[l]);
+  }
+  for (; p < np; ++p)
+    for (int l = 0; l < nl; ++l) out[l * ostride + p] = lanes[p * L + l];
+}
+
+// The inverse, into a bordered lane plane: lane l of position p = (y, x) (x < wo) is
+// planes[l * pstride + p], stored at lanes[y * rs + x * L]; lanes nl.. stay as they are (zero).
+template <typename T>
+inline void planes_to_lanes(const T* planes, int64_t np, int nl, int wo, T* lanes, int64_t rs) {
+  using Vt = V<T>;
+  constexpr int L = Vt::L;
+  const int64_t pstride = np;
+  int64_t p = 0;
+  for (; p + L <= np; p += L) {
+    typename Vt::type r[L];
+    for (int l = 0; l < L; ++l) r[l] = l < nl ? Vt::load(planes + l * pstride + p) : Vt::splat(T(0));
+    Vt::transpose(r);
+    int y = int(p / wo), x = int(p % wo);
+#pragma GCC unroll 16
+    for (int q = 0; q < L; ++q) {
+      Vt::store(lanes + y * rs + int64_t(x) * L, r[q]);
+      if (++x == wo) { x = 0; ++y; }
+    }
+  }
+  for (; p < np; ++p)
+    for (int l = 0; l < nl; ++l) lanes[(p / wo) * rs + (p % wo) * L + l] = planes[l * pstride + p];
+}
+
 // M output positions of one row: o[m] += sum_(a,b) W[a,b] * A[a, m*s + b], the taps' partial
 // sums spread over P accumulators per position. Measured on AVX2 (16 registers), M = 4, P = 1
 // beats M = 6 or 8 and P = 2 or 3 by 5-15%: larger blocks spill.
@@ -441,11 +441,11 @@ void forward(const Geo& g, const T* z, const Pack<T>& pk, T* out) {
   const int IB = pk.IB;
   const int64_t rs = int64_t(g.Wp) * L, zplane = int64_t(g.H) * g.W;
   // Output rows per tile: the tile's lane plane and output accumulators stay within ~24 KiB (L1).
-  const int64_t budget = 24576 / int64_t(sizeof(T) * L);
+  const int64_t budget = kTileBytes / int64_t(sizeof(T) * L);
   int R = g.Ho;
   while (R > 1 && int64_t((R - 1) * S + K) * g.Wp + int64_t(R) * g.Wo > budget) --R;
   at::parallel_for(0, int64_t(g.N) * IB, 1, [&](int64_t begin, int64_t end) {
-    Buf<T> A(int64_t((R - 1) * S + K) * rs), Oa(int64_t(R) * g.Wo * L);
+    Scratch<T> A(0, int64_t((R - 1) * S + K) * rs), Oa(1, int64_t(R) * g.Wo * L);
     for (int64_t t = begin; t < end; ++t) {
       const int n = int(t / IB), ib = int(t % IB);
       const int nl = std::min(L, g.O - ib * L);
@@ -461,7 +461,7 @@ void forward(const Geo& g, const T* z, const Pack<T>& pk, T* out) {
             T* orow = Oa.p + int64_t(yy) * g.Wo * L;
             const T* arow = A.p + int64_t(yy) * S * rs;
             int x = 0;
-            for (; x + 4 <= g.Wo; x += 4) fblock<T, K, S, 4, 1>(wr, arow + int64_t(x) * S * L, rs, orow + int64_t(x) * L);
+            for (; x + FM <= g.Wo; x += FM) fblock<T, K, S, FM, 1>(wr, arow + int64_t(x) * S * L, rs, orow + int64_t(x) * L);
             for (; x < g.Wo; ++x) {
               VT acc = Vt::load(orow + int64_t(x) * L);
               for (int a = 0; a < K; ++a)
@@ -471,11 +471,8 @@ void forward(const Geo& g, const T* z, const Pack<T>& pk, T* out) {
             }
           }
         }
-        const int64_t np = int64_t(rows) * g.Wo;
-        for (int l = 0; l < nl; ++l) {
-          T* o = out + ((int64_t(n) * g.O + ib * L + l) * g.Ho + y0) * g.Wo;
-          for (int64_t p = 0; p < np; ++p) o[p] = Oa.p[p * L + l];
-        }
+        lanes_to_planes(Oa.p, int64_t(rows) * g.Wo, out + ((int64_t(n) * g.O + ib * L) * g.Ho + y0) * g.Wo,
+                        int64_t(g.Ho) * g.Wo, nl);
       }
     }
   });
@@ -495,55 +492,178 @@ inline typename V<T>::type hsum_block(const T* M) {
   return buf[0];
 }
 
-// Transposed conv at a padded input position (u, v) whose row / column phases are RA / RB:
-// sum of W[a,b] * G[(u-a)/s, (v-b)/s] over the taps with a = RA, b = RB (mod s). gp points at
-// G[(u-RA)/s, (v-RB)/s] in the lane-layout gradient, which has a zero border wide enough that
-// no bounds checks are needed; every other offset is a compile-time multiple of gs or L.
-template <typename T, int K, int S, int RA, int RB>
-inline typename V<T>::type tsum(const typename V<T>::type* wr, const T* gp, int64_t gs) {
-  using Vt = V<T>;
-  typename Vt::type t = Vt::splat(T(0));
-#pragma GCC unroll 8
-  for (int a = RA; a < K; a += S)
-#pragma GCC unroll 8
-    for (int b = RB; b < K; b += S)
-      t += wr[a * K + b] * Vt::load(gp - ((a - RA) / S) * gs - ((b - RB) / S) * Vt::L);
-  return t;
-}
-
-// One input row of d = relu'(z + B) * (transposed conv of the gradient): adds d into the lane
-// sums dr (the first i-block stores) and into db. grow points at gradient row (u-RA)/s (with
-// the border offset E); P0 is the column phase of x = 0, i.e. pad % s.
-template <typename T, int K, int S, int RA, int P0>
-inline void drow(const Geo& g, const typename V<T>::type* wr, const T* grow, int64_t gs, int E,
-                 const T* arow, T* dr, bool first, typename V<T>::type& db) {
+// Where one input row's d = relu'(A) * t goes: the lane sums dr (the first i-block stores, later
+// ones add) and db, as two partial sums (a shorter add chain).
+template <typename T, bool FIRST>
+struct DRow {
   using Vt = V<T>;
   using VT = typename Vt::type;
-  constexpr int L = Vt::L, M = 4;  // positions per step (independent FMA chains), a multiple of s
-  constexpr int P1 = S == 1 ? 0 : 1 - P0;
-  // gradient column offset (in vectors) of position x: ((x + pad) - phase) / s + E
-  auto gcol = [&](int x, int ph) { return grow + int64_t((x + g.pad - ph) / S + E) * L; };
-  VT db2[2] = {db, Vt::splat(T(0))};  // two partial sums: shorter add chain
-  auto put = [&](int x, VT t) {
-    const VT d = Vt::mask(Vt::load(arow + int64_t(x + g.pad) * L), t);
-    T* dp = dr + int64_t(x) * L;
-    Vt::store(dp, first ? d : Vt::load(dp) + d);
-    db2[x & 1] += d;
-  };
-  int x = 0;
-  for (; x + M <= g.W; x += M) {
-    VT t[M];
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m)
-      t[m] = (m % S == 0) ? tsum<T, K, S, RA, P0>(wr, gcol(x + m, P0), gs)
-                          : tsum<T, K, S, RA, P1>(wr, gcol(x + m, P1), gs);
-#pragma GCC unroll 8
-    for (int m = 0; m < M; ++m) put(x + m, t[m]);
+  const T* arow;
+  T* dr;
+  VT dbs[2];
+  DRow(const T* a, T* d, VT db) : arow(a), dr(d), dbs{db, Vt::splat(T(0))} {}
+  inline void put(int x, VT t) {
+    const VT d = Vt::mask(Vt::load(arow + int64_t(x) * Vt::L), t);
+    T* dp = dr + int64_t(x) * Vt::L;
+    Vt::store(dp, FIRST ? d : Vt::load(dp) + d);
+    dbs[x & 1] += d;
   }
-  for (; x < g.W; ++x)
-    put(x, (x % S == 0) ? tsum<T, K, S, RA, P0>(wr, gcol(x, P0), gs)
-                        : tsum<T, K, S, RA, P1>(wr, gcol(x, P1), gs));
-  db = db2[0] + db2[1];
+  VT total() const { return dbs[0] + dbs[1]; }
+};
+
+// Stride 1, all H input rows: d[y, x] = relu'(A[y, x]) * sum_(a,b) W[a,b] G[y - a, x - b] into
+// DRow, row after row (rows advance by gs in G, rs in A, W * L in D: a small plane's rows stay
+// in one call). g0 / arow point at row 0, x = 0. M positions at a time: each gradient column is
+// loaded once per tap row and feeds every (m, b) it serves (K FMAs per load), and the M sums are
+// independent FMA chains.
+template <typename T, int K, int M, bool FIRST>
+inline void drows1(const typename V<T>::type* wr, const T* g0, int64_t gs, const T* arow, int64_t rs,
+                   T* dr, int W, int H, typename V<T>::type& db) {
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  constexpr int L = Vt::L;
+  for (int y = 0; y < H; ++y, g0 += gs, arow += rs, dr += int64_t(W) * L) {
+    DRow<T, FIRST> out(arow, dr, db);
+    int x = 0;
+    for (; x + M <= W; x += M) {
+      VT t[M];
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m) t[m] = Vt::splat(T(0));
+      const T* gx = g0 + int64_t(x) * L;
+#pragma GCC unroll 8
+      for (int a = 0; a < K; ++a)
+#pragma GCC unroll 32
+        for (int c = 1 - K; c < M; ++c) {  // gradient column x + c
+          const VT v = Vt::load(gx - a * gs + c * L);
+#pragma GCC unroll 16
+          for (int m = 0; m < M; ++m) {
+            const int b = m - c;
+            if (b >= 0 && b < K) t[m] += wr[a * K + b] * v;
+          }
+        }
+#pragma GCC unroll 16
+      for (int m = 0; m < M; ++m) out.put(x + m, t[m]);
+    }
+    for (; x < W; ++x) {
+      VT t = Vt::splat(T(0));
+      for (int a = 0; a < K; ++a)
+        for (int b = 0; b < K; ++b) t += wr[a * K + b] * Vt::load(g0 + int64_t(x - b) * L - a * gs);
+      out.put(x, t);
+    }
+    db = out.total();
+  }
+}
+
+// Stride 2, one input row u (row phase RA = u % 2, column phase P0 = pad % 2 of x = 0): the
+// taps reaching input column v are those with b = v (mod 2), reading gradient column (v - b) / 2
+// of gradient row (u - a) / 2. M positions at a time (M even, so the phases of position m are
+// compile-time constants); each gradient column is loaded once per tap row and feeds every
+// (m, b) it serves. g0 points at the gradient for row (u - RA) / 2 and column (pad - P0) / 2
+// (x = 0's pair), arow at A for x = 0.
+template <typename T, int K, int M, int P0, int RA, bool FIRST>
+inline void drow2(const typename V<T>::type* wr, const T* g0, int64_t gs, const T* arow, T* dr, int W,
+                  int pad, typename V<T>::type& db) {
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  constexpr int L = Vt::L;
+  static_assert(M % 2 == 0, "whole column pairs");
+  constexpr int CMIN = (P0 - (K - 1) - 1) / 2, CMAX = (P0 + M - 1) / 2;  // gradient columns read
+  DRow<T, FIRST> out(arow, dr, db);
+  int x = 0;
+  for (; x + M <= W; x += M) {
+    VT t[M];
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) t[m] = Vt::splat(T(0));
+    const T* gx = g0 + int64_t(x / 2) * L;
+#pragma GCC unroll 4
+    for (int a = RA; a < K; a += 2)
+#pragma GCC unroll 16
+      for (int c = CMIN; c <= CMAX; ++c) {
+        bool used = false;
+#pragma GCC unroll 16
+        for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+          for (int b = 0; b < K; ++b) used |= (P0 + m - b) % 2 == 0 && (P0 + m - b) / 2 == c;
+        if (!used) continue;
+        const VT v = Vt::load(gx - ((a - RA) / 2) * gs + c * L);
+#pragma GCC unroll 16
+        for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+          for (int b = 0; b < K; ++b)
+            if ((P0 + m - b) % 2 == 0 && (P0 + m - b) / 2 == c) t[m] += wr[a * K + b] * v;
+      }
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) out.put(x + m, t[m]);
+  }
+  for (; x < W; ++x) {  // the last positions: the same sums, taps chosen at run time
+    VT t = Vt::splat(T(0));
+    const int v = x + pad, base = (pad - P0) / 2;
+    for (int a = RA; a < K; a += 2)
+      for (int b = v % 2; b < K; b += 2)
+        t += wr[a * K + b] * Vt::load(g0 - ((a - RA) / 2) * gs + int64_t((v - b) / 2 - base) * L);
+    out.put(x, t);
+  }
+  db = out.total();
+}
+
+// dW[a,b] += sum_p grad[p] * A[p*s + (a,b)] for one (sample, i-block, j): K*K accumulators,
+// one FMA each per position, so the chains are independent and stay in registers. G is the
+// lane-layout gradient (zero border E, row stride gs), A the lane plane (row stride rs).
+template <typename T, int K, int S>
+inline void weight_grad(const Geo& g, const T* G, int64_t gs, int E, const T* A, int64_t rs, T* dw) {
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  constexpr int L = Vt::L, KK = K * K;
+  VT acc[KK];
+#pragma GCC unroll 16
+  for (int e = 0; e < KK; ++e) acc[e] = Vt::splat(T(0));
+  for (int y = 0; y < g.Ho; ++y) {
+    const T* grow = G + (y + E) * gs + int64_t(E) * L;
+    const T* arow = A + int64_t(y) * S * rs;
+    for (int x = 0; x < g.Wo; ++x) {
+      const VT g0 = Vt::load(grow + int64_t(x) * L);
+      const T* ap = arow + int64_t(x) * S * L;
+#pragma GCC unroll 8
+      for (int a = 0; a < K; ++a)
+#pragma GCC unroll 8
+        for (int b = 0; b < K; ++b) acc[a * K + b] += g0 * Vt::load(ap + a * rs + b * L);
+    }
+  }
+#pragma GCC unroll 16
+  for (int e = 0; e < KK; ++e) Vt::store(dw + e * L, Vt::load(dw + e * L) + acc[e]);
+}
+
+// d = relu'(z + B) * (transposed conv of the gradient) for one (sample, i-block, j), row by
+// row: into the lane sums D (the first i-block stores, later ones add) and into db.
+template <typename T, int K, int S>
+inline void input_grad(const Geo& g, const typename V<T>::type* wr, const T* G, int64_t gs, int E,
+                       const T* A, int64_t rs, T* D, bool first, typename V<T>::type& db) {
+  constexpr int L = V<T>::L, R1 = S > 1 ? 1 : 0;
+  const int p0 = g.pad % S;
+  if constexpr (S == 1) {
+    const T* g0 = G + int64_t(g.pad + E) * gs + int64_t(g.pad + E) * L;
+    const T* a0 = A + g.pad * rs + int64_t(g.pad) * L;
+    if (first) drows1<T, K, DM, true>(wr, g0, gs, a0, rs, D, g.W, g.H, db);
+    else drows1<T, K, DM, false>(wr, g0, gs, a0, rs, D, g.W, g.H, db);
+  } else {  // per row: the row's and the first column's phases pick the tap pattern at compile time
+    for (int y = 0; y < g.H; ++y) {
+      const int u = y + g.pad, ra = u % S;
+      const T* arow = A + u * rs + int64_t(g.pad) * L;
+      const T* g0 = G + int64_t((u - ra) / S + E) * gs + int64_t((g.pad - p0) / 2 + E) * L;
+      T* dr = D + int64_t(y) * g.W * L;
+      auto go = [&](auto fn) { fn(wr, g0, gs, arow, dr, g.W, g.pad, db); };
+      switch ((ra << 2) | (p0 << 1) | int(first)) {
+        case 0: go(drow2<T, K, DM2, 0, 0, false>); break;
+        case 1: go(drow2<T, K, DM2, 0, 0, true>); break;
+        case 2: go(drow2<T, K, DM2, R1, 0, false>); break;
+        case 3: go(drow2<T, K, DM2, R1, 0, true>); break;
+        case 4: go(drow2<T, K, DM2, 0, R1, false>); break;
+        case 5: go(drow2<T, K, DM2, 0, R1, true>); break;
+        case 6: go(drow2<T, K, DM2, R1, R1, false>); break;
+        default: go(drow2<T, K, DM2, R1, R1, true>); break;
+      }
+    }
+  }
 }
 
 template <typename T, int K, int S>
@@ -559,20 +679,17 @@ void backward(const Geo& g, const T* z, const Pack<T>& pk, const T* grad, T* gz,
   const int64_t zplane = int64_t(g.H) * g.W, oplane = int64_t(g.Ho) * g.Wo;
   const int nchunks = batch_chunks(g.N);
   const int64_t nw = int64_t(IB) * g.C * KK * L, nbias = int64_t(IB) * g.C * L;
-  Buf<T> gw_acc(nchunks * nw), gb_acc(nchunks * nbias);  // per-chunk partial sums, no atomics
+  Scratch<T> gw_acc(0, nchunks * nw), gb_acc(1, nchunks * nbias);  // per-chunk partial sums, no atomics
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    Buf<T> Gt(IB * gplane), A(int64_t(g.Hp) * rs), D(zplane * L);
+    Scratch<T> Gt(2, IB * gplane), A(3, int64_t(g.Hp) * rs), D(4, zplane * L);
     for (int64_t ch = cb; ch < ce; ++ch) {
       T* gwl = gw_acc.p + ch * nw;
       T* gbl = gb_acc.p + ch * nbias;
       const int n0 = int(int64_t(g.N) * ch / nchunks), n1 = int(int64_t(g.N) * (ch + 1) / nchunks);
       for (int n = n0; n < n1; ++n) {
-        for (int i = 0; i < g.O; ++i) {  // grad[n] into lane layout (borders stay zero)
-          const T* gi = grad + (int64_t(n) * g.O + i) * oplane;
-          T* G = Gt.p + (i / L) * gplane + i % L;
-          for (int y = 0; y < g.Ho; ++y)
-            for (int x = 0; x < g.Wo; ++x) G[(y + E) * gs + int64_t(x + E) * L] = gi[int64_t(y) * g.Wo + x];
-        }
+        for (int ib = 0; ib < IB; ++ib)  // grad[n] into lane layout (borders stay zero)
+          planes_to_lanes(grad + (int64_t(n) * g.O + ib * L) * oplane, oplane, std::min(L, g.O - ib * L),
+                          g.Wo, Gt.p + ib * gplane + E * gs + int64_t(E) * L, gs);
         for (int j = 0; j < g.C; ++j) {
           const T* zj = z + (int64_t(n) * g.C + j) * zplane;
           for (int ib = 0; ib < IB; ++ib) {
@@ -581,44 +698,9 @@ void backward(const Geo& g, const T* z, const Pack<T>& pk, const T* grad, T* gz,
             VT wr[KK];
             for (int e = 0; e < KK; ++e) wr[e] = Vt::load(pk.w.data() + (blk * KK + e) * L);
             const T* G = Gt.p + ib * gplane;
-            // dW[a,b] += sum_p grad[p] * A[p*s + (a,b)]: K*K accumulators, one FMA each per
-            // position, so the chains are independent and stay in registers
-            T* dw = gwl + blk * KK * L;
-            {
-              VT acc[KK];
-#pragma GCC unroll 16
-              for (int e = 0; e < KK; ++e) acc[e] = Vt::splat(T(0));
-              for (int y = 0; y < g.Ho; ++y) {
-                const T* grow = G + (y + E) * gs + int64_t(E) * L;
-                const T* arow = A.p + int64_t(y) * S * rs;
-                for (int x = 0; x < g.Wo; ++x) {
-                  const VT g0 = Vt::load(grow + int64_t(x) * L);
-                  const T* ap = arow + int64_t(x) * S * L;
-#pragma GCC unroll 8
-                  for (int a = 0; a < K; ++a)
-#pragma GCC unroll 8
-                    for (int b = 0; b < K; ++b) acc[a * K + b] += g0 * Vt::load(ap + a * rs + b * L);
-                }
-              }
-#pragma GCC unroll 16
-              for (int e = 0; e < KK; ++e) Vt::store(dw + e * L, Vt::load(dw + e * L) + acc[e]);
-            }
-            // d = relu'(z + B) * transposed conv; dB += d, D += d (summed over lanes below)
+            weight_grad<T, K, S>(g, G, gs, E, A.p, rs, gwl + blk * KK * L);
             VT db = Vt::splat(T(0));
-            const int p0 = g.pad % S;
-            const bool first = ib == 0;
-            for (int y = 0; y < g.H; ++y) {
-              const int u = y + g.pad, ra = u % S;
-              const T* arow = A.p + u * rs;
-              const T* grow = G + int64_t((u - ra) / S + E) * gs;
-              T* dr = D.p + int64_t(y) * g.W * L;
-              constexpr int R1 = S > 1 ? 1 : 0;
-              if (S == 1) drow<T, K, S, 0, 0>(g, wr, grow, gs, E, arow, dr, first, db);
-              else if (ra == 0 && p0 == 0) drow<T, K, S, 0, 0>(g, wr, grow, gs, E, arow, dr, first, db);
-              else if (ra == 0) drow<T, K, S, 0, R1>(g, wr, grow, gs, E, arow, dr, first, db);
-              else if (p0 == 0) drow<T, K, S, R1, 0>(g, wr, grow, gs, E, arow, dr, first, db);
-              else drow<T, K, S, R1, R1>(g, wr, grow, gs, E, arow, dr, first, db);
-            }
+            input_grad<T, K, S>(g, wr, G, gs, E, A.p, rs, D.p, ib == 0, db);
             Vt::store(gbl + blk * L, Vt::load(gbl + blk * L) + db);
           }
           // dz[n, j, q] = sum over the lanes of D[q]
@@ -722,12 +804,12 @@ std::vector<at::Tensor> dac_backward(const at::Tensor& z, const at::Tensor& w, c
 
 }  // namespace
 
-TORCH_LIBRARY(biasbench_dac, m) {
+BIASBENCH_LIBRARY(BIASBENCH_NS, m) {
   m.def("forward(Tensor z, Tensor w, Tensor b, int stride, int pad) -> Tensor");
   m.def("backward(Tensor z, Tensor w, Tensor b, Tensor grad, int stride, int pad) -> Tensor[]");
 }
 
-TORCH_LIBRARY_IMPL(biasbench_dac, CPU, m) {
+BIASBENCH_LIBRARY_IMPL(BIASBENCH_NS, CPU, m) {
   m.impl("forward", &dac_forward);
   m.impl("backward", &dac_backward);
 }

@@ -24,11 +24,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
 #include <cstring>
 #include <vector>
+
+#include "simd.h"
 
 // Same rule as the conv kernel (dac_cpu.cpp: min(N, 32) chunks of consecutive samples), capped
 // so that the partial sums (chunks * out * in elements, twice) stay within 2^18 elements each:
@@ -43,60 +42,48 @@ static inline int batch_chunks(int64_t n, int64_t out_in) {
 
 namespace {
 
-template <typename T>
-struct V {
-  static constexpr int L = 32 / sizeof(T);
-  typedef T type __attribute__((vector_size(32)));
-  static inline type load(const T* p) { type v; std::memcpy(&v, p, sizeof(v)); return v; }
-  static inline void store(T* p, type v) { std::memcpy(p, &v, sizeof(v)); }
-  static inline type splat(T x) { return type{} + x; }
-  static inline type relu(type v) {
-#if defined(__AVX__)
-    if constexpr (sizeof(T) == 4) return (type)_mm256_max_ps((__m256)v, _mm256_setzero_ps());
-    if constexpr (sizeof(T) == 8) return (type)_mm256_max_pd((__m256d)v, _mm256_setzero_pd());
-#endif
-    const type zero = splat(T(0));
-    return v > zero ? v : zero;
-  }
-  // a > 0 ? g : 0
-  static inline type select(type a, type g) { const type zero = splat(T(0)); return a > zero ? g : zero; }
-  static inline T sum(type v) { T s = T(0); for (int l = 0; l < L; ++l) s += v[l]; return s; }
-};
+using simd::V;
 
-// rows x cols -> rows x ld (zero padded); returns a view of src when no padding is needed
+// rows x cols -> rows x ld (zero padded) in scratch `slot`; returns src when no padding is needed
 template <typename T>
-const T* padded(const T* src, int64_t rows, int64_t cols, int64_t ld, std::vector<T>& buf) {
+const T* padded(const T* src, int64_t rows, int64_t cols, int64_t ld, int slot) {
   if (ld == cols) return src;
-  buf.assign(rows * ld, T(0));  // serial: a copy, cheaper than a parallel region's start-up
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(buf.data() + r * ld, src + r * cols, cols * sizeof(T));
-  return buf.data();
+  simd::Scratch<T> buf(slot, rows * ld);  // serial: a copy, cheaper than a parallel region's start-up
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(buf.p + r * ld, src + r * cols, cols * sizeof(T));
+  return buf.p;
 }
 
-// out[n0:n0+NS, :] for NS samples of padded rows z (ld columns).
+// relu(z + B) = max(z, -B) + B: the kernels read nb = -B and add the B part in closed form, one
+// instruction per weight less than relu(z + B) in every pass (the B part's sums cancel exactly
+// in exact arithmetic where z + B < 0; in floating point they leave rounding of order
+// eps |W B|).
+
+// out[n0:n0+NS, :] - (sum_j W B)[i] for NS samples of padded rows z (ld columns).
 template <typename T, int NS>
-inline void forward_block(const T* z, const T* w, const T* b, T* out, int64_t n0, int64_t i0,
-                          int64_t i1, int64_t O, int64_t ld) {
+inline void forward_block(const T* z, const T* w, const T* nb, const T* wb, T* out, int64_t n0,
+                          int64_t i0, int64_t i1, int64_t O, int64_t ld) {
   using Vt = V<T>;
   using VT = typename Vt::type;
   const T* zs[NS];
   for (int s = 0; s < NS; ++s) zs[s] = z + (n0 + s) * ld;
   for (int64_t i = i0; i < i1; ++i) {
     const T* wi = w + i * ld;
-    const T* bi = b + i * ld;
+    const T* bi = nb + i * ld;
     VT acc[NS];
     for (int s = 0; s < NS; ++s) acc[s] = Vt::splat(T(0));
     for (int64_t j = 0; j < ld; j += Vt::L) {
       const VT wv = Vt::load(wi + j), bv = Vt::load(bi + j);
-      for (int s = 0; s < NS; ++s) acc[s] += wv * Vt::relu(Vt::load(zs[s] + j) + bv);
+      for (int s = 0; s < NS; ++s) acc[s] += wv * Vt::max(Vt::load(zs[s] + j), bv);
     }
-    for (int s = 0; s < NS; ++s) out[(n0 + s) * O + i] = Vt::sum(acc[s]);
+    for (int s = 0; s < NS; ++s) out[(n0 + s) * O + i] = Vt::sum(acc[s]) + wb[i];
   }
 }
 
-// NS samples starting at n0: dz rows (complete) and this chunk's partial dW / sum-of-s.
+// NS samples starting at n0: dz rows (complete) and this chunk's partial sums of
+// g max(z, -B) (dW without its B part) and of s = g 1[z > -B] (dB / W).
 // Output rows i0..i1 only; gt holds g transposed for the block: gt[(i - i0) * NS + s] = g[n0 + s, i].
-template <typename T, int NS>
-inline void backward_block(const T* z, const T* w, const T* b, const T* gt, T* gz, T* pw, T* ps,
+template <typename T, int NS, bool FIRST>
+inline void backward_block(const T* z, const T* w, const T* nb, const T* gt, T* gz, T* pw, T* ps,
                            int64_t n0, int64_t i0, int64_t i1, int64_t ld) {
   using Vt = V<T>;
   using VT = typename Vt::type;
@@ -107,21 +94,37 @@ inline void backward_block(const T* z, const T* w, const T* b, const T* gt, T* g
       dz[s] = Vt::load(gz + (n0 + s) * ld + j);
     }
     for (int64_t i = i0; i < i1; ++i) {
-      const VT wv = Vt::load(w + i * ld + j), bv = Vt::load(b + i * ld + j);
-      VT dw = Vt::load(pw + i * ld + j), sb = Vt::load(ps + i * ld + j);
+      const VT wv = Vt::load(w + i * ld + j), bv = Vt::load(nb + i * ld + j);
+      // the chunk's first block of samples starts the partial sums (no zeroing pass)
+      VT dw = FIRST ? Vt::splat(T(0)) : Vt::load(pw + i * ld + j);
+      VT sb = FIRST ? Vt::splat(T(0)) : Vt::load(ps + i * ld + j);
       for (int s = 0; s < NS; ++s) {
         const VT gv = Vt::splat(gt[(i - i0) * NS + s]);
-        const VT a = zv[s] + bv;
-        dw += gv * Vt::relu(a);
-        const VT sv = Vt::select(a, gv);
-        sb += sv;
-        dz[s] += sv * wv;
+        dw += gv * Vt::max(zv[s], bv);
+        sb = Vt::add_if_greater(sb, zv[s], bv, gv);
+        dz[s] = Vt::fma_if_greater(dz[s], zv[s], bv, gv, wv);
       }
       Vt::store(pw + i * ld + j, dw);
       Vt::store(ps + i * ld + j, sb);
     }
     for (int s = 0; s < NS; ++s) Vt::store(gz + (n0 + s) * ld + j, dz[s]);
   }
+}
+
+// -B as O x ld rows (zero padded) in scratch `slot`, and sum_j W[i,j] B[i,j] per row into wb (O
+// elements, scratch slot + 1); w is W padded to ld columns.
+template <typename T>
+void negated_bias(const T* w, const T* b0, int64_t O, int64_t C, int64_t ld, int slot, T*& nb, T*& wb) {
+  using Vt = V<T>;
+  simd::Scratch<T> nbuf(slot, O * ld), wbuf(slot + 1, O, false);
+  for (int64_t i = 0; i < O; ++i) {
+    for (int64_t j = 0; j < C; ++j) nbuf.p[i * ld + j] = -b0[i * C + j];
+    typename Vt::type acc = Vt::splat(T(0));
+    for (int64_t j = 0; j < ld; j += Vt::L) acc += Vt::load(w + i * ld + j) * Vt::load(nbuf.p + i * ld + j);
+    wbuf.p[i] = -Vt::sum(acc);
+  }
+  nb = nbuf.p;
+  wb = wbuf.p;
 }
 
 // Output rows per tile: the tile's W and B rows (and backward's partial sums) stay in L1 while
@@ -134,10 +137,10 @@ inline int64_t tile_rows(int64_t ld) {
 template <typename T>
 void forward_impl(const T* z0, const T* w0, const T* b0, T* out, int64_t N, int64_t C, int64_t O) {
   const int64_t ld = (C + V<T>::L - 1) / V<T>::L * V<T>::L;
-  std::vector<T> zb, wb, bb;
-  const T* z = padded(z0, N, C, ld, zb);
-  const T* w = padded(w0, O, C, ld, wb);
-  const T* b = padded(b0, O, C, ld, bb);
+  const T* z = padded(z0, N, C, ld, 0);
+  const T* w = padded(w0, O, C, ld, 1);
+  T *nb, *wb;
+  negated_bias(w, b0, O, C, ld, 2, nb, wb);
   const int64_t blocks = (N + 3) / 4;
   const int64_t it = tile_rows<T>(ld);
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
@@ -146,10 +149,10 @@ void forward_impl(const T* z0, const T* w0, const T* b0, T* out, int64_t N, int6
       for (int64_t k = begin; k < end; ++k) {
         const int64_t n0 = k * 4, ns = std::min<int64_t>(4, N - n0);
         switch (ns) {
-          case 4: forward_block<T, 4>(z, w, b, out, n0, i0, i1, O, ld); break;
-          case 3: forward_block<T, 3>(z, w, b, out, n0, i0, i1, O, ld); break;
-          case 2: forward_block<T, 2>(z, w, b, out, n0, i0, i1, O, ld); break;
-          default: forward_block<T, 1>(z, w, b, out, n0, i0, i1, O, ld); break;
+          case 4: forward_block<T, 4>(z, w, nb, wb, out, n0, i0, i1, O, ld); break;
+          case 3: forward_block<T, 3>(z, w, nb, wb, out, n0, i0, i1, O, ld); break;
+          case 2: forward_block<T, 2>(z, w, nb, wb, out, n0, i0, i1, O, ld); break;
+          default: forward_block<T, 1>(z, w, nb, wb, out, n0, i0, i1, O, ld); break;
         }
       }
     }
@@ -160,23 +163,25 @@ template <typename T>
 void backward_impl(const T* z0, const T* w0, const T* b0, const T* g, T* gz0, T* gw, T* gb,
                    int64_t N, int64_t C, int64_t O) {
   const int64_t ld = (C + V<T>::L - 1) / V<T>::L * V<T>::L;
-  std::vector<T> zb, wb, bb;
-  const T* z = padded(z0, N, C, ld, zb);
-  const T* w = padded(w0, O, C, ld, wb);
-  const T* b = padded(b0, O, C, ld, bb);
-  std::vector<T> gzb(ld == C ? 0 : N * ld);
-  T* gz = ld == C ? gz0 : gzb.data();
+  const T* z = padded(z0, N, C, ld, 0);
+  const T* w = padded(w0, O, C, ld, 1);
+  T *nbv, *wb;
+  negated_bias(w, b0, O, C, ld, 2, nbv, wb);
+  simd::Scratch<T> gsum(4, O);  // sum_n g[n, i], in sample order: dW's B part is B gsum
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < O; ++i) gsum.p[i] += g[n * O + i];
+  simd::Scratch<T> gzb(5, ld == C ? 0 : N * ld, false);
+  T* gz = ld == C ? gz0 : gzb.p;
   const int nchunks = batch_chunks(N, O * ld);
   const int64_t np = O * ld;
-  std::vector<T> pw(nchunks * np), ps(nchunks * np);
+  simd::Scratch<T> pws(6, nchunks * np, false), pss(7, nchunks * np, false);
+  T *pw = pws.p, *ps = pss.p;
   const int64_t it = tile_rows<T>(ld);
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     std::vector<T> gt(it * 4);
     for (int64_t ch = cb; ch < ce; ++ch) {
-      T* pwc = pw.data() + ch * np;
-      T* psc = ps.data() + ch * np;
-      std::fill(pwc, pwc + np, T(0));
-      std::fill(psc, psc + np, T(0));
+      T* pwc = pw + ch * np;
+      T* psc = ps + ch * np;
       const int64_t n0 = N * ch / nchunks, n1 = N * (ch + 1) / nchunks;
       std::fill(gz + n0 * ld, gz + n1 * ld, T(0));
       // dz[n] sums over i in increasing order, tile after tile: fixed by the shapes.
@@ -186,11 +191,17 @@ void backward_impl(const T* z0, const T* w0, const T* b0, const T* g, T* gz0, T*
           const int64_t ns = std::min<int64_t>(4, n1 - nb);
           for (int64_t i = i0; i < i1; ++i)
             for (int64_t s = 0; s < ns; ++s) gt[(i - i0) * ns + s] = g[(nb + s) * O + i];
-          switch (ns) {
-            case 4: backward_block<T, 4>(z, w, b, gt.data(), gz, pwc, psc, nb, i0, i1, ld); break;
-            case 3: backward_block<T, 3>(z, w, b, gt.data(), gz, pwc, psc, nb, i0, i1, ld); break;
-            case 2: backward_block<T, 2>(z, w, b, gt.data(), gz, pwc, psc, nb, i0, i1, ld); break;
-            default: backward_block<T, 1>(z, w, b, gt.data(), gz, pwc, psc, nb, i0, i1, ld); break;
+          auto run = [&](auto block) { block(z, w, nbv, gt.data(), gz, pwc, psc, nb, i0, i1, ld); };
+          const bool first = nb == n0;
+          switch (ns * 2 + int(first)) {
+            case 9: run(backward_block<T, 4, true>); break;
+            case 8: run(backward_block<T, 4, false>); break;
+            case 7: run(backward_block<T, 3, true>); break;
+            case 6: run(backward_block<T, 3, false>); break;
+            case 5: run(backward_block<T, 2, true>); break;
+            case 4: run(backward_block<T, 2, false>); break;
+            case 3: run(backward_block<T, 1, true>); break;
+            default: run(backward_block<T, 1, false>); break;
           }
         }
       }
@@ -203,15 +214,15 @@ void backward_impl(const T* z0, const T* w0, const T* b0, const T* g, T* gz0, T*
   at::parallel_for(0, O, grain, [&](int64_t ib, int64_t ie) {
     std::vector<T> sw(ld), sb(ld);
     for (int64_t i = ib; i < ie; ++i) {
-      std::memcpy(sw.data(), pw.data() + i * ld, ld * sizeof(T));
-      std::memcpy(sb.data(), ps.data() + i * ld, ld * sizeof(T));
+      std::memcpy(sw.data(), pw + i * ld, ld * sizeof(T));
+      std::memcpy(sb.data(), ps + i * ld, ld * sizeof(T));
       for (int ch = 1; ch < nchunks; ++ch) {
-        const T* a = pw.data() + ch * np + i * ld;
-        const T* c = ps.data() + ch * np + i * ld;
+        const T* a = pw + ch * np + i * ld;
+        const T* c = ps + ch * np + i * ld;
         for (int64_t j = 0; j < ld; ++j) { sw[j] += a[j]; sb[j] += c[j]; }
       }
       for (int64_t j = 0; j < C; ++j) {
-        gw[i * C + j] = sw[j];
+        gw[i * C + j] = sw[j] + b0[i * C + j] * gsum.p[i];
         gb[i * C + j] = w0[i * C + j] * sb[j];
       }
     }
@@ -258,12 +269,12 @@ std::vector<at::Tensor> linear_backward(const at::Tensor& z, const at::Tensor& w
 
 }  // namespace
 
-TORCH_LIBRARY(biasbench_dac_linear, m) {
+BIASBENCH_LIBRARY(BIASBENCH_NS, m) {
   m.def("forward(Tensor z, Tensor w, Tensor b) -> Tensor");
   m.def("backward(Tensor z, Tensor w, Tensor b, Tensor grad) -> Tensor[]");
 }
 
-TORCH_LIBRARY_IMPL(biasbench_dac_linear, CPU, m) {
+BIASBENCH_LIBRARY_IMPL(BIASBENCH_NS, CPU, m) {
   m.impl("forward", &linear_forward);
   m.impl("backward", &linear_backward);
 }

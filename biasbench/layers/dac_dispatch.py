@@ -6,6 +6,10 @@ strides, no compiler, no Triton). DACLinear: the fused C++ kernel for ReLU on CP
 float64 tensors, the chunked path otherwise (no CUDA kernel for it).
 Asking for "cpp" / "triton" explicitly raises if that kernel cannot serve the call, so a test
 or benchmark never silently measures the fallback.
+
+Under autocast the fused kernels get what autocast gives a convolution: on CUDA all three
+tensors in the autocast dtype (the Triton kernel accumulates in float32), on the CPU float32,
+since the C++ kernels have no bfloat16 path (the chunked path is autocast like any PyTorch code).
 """
 
 from __future__ import annotations
@@ -14,6 +18,18 @@ import torch
 
 from biasbench.layers.dac_activation import ActivationFn
 from biasbench.layers.dac_functional import dac_conv2d_chunked, dac_linear_chunked
+
+_CPP_DTYPES = (torch.float32, torch.float64)
+
+
+def autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors as a fused kernel takes them under autocast (module docstring); unchanged
+    outside autocast."""
+    device = tensors[0].device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device) if device == "cuda" else torch.float32
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def _fast_conv(impl: str, z: torch.Tensor, b: torch.Tensor, relu: bool, stride: int):
@@ -27,7 +43,7 @@ def _fast_conv(impl: str, z: torch.Tensor, b: torch.Tensor, relu: bool, stride: 
             return dac_triton
     if impl in ("auto", "cpp") and z.device.type == "cpu":
         from biasbench.kernels import dac_cpu
-        if eligible and stride in (1, 2) and dac_cpu.available():
+        if eligible and stride in (1, 2) and autocast_inputs(z)[0].dtype in _CPP_DTYPES and dac_cpu.available():
             return dac_cpu
     if impl == "auto":
         return None
@@ -40,7 +56,7 @@ def dac_conv2d(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tenso
     kernel = _fast_conv(impl, z, unshared_bias, relu, stride)
     if kernel is None:
         return dac_conv2d_chunked(z, weight, unshared_bias, stride, padding, phi)
-    return kernel.dac_conv2d(z, weight, unshared_bias, stride, padding)
+    return kernel.dac_conv2d(*autocast_inputs(z, weight, unshared_bias), stride, padding)
 
 
 def _fast_linear(impl: str, z: torch.Tensor, relu: bool):
@@ -51,7 +67,7 @@ def _fast_linear(impl: str, z: torch.Tensor, relu: bool):
         return None
     if impl in ("auto", "cpp") and z.device.type == "cpu":
         from biasbench.kernels import dac_linear_cpu
-        if relu and z.dtype in (torch.float32, torch.float64) and dac_linear_cpu.available():
+        if relu and autocast_inputs(z)[0].dtype in _CPP_DTYPES and dac_linear_cpu.available():
             return dac_linear_cpu
     if impl == "auto":
         return None
@@ -65,4 +81,4 @@ def dac_linear(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tenso
     kernel = _fast_linear(impl, z, relu)
     if kernel is None:
         return dac_linear_chunked(z, weight, unshared_bias, phi)
-    return kernel.dac_linear(z, weight, unshared_bias)
+    return kernel.dac_linear(*autocast_inputs(z, weight, unshared_bias))
