@@ -211,6 +211,21 @@ def test_by_width_and_efficiency_follow_the_dac_papers_figures_3_and_4(tmp_path)
     assert eff["dac"].mean == pytest.approx(math.log(0.2 / 0.4))  # "nats": natural log of the MSE ratio
 
 
+def test_a_by_width_point_left_with_one_usable_cell_averages_that_cells_replicates(tmp_path):
+    def runs_with_a_lost_depth(cell, seed):  # every depth-2 dac run diverged: depth 3 alone is left
+        v = cell.values
+        if v["arm"] == "dac" and v["model.options.depth"] == 2:
+            return "diverged", [float("nan")], 100, 1e3
+        return _sgemm_runs(cell, seed)
+
+    _, out = _folder(tmp_path, SGEMM, runs_with_a_lost_depth)
+    runs = an.load_study_runs(out)
+    point = next(p for p in an.by_width(runs, runs.analyses["by_width"]) if p.series == "dac")
+    logs = [math.log(_mse({"arm": "dac", "model.options.depth": 3}) * (1 + 0.05 * s)) for s in (0, 1)]
+    assert point.cells == 1
+    assert point.y == pytest.approx(np.mean(logs)) and point.sd == pytest.approx(np.std(logs, ddof=1))
+
+
 def test_the_report_has_every_analysis_as_tables_and_valid_pngs(tmp_path, resnet):
     _, out, _ = resnet
     code, text, err = run_cli(["report", str(out), "--out", str(tmp_path / "rep")])

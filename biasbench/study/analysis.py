@@ -323,13 +323,14 @@ def by_width(runs: StudyRuns, spec: Any) -> list[WidthPoint]:
                           []).append(c)
     points = []
     for (shape, series, width), group in groups.items():
-        means = [(m, _equivalent_width(c, spec)) for c in group
+        means = [(m, _equivalent_width(c, spec), c) for c in group
                  if (m := _cell_mean(c, metric, spec.estimator, spec.log)) is not None]
         if not means:
             continue
-        # The values averaged: one per cell (depth); a point of one cell averages its replicates.
-        ys = np.array([m for m, _ in means]) if len(means) > 1 else np.array(_run_values(group[0], metric, spec))
-        points.append(WidthPoint(shape, series, width, float(np.nanmean([x for _, x in means])), float(ys.mean()),
+        # The values averaged: one per cell (depth); a point of one cell averages its replicates
+        # (that cell's: the group's other cells may have no usable run).
+        ys = np.array([m for m, _, _ in means]) if len(means) > 1 else np.array(_run_values(means[0][2], metric, spec))
+        points.append(WidthPoint(shape, series, width, float(np.nanmean([x for _, x, _ in means])), float(ys.mean()),
                                  float(ys.std(ddof=1)) if len(ys) > 1 else None, len(means)))
     return points
 
