@@ -4,6 +4,7 @@ before anything runs (the sweep's --dry-run and its refusals)."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import pytest
@@ -178,3 +179,17 @@ def test_dac_twin_matches_the_wide_baseline_in_parameters():
                 assert hidden[0] / units == pytest.approx(math.sqrt(2), rel=0.03)
         assert counts["dac"] == pytest.approx(counts["wide"], rel=0.06)  # BN and the input layer: a few % at width 50
         assert counts["wide"] / counts["base"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_sbatch_refusing_the_job_array_is_one_line_naming_its_reason(tmp_path, monkeypatch):
+    # sbatch present but unable to submit (no slurm.conf, controller down): its own words, no traceback.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid partition name' >&2\n"
+                      "exit 1\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = write_study(tmp_path, {"grid": {"model.options.width": [8]}})
+    code, _, err = run_cli(["sweep", str(path), "--backend", "slurm", "--out", str(tmp_path / "out")])
+    one_line_error(code, err, "sbatch", "Invalid partition name")
