@@ -113,7 +113,8 @@ def test_bad_study_is_one_line_and_nothing_runs(tmp_path, change, words):
 
 
 def test_missing_study_and_smoke_without_a_smoke_section(tmp_path):
-    one_line_error(*run_cli(["sweep", str(tmp_path / "none.yaml")])[::2], "none.yaml", "does not exist")
+    code, _, err = run_cli(["sweep", str(tmp_path / "none.yaml")])
+    one_line_error(code, err, "none.yaml", "does not exist", "the shipped studies are in `studies/`")
     path = write_study(tmp_path, {"grid": {"model.options.width": [8]}})
     one_line_error(*run_cli(["sweep", str(path), "--smoke"])[::2], "no `smoke:` section")
 
