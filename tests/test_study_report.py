@@ -47,7 +47,11 @@ def _doc(cell, seed: int, status: str, curve: list[float], metric: str, params: 
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "name": cell.name, "status": status, "seed": seed,
             "replicate": seed, "recipe": cell.recipe.to_dict(), "task": "classification" if metric == "acc" else
             "regression", "epochs_completed": len(history), "history": history, "final": history[-1],
-            "best": {**best, "selected_by": key}, "params": {"total": params}, "complexity": {"flops": flops}}
+            "best": {**best, "selected_by": key}, "params": {"total": params}, "complexity": {"flops": flops},
+            # the rest of a valid results file (`compare` checks the schema; the study report reads what it needs)
+            "interrupted_by": None, "checkpoint_epoch": None, "recipe_path": None, "wall_time_s": 1.0,
+            "images_per_second": 1.0, "warmup_s": 0.0, "predictions": None, "data": {}, "environment": {},
+            "created": "2026-01-01T00:00:00+00:00"}
 
 
 def _folder(tmp_path, study_doc: dict, runs) -> tuple[object, object]:
@@ -129,6 +133,17 @@ def test_failures_count_failed_and_diverged_runs_with_fisher_against_the_baselin
     assert (base.runs, base.diverged, base.failed, base.p_value) == (9, 1, 1, None)
     assert (dac.runs, dac.diverged, dac.failed) == (9, 0, 0)
     assert dac.p_value == pytest.approx(fisher_exact([[0, 9], [2, 7]]).pvalue)
+
+
+def test_compare_on_a_study_folder_applies_the_studys_failure_rule(resnet):
+    # RESNET's rule: val_acc below 0.3 is a failed training; layers=32 v1 baseline seed 2 is one.
+    _, out, _ = resnet
+    code, text, err = run_cli(["compare", str(out), "--json", "-"])
+    assert code == 0, err
+    groups = {g["label"]: g for g in json.loads(text)["groups"]}
+    failed = {label: g["failed"] for label, g in groups.items() if g["failed"]}
+    assert failed == {"layers=32,version=v1,variant=baseline": 1}, failed
+    assert groups["layers=32,version=v1,variant=baseline"]["seeds"] == [0, 1]  # left out of the mean
 
 
 def test_pairs_give_each_comparison_its_test_and_holm_across_the_family(resnet):

@@ -86,14 +86,22 @@ def _read_doc(path: Path) -> dict[str, Any] | None:
     return doc
 
 
+def _failure_rule(document: dict[str, Any]) -> Failure | None:
+    raw = document.get("failure")
+    return read_spec(Failure, raw, "failure") if raw is not None else None
+
+
+def study_failure_rule(out: Path) -> Failure | None:
+    """The `failure:` rule of the study whose folder is `out` (None: the study has none)."""
+    return _failure_rule(Manifest.read(out).doc["study"]["document"])
+
+
 def load_study_runs(out: Path) -> StudyRuns:
     """The manifest of DIR and every run's results file, once each."""
     manifest = Manifest.read(out)
     study = manifest.doc["study"]
     document = study["document"]
-    failure = None
-    if document.get("failure") is not None:
-        failure = read_spec(Failure, document["failure"], "failure")
+    failure = _failure_rule(document)
     analyses = {name: read_spec(ANALYSES[name], raw, f"analysis.{name}")
                 for name, raw in (document.get("analysis") or {}).items() if name in ANALYSES}
     by_cell: dict[str, list[dict[str, Any]]] = {c["name"]: [] for c in manifest.doc["cells"]}
