@@ -153,6 +153,18 @@ def test_dry_run_prints_cells_run_count_and_the_cost_from_count(tmp_path, monkey
     assert plan["forward_flops_x_samples_x_epochs"] == pytest.approx(sum(c["cost"] for c in plan["cells"]))
 
 
+def test_dry_run_counts_the_samples_of_every_data_set_declared_bundled(tmp_path):
+    # DNRT's smoke forms train on generated 32 px images: their size is known without files.
+    recipe = tiny_recipe(tmp_path, model={"name": "cnn", "options": {"width": 4}}, data={"name": "synthetic_images"})
+    path = write_study(tmp_path, {"grid": {"model.variant": ["baseline", "dac"]}}, recipe)
+    code, out, err = run_cli(["sweep", str(path), "--dry-run", "--json"])
+    assert code == 0, err
+    plan = __import__("json").loads(out)
+    samples = len(build_data(load_study(path).cells[0].recipe.data).train)
+    assert [c["train_samples"] for c in plan["cells"]] == [samples, samples]
+    assert plan["cells_without_estimate"] == [] and not plan["approximate"]
+
+
 def test_launcher_time_formats():
     from biasbench.study.specs import time_minutes
 
