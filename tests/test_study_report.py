@@ -260,3 +260,6 @@ def test_the_report_has_every_analysis_as_tables_and_valid_pngs(tmp_path, resnet
     assert set(numbers) == {"table", "pairs", "failures", "complexity"}
     one_line_error(*run_cli(["report", str(out), "--out", str(tmp_path / "r2"), "--baseline", "dac"])[::2],
                    "study folder", "--baseline")
+    # --json is not dropped silently: the study report's numbers are in study_report.json
+    one_line_error(*run_cli(["report", str(out), "--out", str(tmp_path / "r3"), "--json", str(tmp_path / "n.json")]
+                            )[::2], "study folder", "--json", "study_report.json")
