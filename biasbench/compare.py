@@ -525,6 +525,10 @@ def summarize_runs(runs: Sequence[Run], *, metric: str | None = None, baseline: 
     failures: dict[str, stats.FailureTest] = {}
     if base_group is not None:
         comparisons, notes, failures = _compare_all(groups, summaries, base_group, metric, failure, alpha)
+        plain = sum(g.variant == "baseline" for g in groups)
+        if baseline is None and plain != 1:  # find_baseline fell back to the first group: say so
+            notes.insert(0, f"no --baseline given and {plain} groups have variant `baseline`: compared against "
+                         f"the first group, {base_group.label}; name the reference with --baseline")
     for s in summaries:
         notes += _group_notes(s)
     return CompareResult(metric, higher_is_better(metric), estimator, describe_estimator(estimator, metric),

@@ -356,6 +356,17 @@ def test_fisher_covers_a_group_whose_every_run_failed(template: dict[str, Any], 
     assert row.split()[1:] == ["4", "4", "0", f"{f.p_value:.3g}"], row
 
 
+def test_a_baseline_picked_by_default_from_several_is_said(template: dict[str, Any], tmp_path: Path) -> None:
+    # Two groups of the baseline variant (e.g. two cells of a study): neither is "the" baseline.
+    for name, width in (("wide", 16), ("base", 8)):
+        for seed in range(2):
+            write_run(tmp_path, template, name=name, seed=seed, correct=correctness(seed, 1, N, [0.9]),
+                      recipe={"model.options.width": width})
+    r = compare_paths([tmp_path])
+    assert r.baseline == "base"  # the first group, as documented
+    assert any("2 groups have variant `baseline`" in n and "--baseline" in n for n in r.notes), r.notes
+
+
 def test_every_run_diverged_shows_the_table(template: dict[str, Any], tmp_path: Path) -> None:
     bad = correctness(0, 1, N, [0.1])
     for seed in range(2):
