@@ -165,6 +165,22 @@ def test_dry_run_counts_the_samples_of_every_data_set_declared_bundled(tmp_path)
     assert plan["cells_without_estimate"] == [] and not plan["approximate"]
 
 
+def test_dry_run_plan_is_one_table_layout_a_row_per_cell_grep_finds_whole(monkeypatch):
+    # The SGEMM smoke study's cells are too wide for a column per key at 80 columns: a row per
+    # cell name with its numbers (the other columns in a block below, as every table does).
+    from biasbench.study.cost import estimate, si
+    from tests.conftest import assert_fits, output_at
+
+    args = ["sweep", "studies/dac_sgemm.yaml", "--smoke", "--dry-run"]
+    code, narrow, err = output_at(args, 80, monkeypatch)
+    assert code == 0, err
+    assert_fits(narrow)
+    study = load_study("studies/dac_sgemm.yaml", smoke=True)
+    for cell, cost in zip(study.cells, estimate(study.cells)):
+        rows = [line.split() for line in narrow.splitlines() if line.startswith(cell.name + " ")]
+        assert rows and rows[0][1:4] == [str(cost.runs), si(cost.params), si(cost.flops)], (cell.name, rows)
+
+
 def test_launcher_time_formats():
     from biasbench.study.specs import time_minutes
 
