@@ -415,6 +415,9 @@ class CompareResult:
     groups: list[GroupSummary]
     comparisons: list[Comparison]
     notes: list[str]
+    # failed + diverged runs of every other group against the baseline's (Fisher exact), also of
+    # groups with nothing to compare (every run failed): the DAC paper's count of failed trainings
+    failures: dict[str, stats.FailureTest] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return jsonable(asdict(self))
@@ -449,15 +452,17 @@ def find_baseline(groups: Sequence[Group], baseline: str | None) -> Group:
 
 
 def _compare_all(groups: Sequence[Group], summaries: Sequence[GroupSummary], base_group: Group, metric: str,
-                 failure: Failure | None, alpha: float) -> tuple[list[Comparison], list[str]]:
-    """Every group against the baseline: both tests, Holm over the family, then the verdicts."""
+                 failure: Failure | None, alpha: float
+                 ) -> tuple[list[Comparison], list[str], dict[str, stats.FailureTest]]:
+    """Every group against the baseline: both tests, Holm over the family, then the verdicts;
+    failed trainings (Fisher) for every group, compared or not."""
     base = summaries[groups.index(base_group)]
     cache: dict[Path, TestPredictions] = {}
-    pending, notes, reasons = [], [], {}
+    pending, notes, reasons, failures = [], [], {}, {}
     for g, s in zip(groups, summaries, strict=True):
         if g is base_group:
             continue
-        fails = stats.fisher_failures(base.bad, base.finished, s.bad, s.finished)
+        fails = failures[s.label] = stats.fisher_failures(base.bad, base.finished, s.bad, s.finished)
         if not base.values or not s.values:
             notes.append(f"{s.label}: no completed runs on one side, nothing to compare with {base.label}")
             continue
@@ -479,7 +484,7 @@ def _compare_all(groups: Sequence[Group], summaries: Sequence[GroupSummary], bas
         notes.append(f"every comparison uses the replicate test only: {next(iter(reasons.values()))}")
     else:
         notes += [f"{label}: replicate test only: {why}" for label, why in reasons.items()]
-    return comparisons, notes
+    return comparisons, notes, failures
 
 
 def _group_notes(s: GroupSummary) -> list[str]:
@@ -517,12 +522,17 @@ def summarize_runs(runs: Sequence[Run], *, metric: str | None = None, baseline: 
     base_group = find_baseline(groups, baseline) if (len(groups) > 1 or baseline) else None
     comparisons: list[Comparison] = []
     notes: list[str] = []
+    failures: dict[str, stats.FailureTest] = {}
     if base_group is not None:
-        comparisons, notes = _compare_all(groups, summaries, base_group, metric, failure, alpha)
+        comparisons, notes, failures = _compare_all(groups, summaries, base_group, metric, failure, alpha)
+        plain = sum(g.variant == "baseline" for g in groups)
+        if baseline is None and plain != 1:  # find_baseline fell back to the first group: say so
+            notes.insert(0, f"no --baseline given and {plain} groups have variant `baseline`: compared against "
+                         f"the first group, {base_group.label}; name the reference with --baseline")
     for s in summaries:
         notes += _group_notes(s)
     return CompareResult(metric, higher_is_better(metric), estimator, describe_estimator(estimator, metric),
-                         base_group.label if base_group else None, alpha, summaries, comparisons, notes)
+                         base_group.label if base_group else None, alpha, summaries, comparisons, notes, failures)
 
 
 def compare_paths(paths: Iterable[str | Path], **kwargs: Any) -> CompareResult:

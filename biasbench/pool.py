@@ -13,11 +13,12 @@ Workers are started once (`spawn`: a fresh interpreter, no inherited locks or th
 run many tasks, so a short task does not pay interpreter and torch start-up. They end with the
 parent even when it is SIGKILLed: Linux's PR_SET_PDEATHSIG sends them SIGTERM, and a watchdog
 thread checks the parent's pid every second (other systems, or a parent that died before the
-prctl). In a worker, SIGINT and SIGTERM raise KeyboardInterrupt once (the trainer's Ctrl-C path:
-checkpoint kept, results `interrupted`); the worker then reports and exits.
+prctl). In a worker, SIGINT, SIGTERM and SIGUSR1 (Slurm's warning before a time limit, sent to the
+job's processes) raise KeyboardInterrupt once (the trainer's Ctrl-C path: checkpoint kept,
+results `interrupted`); the worker then reports and exits.
 
-In the parent, `run` turns SIGINT and SIGTERM into a stop: no new tasks, busy workers are
-interrupted, their results are still yielded, then `run` raises KeyboardInterrupt.
+In the parent, `run` turns SIGINT, SIGTERM and SIGUSR1 into a stop: no new tasks, busy workers
+are interrupted, their results are still yielded, then `run` raises KeyboardInterrupt.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from biasbench.stopping import die_with_parent
+from biasbench.stopping import STOP_SIGNALS, die_with_parent
 
-_interrupted = False  # in a worker: a SIGINT/SIGTERM arrived
+_interrupted = False  # in a worker: a stop signal (SIGINT, SIGTERM, SIGUSR1) arrived
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,20 @@ class Event:
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
+    # Later signals must not break the checkpoint: they return here. Setting them to SIG_IGN
+    # instead turns one already pending (the parent's SIGINT after the OS's SIGTERM to the whole
+    # job) into an "OSError: Signal N ignored due to race condition" traceback.
     global _interrupted
+    if _interrupted:
+        return
     _interrupted = True
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not break the checkpoint
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def _worker_main(conn: Connection, parent_pid: int, threads: int | None) -> None:
     die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)
+    for s in STOP_SIGNALS:
+        signal.signal(s, _interrupt_once)
     if threads is not None:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(threads)
@@ -97,7 +101,7 @@ def _worker_main(conn: Connection, parent_pid: int, threads: int | None) -> None
 
 def _send(conn: Connection, message: tuple) -> None:
     """Send whole: a signal arriving mid-message would leave the parent half a message."""
-    signals = {signal.SIGINT, signal.SIGTERM}
+    signals = set(STOP_SIGNALS)
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         conn.send(message)
@@ -273,11 +277,12 @@ def _sigint_ignored() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM call `handler` while the pool runs (main thread only; elsewhere, as is)."""
+    """SIGINT, SIGTERM and SIGUSR1 call `handler` while the pool runs (main thread only; elsewhere,
+    as is)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -408,11 +408,12 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)
 
 
-def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/") -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", plural: str = "recipes"
+                      ) -> dict[str, Any]:
     """A YAML file (1.2 numbers, duplicate keys refused) that must hold a mapping; every problem is
-    one line naming the file as a `what` (a recipe, a study)."""
+    one line naming the file as a `what` (a recipe, a study; `plural` for the shipped ones)."""
     if not path.exists():
-        raise UserError(f"{what} `{path}` does not exist; {what}s live in `{home}`")
+        raise UserError(f"{what} `{path}` does not exist; the shipped {plural} are in `{home}`")
     if path.is_dir():
         raise UserError(f"{what} `{path}` is a folder; give a .yaml file")
     try:

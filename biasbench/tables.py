@@ -121,7 +121,7 @@ def failures_table(result: CompareResult) -> TextTable | None:
     if result.baseline is None or not any(s.bad for s in result.groups):
         return None  # one group: its counts are in the group table
     base = next((s for s in result.groups if s.label == result.baseline), None)
-    p_of = {c.label: c.failures.p_value for c in result.comparisons}
+    p_of = {label: f.p_value for label, f in result.failures.items()}
     rows = [[s.label, str(s.finished), str(s.diverged), str(s.failed),
              "-" if s is base else fmt_p(p_of.get(s.label))] for s in result.groups]
     return TextTable(["group", "runs", "diverged", "failed", "p Fisher"], rows,

@@ -88,6 +88,12 @@ def _blocks(widths: list[int], width: int) -> tuple[list[list[int]], list[int]]:
     return blocks, records
 
 
+def fits(table: TextTable, width: int) -> bool:
+    """Whether every column stands in one block of `width` characters (no repeated key column)."""
+    widths = [max([len(table.headers[i])] + [len(r[i]) for r in table.rows]) for i in range(len(table.headers))]
+    return sum(widths) + len(GAP) * (len(widths) - 1) <= width
+
+
 def render(table: TextTable, width: int) -> list[Line]:
     """The table as lines of at most `width` characters (except a single word wider than it)."""
     lines: list[Line] = [(t, "bold") for t in wrap(table.title, width)] if table.title else []

@@ -24,8 +24,12 @@ def die(code: int) -> None:
 
 
 def sleep_until_interrupted(seconds: float) -> str:
+    # Short naps, like a training's steps: a signal the kernel hands to another thread (the
+    # parent watchdog) reaches the main thread's handler at once, not after one long sleep.
+    deadline = time.monotonic() + seconds
     try:
-        time.sleep(seconds)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
         return "slept"
     except KeyboardInterrupt:
         return "interrupted"
@@ -36,9 +40,11 @@ def main(n: int) -> None:
 
     with WorkerPool(n) as pool:
         events = pool.run(sleep_until_interrupted, [(i, (120.0,)) for i in range(n)])
+        started = set()
         try:
             for event in events:
-                if event.kind == "started" and len(pool.pids) == n:
+                started.add(event.key) if event.kind == "started" else None
+                if event.kind == "started" and len(started) == n:  # every worker is in its task
                     print("pids", os.getpid(), *pool.pids, flush=True)
                 elif event.kind not in ("started", "tick"):
                     print(event.kind, event.key, event.result or event.error, flush=True)

@@ -339,6 +339,34 @@ def test_holm_over_the_family_and_fisher_per_group(template: dict[str, Any], tmp
     assert code == 0 and "failed trainings against baseline" in out and "p Fisher" in out and "p Holm" in out
 
 
+def test_fisher_covers_a_group_whose_every_run_failed(template: dict[str, Any], tmp_path: Path) -> None:
+    # Nothing to average on the dac side, but failed trainings are what Fisher's test is for.
+    for seed in range(4):
+        ok = correctness(seed, 2, N, [0.8, 0.9])
+        write_run(tmp_path, template, name="baseline", seed=seed, correct=ok)
+        write_run(tmp_path, template, name="dac", seed=seed, correct=ok, variant="dac", status="diverged")
+    r = compare_paths([tmp_path])
+    f = r.failures["dac"]
+    assert (f.failed_baseline, f.runs_baseline, f.failed_variant, f.runs_variant) == (0, 4, 4, 4)
+    assert f.p_value == pytest.approx(sps.fisher_exact([[0, 4], [4, 0]]).pvalue)
+    code, out, err = run_cli(["compare", str(tmp_path)])
+    assert code == 0, err
+    table = out[out.index("failed trainings against baseline"):]
+    row = next(line for line in table.splitlines() if line.startswith("dac "))
+    assert row.split()[1:] == ["4", "4", "0", f"{f.p_value:.3g}"], row
+
+
+def test_a_baseline_picked_by_default_from_several_is_said(template: dict[str, Any], tmp_path: Path) -> None:
+    # Two groups of the baseline variant (e.g. two cells of a study): neither is "the" baseline.
+    for name, width in (("wide", 16), ("base", 8)):
+        for seed in range(2):
+            write_run(tmp_path, template, name=name, seed=seed, correct=correctness(seed, 1, N, [0.9]),
+                      recipe={"model.options.width": width})
+    r = compare_paths([tmp_path])
+    assert r.baseline == "base"  # the first group, as documented
+    assert any("2 groups have variant `baseline`" in n and "--baseline" in n for n in r.notes), r.notes
+
+
 def test_every_run_diverged_shows_the_table(template: dict[str, Any], tmp_path: Path) -> None:
     bad = correctness(0, 1, N, [0.1])
     for seed in range(2):

@@ -91,6 +91,9 @@ def test_smoke_says_what_it_does_to_the_name(tmp_path):
     assert code == 0, err
     assert "--smoke: train.epochs=2; runs are named quickstart_smoke" in " ".join(out.split())
     assert str(tmp_path / "quickstart_smoke" / "seed0") in out
+    # --json writes the final table, which a dry run does not have: refused, not silently dropped
+    code, _, err = run_cli(["train", str(RECIPES / "quickstart.yaml"), "--dry-run", "--json", str(tmp_path / "t.json")])
+    one_line_error(code, err, "--json", "--dry-run")
 
 
 # ---------------------------------------------------------------------------------------------

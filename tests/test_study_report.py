@@ -47,7 +47,11 @@ def _doc(cell, seed: int, status: str, curve: list[float], metric: str, params: 
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "name": cell.name, "status": status, "seed": seed,
             "replicate": seed, "recipe": cell.recipe.to_dict(), "task": "classification" if metric == "acc" else
             "regression", "epochs_completed": len(history), "history": history, "final": history[-1],
-            "best": {**best, "selected_by": key}, "params": {"total": params}, "complexity": {"flops": flops}}
+            "best": {**best, "selected_by": key}, "params": {"total": params}, "complexity": {"flops": flops},
+            # the rest of a valid results file (`compare` checks the schema; the study report reads what it needs)
+            "interrupted_by": None, "checkpoint_epoch": None, "recipe_path": None, "wall_time_s": 1.0,
+            "images_per_second": 1.0, "warmup_s": 0.0, "predictions": None, "data": {}, "environment": {},
+            "created": "2026-01-01T00:00:00+00:00"}
 
 
 def _folder(tmp_path, study_doc: dict, runs) -> tuple[object, object]:
@@ -131,6 +135,17 @@ def test_failures_count_failed_and_diverged_runs_with_fisher_against_the_baselin
     assert dac.p_value == pytest.approx(fisher_exact([[0, 9], [2, 7]]).pvalue)
 
 
+def test_compare_on_a_study_folder_applies_the_studys_failure_rule(resnet):
+    # RESNET's rule: val_acc below 0.3 is a failed training; layers=32 v1 baseline seed 2 is one.
+    _, out, _ = resnet
+    code, text, err = run_cli(["compare", str(out), "--json", "-"])
+    assert code == 0, err
+    groups = {g["label"]: g for g in json.loads(text)["groups"]}
+    failed = {label: g["failed"] for label, g in groups.items() if g["failed"]}
+    assert failed == {"layers=32,version=v1,variant=baseline": 1}, failed
+    assert groups["layers=32,version=v1,variant=baseline"]["seeds"] == [0, 1]  # left out of the mean
+
+
 def test_pairs_give_each_comparison_its_test_and_holm_across_the_family(resnet):
     _, _, runs = resnet
     results, line = an.pairs(runs, runs.analyses["pairs"])
@@ -211,6 +226,21 @@ def test_by_width_and_efficiency_follow_the_dac_papers_figures_3_and_4(tmp_path)
     assert eff["dac"].mean == pytest.approx(math.log(0.2 / 0.4))  # "nats": natural log of the MSE ratio
 
 
+def test_a_by_width_point_left_with_one_usable_cell_averages_that_cells_replicates(tmp_path):
+    def runs_with_a_lost_depth(cell, seed):  # every depth-2 dac run diverged: depth 3 alone is left
+        v = cell.values
+        if v["arm"] == "dac" and v["model.options.depth"] == 2:
+            return "diverged", [float("nan")], 100, 1e3
+        return _sgemm_runs(cell, seed)
+
+    _, out = _folder(tmp_path, SGEMM, runs_with_a_lost_depth)
+    runs = an.load_study_runs(out)
+    point = next(p for p in an.by_width(runs, runs.analyses["by_width"]) if p.series == "dac")
+    logs = [math.log(_mse({"arm": "dac", "model.options.depth": 3}) * (1 + 0.05 * s)) for s in (0, 1)]
+    assert point.cells == 1
+    assert point.y == pytest.approx(np.mean(logs)) and point.sd == pytest.approx(np.std(logs, ddof=1))
+
+
 def test_the_report_has_every_analysis_as_tables_and_valid_pngs(tmp_path, resnet):
     _, out, _ = resnet
     code, text, err = run_cli(["report", str(out), "--out", str(tmp_path / "rep")])
@@ -230,3 +260,6 @@ def test_the_report_has_every_analysis_as_tables_and_valid_pngs(tmp_path, resnet
     assert set(numbers) == {"table", "pairs", "failures", "complexity"}
     one_line_error(*run_cli(["report", str(out), "--out", str(tmp_path / "r2"), "--baseline", "dac"])[::2],
                    "study folder", "--baseline")
+    # --json is not dropped silently: the study report's numbers are in study_report.json
+    one_line_error(*run_cli(["report", str(out), "--out", str(tmp_path / "r3"), "--json", str(tmp_path / "n.json")]
+                            )[::2], "study folder", "--json", "study_report.json")

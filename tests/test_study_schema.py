@@ -4,6 +4,7 @@ before anything runs (the sweep's --dry-run and its refusals)."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 import pytest
@@ -112,7 +113,8 @@ def test_bad_study_is_one_line_and_nothing_runs(tmp_path, change, words):
 
 
 def test_missing_study_and_smoke_without_a_smoke_section(tmp_path):
-    one_line_error(*run_cli(["sweep", str(tmp_path / "none.yaml")])[::2], "none.yaml", "does not exist")
+    code, _, err = run_cli(["sweep", str(tmp_path / "none.yaml")])
+    one_line_error(code, err, "none.yaml", "does not exist", "the shipped studies are in `studies/`")
     path = write_study(tmp_path, {"grid": {"model.options.width": [8]}})
     one_line_error(*run_cli(["sweep", str(path), "--smoke"])[::2], "no `smoke:` section")
 
@@ -151,6 +153,34 @@ def test_dry_run_prints_cells_run_count_and_the_cost_from_count(tmp_path, monkey
     assert plan["forward_flops_x_samples_x_epochs"] == pytest.approx(sum(c["cost"] for c in plan["cells"]))
 
 
+def test_dry_run_counts_the_samples_of_every_data_set_declared_bundled(tmp_path):
+    # DNRT's smoke forms train on generated 32 px images: their size is known without files.
+    recipe = tiny_recipe(tmp_path, model={"name": "cnn", "options": {"width": 4}}, data={"name": "synthetic_images"})
+    path = write_study(tmp_path, {"grid": {"model.variant": ["baseline", "dac"]}}, recipe)
+    code, out, err = run_cli(["sweep", str(path), "--dry-run", "--json"])
+    assert code == 0, err
+    plan = __import__("json").loads(out)
+    samples = len(build_data(load_study(path).cells[0].recipe.data).train)
+    assert [c["train_samples"] for c in plan["cells"]] == [samples, samples]
+    assert plan["cells_without_estimate"] == [] and not plan["approximate"]
+
+
+def test_dry_run_plan_is_one_table_layout_a_row_per_cell_grep_finds_whole(monkeypatch):
+    # The SGEMM smoke study's cells are too wide for a column per key at 80 columns: a row per
+    # cell name with its numbers (the other columns in a block below, as every table does).
+    from biasbench.study.cost import estimate, si
+    from tests.conftest import assert_fits, output_at
+
+    args = ["sweep", "studies/dac_sgemm.yaml", "--smoke", "--dry-run"]
+    code, narrow, err = output_at(args, 80, monkeypatch)
+    assert code == 0, err
+    assert_fits(narrow)
+    study = load_study("studies/dac_sgemm.yaml", smoke=True)
+    for cell, cost in zip(study.cells, estimate(study.cells)):
+        rows = [line.split() for line in narrow.splitlines() if line.startswith(cell.name + " ")]
+        assert rows and rows[0][1:4] == [str(cost.runs), si(cost.params), si(cost.flops)], (cell.name, rows)
+
+
 def test_launcher_time_formats():
     from biasbench.study.specs import time_minutes
 
@@ -178,3 +208,17 @@ def test_dac_twin_matches_the_wide_baseline_in_parameters():
                 assert hidden[0] / units == pytest.approx(math.sqrt(2), rel=0.03)
         assert counts["dac"] == pytest.approx(counts["wide"], rel=0.06)  # BN and the input layer: a few % at width 50
         assert counts["wide"] / counts["base"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_sbatch_refusing_the_job_array_is_one_line_naming_its_reason(tmp_path, monkeypatch):
+    # sbatch present but unable to submit (no slurm.conf, controller down): its own words, no traceback.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"
+    sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid partition name' >&2\n"
+                      "exit 1\n")
+    sbatch.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = write_study(tmp_path, {"grid": {"model.options.width": [8]}})
+    code, _, err = run_cli(["sweep", str(path), "--backend", "slurm", "--out", str(tmp_path / "out")])
+    one_line_error(code, err, "sbatch", "Invalid partition name")

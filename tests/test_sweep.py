@@ -24,7 +24,7 @@ from biasbench.study import runner as study_runner
 from biasbench.study.manifest import StudyLock
 from biasbench.study.progress import StudyProgress
 from biasbench.study.schema import with_output_dir
-from tests.conftest import REPO, one_line_error, run_cli, tiny_recipe, write_recipe
+from tests.conftest import REPO, assert_fits, one_line_error, run_cli, tiny_recipe, write_recipe
 
 
 def tiny_study(tmp_path: Path, epochs: int = 1, widths=(8, 16), replicates: int = 2, **extra) -> Path:
@@ -156,6 +156,24 @@ def test_progress_on_a_terminal_fits_80_columns():
     lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in re.split(r"[\r\n]", buf.getvalue())]
     assert max(len(line) for line in lines) <= 80
     assert any("done" in line and "running" in line and "failed" in line for line in lines)
+
+
+def test_plain_progress_lines_fit_80_columns_without_breaking_a_cell_name():
+    class Task:  # the SGEMM smoke study's longest line: 81 characters unwrapped
+        cell, seed = "depth=2,shape=rectangular,arm=base,units=23", 0
+        key = f"{cell}/seed{seed}"
+
+    def lines(width):
+        buf = io.StringIO()
+        with StudyProgress(Console(file=buf, width=width, force_terminal=False), "dac_sgemm_smoke", 40, 2) as progress:
+            progress.started(Task)
+            progress.finished(Task, "completed", None)
+            progress.started(Task)
+            progress.finished(Task, "error", None, error="RuntimeError: a long message " + "word " * 30)
+        return buf.getvalue()
+
+    assert_fits(lines(80), wide=lines(400))
+    assert lines(80).splitlines()[0].startswith("[ 3/40] completed")  # grep still finds the status
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from biasbench.pool import WorkerPool
 from tests import pool_tasks
 from tests.conftest import REPO
@@ -50,7 +52,7 @@ def test_a_dead_worker_loses_its_task_not_the_pool():
 
 def _start_parent(n: int) -> tuple[subprocess.Popen, int, list[int]]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.pool_tasks", str(n)], cwd=REPO, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     line = proc.stdout.readline().split()
     assert line and line[0] == "pids", line
     return proc, int(line[1]), [int(p) for p in line[2:]]
@@ -75,12 +77,18 @@ def test_workers_end_with_a_sigkilled_parent():
     assert not any(_alive(p) for p in workers)
 
 
-def test_sigterm_stops_the_pool_after_busy_workers_report():
+# Slurm signals the batch shell (`--signal=B:USR1`) or every process of the job (time limit,
+# scancel, `--signal=USR1`): the sweep alone, or the sweep and its workers at once.
+@pytest.mark.parametrize("sig, to_workers", [(signal.SIGTERM, False), (signal.SIGUSR1, False),
+                                             (signal.SIGTERM, True), (signal.SIGUSR1, True)])
+def test_sigterm_or_sigusr1_stops_the_pool_after_busy_workers_report(sig, to_workers):
     proc, parent, workers = _start_parent(2)
-    os.kill(parent, signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    for pid in [parent, *(workers if to_workers else [])]:
+        os.kill(pid, sig)
+    out, err = proc.communicate(timeout=60)
     lines = out.splitlines()
-    assert proc.returncode == 130 and lines[-1] == "stopped"
+    assert proc.returncode == 130 and lines[-1] == "stopped", (out, err)
+    assert "Traceback" not in err, err  # was: "OSError: Signal 15 ignored due to race condition"
     # Both busy tasks got KeyboardInterrupt (the trainer's Ctrl-C path) and were reported before
     # the stop: inside the task ("finished ... interrupted") or as it began ("failed ...").
     reported = {line.split()[1]: line for line in lines if line.startswith(("finished", "failed"))}

@@ -56,13 +56,27 @@ def compare(
         _gate(gate, runs, json_out)
         return
     runs = load_runs(results)
-    result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator or "final")
+    rule = _study_failure_rule(results)
+    result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator or "final",
+                            failure=rule.failed if rule else None)
+    if rule is not None:
+        result.notes.insert(0, f"failed trainings by the study's rule: {rule.describe()}")
     if json_out is not None and str(json_out) == "-":
         print(json.dumps(result.to_json(), indent=1))
         return
     if json_out is not None:
         write_json(json_out, result.to_json())  # before printing: a bad path fails before any output
     print_compare(result)
+
+
+def _study_failure_rule(results: list[Path]):
+    """A single study folder's `failure:` rule, which its runs are judged by (as its report does)."""
+    from biasbench.study.analysis import study_failure_rule
+    from biasbench.study.manifest import is_study_folder
+
+    if len(results) == 1 and is_study_folder(results[0]):
+        return study_failure_rule(results[0])
+    return None
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -41,7 +41,8 @@ def report(
     from biasbench.compare import load_runs, summarize_runs
     from biasbench.report import write_report
 
-    given = {"--baseline": baseline, "--metric": metric, "--estimator": None if estimator == "final" else estimator}
+    given = {"--baseline": baseline, "--metric": metric, "--estimator": None if estimator == "final" else estimator,
+             "--json": json_out}
     if _study_report(results, out, history, [k for k, v in given.items() if v is not None]):
         return
     runs = load_runs(results)
@@ -100,6 +101,9 @@ def _study_report(results: list[Path], out: Path | None, history: bool, options:
 
     if len(results) != 1 or history or out is None or not is_study_folder(results[0]):
         return False
+    if "--json" in options:
+        raise UserError(f"`{results[0]}` is a study folder: --json does not apply to its report, which writes its "
+                        f"numbers to {out / 'study_report.json'}; drop --json")
     if options:
         raise UserError(f"`{results[0]}` is a study folder: its report draws the study's `analysis:` section, "
                         f"where {options[0]} does not apply; set the metric and baseline there, or give the "

@@ -135,15 +135,8 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
         return
     console.print(f"study {escape(study.name)}: {total['runs']} runs in {total['cells']} cells "
                   f"(folder {escape(str(out))}; nothing is trained with --dry-run)")
-    from biasbench.study.naming import short_keys, tag_value
-
-    short = short_keys(study.varying)
-    headers = [short[k] for k in study.varying] + ["runs", "params", "FLOP/smp", "samples", "ep", "cost"]
-    rows = [[tag_value(c.values[k]) for k in study.varying]
-            + [str(k.runs), si(k.params), si(k.flops), si(k.samples) + ("" if k.exact else "~"), str(k.epochs),
-               si(k.total)] for c, k in zip(study.cells, costs)]
-    for line in _aligned(headers, rows, console.width) or _blocks(study, costs, si):
-        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
+    for text, style in _plan_table(study, costs, si, console.width):
+        console.print(escape(text), style=style or None, overflow="ignore", crop=False, soft_wrap=True)
     cost = total["forward_flops_x_samples_x_epochs"]
     console.print(f"total: {total['runs']} runs, {si(cost, 'FLOP')} = forward FLOPs per sample x training samples x "
                   "epochs, summed over runs (a training step costs about 3 forward passes)"
@@ -153,20 +146,19 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
                       "not known without its files")
 
 
-def _aligned(headers: list[str], rows: list[list[str]], width: int) -> list[str] | None:
-    """A plain aligned table, or None when it would not fit `width` columns."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    if sum(widths) + 2 * (len(widths) - 1) > width:
-        return None
-    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return [fmt(headers)] + [fmt(r) for r in rows]
+def _plan_table(study: Any, costs: list[Any], si: Any, width: int) -> list[tuple[str, str]]:
+    """One column per varying key when that fits `width`, else one per cell name (the table's
+    usual blocks below it when even that is too wide)."""
+    from biasbench.study.naming import short_keys, tag_value
+    from biasbench.termtable import TextTable, fits, render
 
-
-def _blocks(study: Any, costs: list[Any], si: Any) -> list[str]:
-    """Two lines per cell when the table is too wide: the cell's folder name, then its numbers."""
-    lines = []
-    for cell, k in zip(study.cells, costs):
-        lines.append(cell.name)
-        lines.append(f"    {k.runs} runs, {si(k.params)} params, {si(k.flops)} FLOP/sample, "
-                     f"{si(k.samples)}{'' if k.exact else '~'} samples x {k.epochs} epochs = {si(k.total)}")
-    return lines
+    short = short_keys(study.varying)
+    heads = ["runs", "params", "FLOP/smp", "samples", "ep", "cost"]
+    numbers = [[str(k.runs), si(k.params), si(k.flops), si(k.samples) + ("" if k.exact else "~"), str(k.epochs),
+                si(k.total)] for k in costs]
+    by_key = TextTable([short[k] for k in study.varying] + heads,
+                       [[tag_value(c.values[k]) for k in study.varying] + n for c, n in zip(study.cells, numbers)],
+                       left=set(range(len(study.varying))))
+    if fits(by_key, width):
+        return render(by_key, width)
+    return render(TextTable(["cell"] + heads, [[c.name] + n for c, n in zip(study.cells, numbers)]), width)

@@ -61,6 +61,8 @@ def train(
 
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
+    if dry_run and json_out is not None:
+        raise UserError("--json writes the table of trained runs and --dry-run trains nothing; drop one of them")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out `{out}` is a file; give a folder")
     recipe, notes = resolve_recipe(recipe_path, set_, seed=seed, replicates=replicates, out=out, smoke=smoke)

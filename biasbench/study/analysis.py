@@ -86,14 +86,22 @@ def _read_doc(path: Path) -> dict[str, Any] | None:
     return doc
 
 
+def _failure_rule(document: dict[str, Any]) -> Failure | None:
+    raw = document.get("failure")
+    return read_spec(Failure, raw, "failure") if raw is not None else None
+
+
+def study_failure_rule(out: Path) -> Failure | None:
+    """The `failure:` rule of the study whose folder is `out` (None: the study has none)."""
+    return _failure_rule(Manifest.read(out).doc["study"]["document"])
+
+
 def load_study_runs(out: Path) -> StudyRuns:
     """The manifest of DIR and every run's results file, once each."""
     manifest = Manifest.read(out)
     study = manifest.doc["study"]
     document = study["document"]
-    failure = None
-    if document.get("failure") is not None:
-        failure = read_spec(Failure, document["failure"], "failure")
+    failure = _failure_rule(document)
     analyses = {name: read_spec(ANALYSES[name], raw, f"analysis.{name}")
                 for name, raw in (document.get("analysis") or {}).items() if name in ANALYSES}
     by_cell: dict[str, list[dict[str, Any]]] = {c["name"]: [] for c in manifest.doc["cells"]}
@@ -323,13 +331,14 @@ def by_width(runs: StudyRuns, spec: Any) -> list[WidthPoint]:
                           []).append(c)
     points = []
     for (shape, series, width), group in groups.items():
-        means = [(m, _equivalent_width(c, spec)) for c in group
+        means = [(m, _equivalent_width(c, spec), c) for c in group
                  if (m := _cell_mean(c, metric, spec.estimator, spec.log)) is not None]
         if not means:
             continue
-        # The values averaged: one per cell (depth); a point of one cell averages its replicates.
-        ys = np.array([m for m, _ in means]) if len(means) > 1 else np.array(_run_values(group[0], metric, spec))
-        points.append(WidthPoint(shape, series, width, float(np.nanmean([x for _, x in means])), float(ys.mean()),
+        # The values averaged: one per cell (depth); a point of one cell averages its replicates
+        # (that cell's: the group's other cells may have no usable run).
+        ys = np.array([m for m, _, _ in means]) if len(means) > 1 else np.array(_run_values(means[0][2], metric, spec))
+        points.append(WidthPoint(shape, series, width, float(np.nanmean([x for _, x, _ in means])), float(ys.mean()),
                                  float(ys.std(ddof=1)) if len(ys) > 1 else None, len(means)))
     return points
 

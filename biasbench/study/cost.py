@@ -22,7 +22,6 @@ from biasbench.study.schema import Cell
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_mnist": 60_000,
                "kmnist": 60_000, "svhn": 73_257, "imagenette": 9_469, "imagewoof": 9_025,
                "isic2019": round(25_331 * 0.8), "sgemm": 241_600}
-BUNDLED = ("digits", "mnist1d", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,10 @@ class CellCost:
 
 
 def _train_samples(recipe: Recipe) -> tuple[int | None, bool]:
-    data = recipe.data
-    if data.name in BUNDLED:
-        from biasbench.data import build_data
+    from biasbench.data import build_data, dataset_info
 
+    data = recipe.data
+    if dataset_info(data.name).bundled:  # shipped or generated: built in milliseconds, counted exactly
         return len(build_data(data).train), True
     size = TRAIN_SIZES.get(data.name)
     if size is None:

@@ -2,7 +2,8 @@
 
 On a terminal: one rich progress bar that fits the terminal's width (80 columns included), with
 a line above it for every run that diverged, failed or raised. Elsewhere (a pipe, a log file,
-a Slurm output file): plain lines, one per finished run, that grep and tail read well:
+a Slurm output file): plain lines, one per finished run, that grep and tail read well, wrapped
+between words at the output's width (a long cell name goes on an indented second line):
 
     [  5/24] completed  4.2 s  seed 1  depth=1,arm=base,width=8
 """
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from biasbench.study.manifest import COMPLETED, DIVERGED, INTERRUPTED
+from biasbench.termtable import wrap
 
 
 class StudyProgress:
@@ -49,8 +51,9 @@ class StudyProgress:
 
     def note(self, text: str) -> None:
         """A line for the user: above the bar on a terminal, a plain line elsewhere."""
-        if self.plain:  # one whole line, never wrapped: grep and tail see it as it is
-            self.console.print(text, soft_wrap=True, highlight=False, markup=False)
+        if self.plain:  # the width of a CI log, wrapped between words: grep finds status and cell
+            for line in wrap(text, self.console.width, rest="    "):
+                self.console.print(line, soft_wrap=True, highlight=False, markup=False)
         else:
             self.console.print(text, overflow="ellipsis", no_wrap=True, highlight=False, markup=False)
 

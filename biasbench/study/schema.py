@@ -99,7 +99,7 @@ class Study:
 
 
 def _read_study(path: Path) -> dict[str, Any]:
-    doc = read_yaml_mapping(path, "study", "studies/")
+    doc = read_yaml_mapping(path, "study", "studies/", "studies")
     for key in doc:
         if key not in TOP_KEYS:
             raise UserError(f"study `{path}`: unknown key `{key}`{did_you_mean(str(key), TOP_KEYS)}; "

@@ -15,6 +15,8 @@ submitting them twice, and submits only runs that are neither finished nor queue
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import time
 from pathlib import Path
@@ -126,9 +128,16 @@ def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device
     submit = [t for t in tasks if t.key not in watched]
     if submit:
         executor = executor_for(launcher, folder, sweep.study.name)
-        jobs = executor.map_array(SlurmRun(), [t.recipe for t in submit], [t.seed for t in submit],
-                                  [t.replicate for t in submit], [device] * len(submit),
-                                  [launcher.cpus_per_task] * len(submit))
+        try:  # submitit also prints sbatch's complaint: the error line below carries it instead
+            with contextlib.redirect_stderr(io.StringIO()):
+                jobs = executor.map_array(SlurmRun(), [t.recipe for t in submit], [t.seed for t in submit],
+                                          [t.replicate for t in submit], [device] * len(submit),
+                                          [launcher.cpus_per_task] * len(submit))
+        except submitit.core.utils.FailedJobError as e:  # sbatch refused: its last line says why
+            said = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise UserError(f"sbatch could not submit the job array ({said[-1] if said else 'no reason given'}); "
+                            "check the cluster (`sinfo`) and the launcher options, then run the same command "
+                            "again") from None
         for task, job in zip(submit, jobs):
             sweep.manifest.update(task.key, job=job.job_id, status=QUEUED)
             watched[task.key] = job.job_id
