@@ -62,7 +62,8 @@ def train_parallel(recipe: Recipe, todo: list[tuple[int, int]], device: torch.de
     from biasbench.trainer import Interrupted
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    say(console, f"training {len(todo)} replicates, {jobs} at a time ({threads} threads each)")
+    each = f"{threads} thread{'s' if threads > 1 else ''} each"
+    say(console, f"training {len(todo)} replicates, {jobs} at a time ({each})")
     context = mp.get_context("spawn")
     pending, running, docs, errors = list(todo), {}, {}, []
     try:

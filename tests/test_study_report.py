@@ -173,6 +173,19 @@ def test_complexity_points_are_the_robust_error_at_each_model_size(resnet):
     assert (p.params, p.flops, p.panel) == (32 * 1110, 32 * 1110 * 1e3, ("v1",))
 
 
+def test_complexity_points_follow_the_estimator_the_study_asks_for(tmp_path):
+    doc = json.loads(json.dumps(RESNET))
+    doc["analysis"]["complexity"]["estimator"] = "final"
+    _, out = _folder(tmp_path, doc, _resnet_runs)
+    runs = an.load_study_runs(out)
+    points, _ = an.complexity(runs, runs.analyses["complexity"])
+    p = next(p for p in points if p.line == "dac" and p.along == 32)
+    finals = [d["final"]["test_acc"] for d in _usable(runs, layers=32, **{"model.variant": "dac"})[0].usable]
+    assert p.value == pytest.approx(1 - float(np.mean(finals)))  # the last epoch, not the robust best
+    assert p.value != pytest.approx(1 - stats.robust_best_accuracy(
+        _usable(runs, layers=32, **{"model.variant": "dac"})[1]).value)
+
+
 SGEMM = {
     "grid": {"model.options.depth": [2, 3]},
     "zip": [[{"model.options.shape": "rectangular", "arm": "base", "units": 8, "model.variant": "baseline",

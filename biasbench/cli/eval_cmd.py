@@ -50,7 +50,7 @@ def eval_(
     if as_json:
         print(json.dumps(out, indent=1))
         return
-    title = f"{recipe.output.name}, seed {ckpt['seed']}, epoch {ckpt['epoch']}, {split} split"
+    title = f"{recipe.output.name}, seed {ckpt['seed']}, epoch {ckpt['epoch']} ({checkpoint.name}), {split} split"
     rows = [["samples", str(len(data))]] + [[k, f"{100 * v:.2f}%" if k.startswith("acc") else f"{v:.4f}"]
                                            for k, v in metrics.items()]
     print_table(title, ["metric", "value"], rows)  # one row per metric: fits 80

@@ -192,10 +192,11 @@ def print_runs_table(rows: list[dict[str, Any]], recipe: Recipe, console: Consol
     metric = rows[0]["metric"] if rows else "acc"
     sel = rows[0]["selected_by"] if rows and rows[0]["selected_by"] else f"val_{metric}"
     headers = ["seed", "status", "ep", f"test {metric}", f"best {sel.split('_')[0]} @ep", "test @ep", "params",
-               "img/s"]
+               "samples/s"]
     title = f"{recipe.output.name}: {recipe.model.name}/{recipe.model.variant} on {recipe.data.name}"
     print_table(title, headers, [_cells(r) for r in rows], stream=console.file)
     if rows:
-        wall, where = sum(r["wall_time_s"] for r in rows), run_paths(recipe, rows[0]["seed"]).dir.parent
-        say(console, f"wall time {wall:.1f} s; results and checkpoints: {where}/seed*/")
+        spent, where = sum(r["wall_time_s"] for r in rows), run_paths(recipe, rows[0]["seed"]).dir.parent
+        runs = f"summed over {len(rows)} runs" if len(rows) > 1 else "one run"
+        say(console, f"training time {spent:.1f} s ({runs}); results and checkpoints: {where}/seed*/")
     sys.stdout.flush()

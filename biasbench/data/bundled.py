@@ -15,16 +15,20 @@ import torch
 
 from biasbench.data import DataBundle, DatasetInfo, Split, register_dataset
 from biasbench.data.splits import fraction_split, validation_split
-from biasbench.errors import UserError
+from biasbench.errors import UserError, did_you_mean
 
 _DIGITS_TEST_FRACTION = 0.2
 _DIGITS_TEST_SEED = 0  # the test set never moves
 
 
-def _check_options(name: str, options: dict, allowed: dict) -> dict:
-    unknown = set(options) - set(allowed)
+def check_options(name: str, options: dict, allowed: dict) -> dict:
+    """`data.options` of data set `name` merged over its defaults `allowed`; an unknown option is
+    one line naming it and the options there are."""
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise UserError(f"data set `{name}` has no option(s) {sorted(unknown)}; options: {sorted(allowed)}")
+        there = f"its options: {', '.join(sorted(allowed))}" if allowed else "it has no options"
+        raise UserError(f"data.options: data set `{name}` has no option `{unknown[0]}`"
+                        f"{did_you_mean(unknown[0], allowed)}; {there}")
     return {**allowed, **options}
 
 
@@ -39,7 +43,7 @@ def _with_validation(cfg, replicate: int, x: torch.Tensor, y: torch.Tensor) -> t
 def digits(cfg, replicate: int = 0) -> DataBundle:
     from sklearn.datasets import load_digits
 
-    _check_options("digits", cfg.options, {})
+    check_options("digits", cfg.options, {})
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
     y = torch.tensor(d.target, dtype=torch.int64)
@@ -62,7 +66,7 @@ def _mnist1d_arrays(num_samples: int, seed: int):
 @register_dataset("mnist1d", DatasetInfo("MNIST-1D (mnist1d package), 40 features", bundled=True,
                                            shape=lambda o: ((40,), 10)))
 def mnist1d(cfg, replicate: int = 0) -> DataBundle:
-    opts = _check_options("mnist1d", cfg.options, {"num_samples": 5000, "seed": 42})
+    opts = check_options("mnist1d", cfg.options, {"num_samples": 5000, "seed": 42})
     if opts["num_samples"] < 50:
         raise UserError("data.options.num_samples for mnist1d must be at least 50")
     d = _mnist1d_arrays(int(opts["num_samples"]), int(opts["seed"]))
@@ -82,7 +86,7 @@ def _synthetic_shape(o: dict) -> tuple[tuple[int, ...], int]:
 @register_dataset("synthetic", DatasetInfo("Gaussian clusters or a smooth regression (option task)", bundled=True,
                                              task="classification or regression", shape=_synthetic_shape))
 def synthetic(cfg, replicate: int = 0) -> DataBundle:
-    opts = _check_options("synthetic", cfg.options, {"task": "classification", "num_samples": 2000,
+    opts = check_options("synthetic", cfg.options, {"task": "classification", "num_samples": 2000,
                                                       "features": 16, "classes": 4, "noise": 1.0, "seed": 0})
     if opts["task"] not in ("classification", "regression"):
         raise UserError("data.options.task for synthetic must be classification or regression")

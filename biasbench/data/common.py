@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from biasbench.data import DataBundle, Split
-from biasbench.data.bundled import _check_options
+from biasbench.data.bundled import check_options  # one implementation, shared with the bundled sets
 from biasbench.data.splits import validation_split
 from biasbench.errors import UserError, did_you_mean
 
@@ -17,8 +17,6 @@ HOLDOUT_SEED = 0  # test splits carved from a training set never move, whatever 
 
 __all__ = ["HOLDOUT_SEED", "NORMALIZATIONS", "check_options", "data_root", "require_files", "channel_stats",
            "normalization", "image_bundle"]
-
-check_options = _check_options  # one implementation, shared with the bundled data sets
 
 
 def data_root(cfg: Any, name: str, expected: str) -> Path:

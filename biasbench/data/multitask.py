@@ -25,15 +25,14 @@ from typing import Any
 import torch
 
 from biasbench.data import DataBundle, DatasetInfo, Split, build_data, register_dataset
+from biasbench.data.bundled import check_options
 from biasbench.errors import UserError
 
 _TASK_KEYS = {"data", "name", "classes", "permute", "options"}
 
 
 def _task_specs(cfg: Any) -> list[dict[str, Any]]:
-    unknown = set(cfg.options) - {"tasks"}
-    if unknown:
-        raise UserError(f"data set `multitask` has no option(s) {sorted(unknown)}; options: ['tasks']")
+    check_options("multitask", cfg.options, {"tasks": None})
     tasks = cfg.options.get("tasks")
     if not isinstance(tasks, list) or not tasks:
         raise UserError(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from biasbench.data import DataBundle, DatasetInfo, Split, register_dataset
+from biasbench.data.bundled import check_options
 from biasbench.data.splits import fraction_split, validation_split
 from biasbench.errors import UserError
 
@@ -38,12 +39,7 @@ def _signal_shape(o: dict) -> tuple[tuple[int, ...], int]:
                                                  bundled=True,
                                                    task="regression", shape=_signal_shape))
 def periodic_signal(cfg: Any, replicate: int = 0) -> DataBundle:
-    unknown = set(cfg.options) - set(_DEFAULTS)
-    if unknown:
-        raise UserError(
-            f"data set `periodic_signal` has no option(s) {sorted(unknown)}; options: {sorted(_DEFAULTS)}"
-        )
-    o = {**_DEFAULTS, **cfg.options}
+    o = check_options("periodic_signal", cfg.options, _DEFAULTS)
     n, length, harmonics = int(o["num_samples"]), int(o["length"]), int(o["harmonics"])
     if n < 20 or length < 2 or harmonics < 1 or float(o["period"]) <= 1:
         raise UserError("periodic_signal needs num_samples >= 20, length >= 2, harmonics >= 1, period > 1")

@@ -518,7 +518,7 @@ class ComplexityPoint:
     along: Any
     flops: float | None
     params: float | None
-    value: float  # robust estimate (an error for accuracies)
+    value: float  # the spec's estimate (an error for accuracies)
     ci: float  # 95% CI half-width (0 with one replicate)
 
 
@@ -528,7 +528,7 @@ def complexity(runs: StudyRuns, spec: Any) -> tuple[list[ComplexityPoint], str]:
     error = higher_is_better(metric)
     points = []
     for c in select(runs, spec.where):
-        est = estimate(c, metric, "robust")
+        est = estimate(c, metric, spec.estimator)
         if est.value is None:
             continue
         flops = [((d.get("complexity") or {}).get("flops")) for d in c.usable]

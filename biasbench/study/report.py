@@ -68,6 +68,8 @@ def fmt_p(p: float | None) -> str:
 
 
 BASELINE_COLOR = VARIANT_COLORS["baseline"]
+ESTIMATOR_WORDS = {"robust": "robust best estimate", "final": "final epoch", "best": "best-validation epoch",
+                   "min_mean": "minimum over epochs of the replicate mean"}
 
 
 def colors(values: list[Any], baseline: Any = "baseline") -> dict[Any, str]:
@@ -157,7 +159,8 @@ def _by_width_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Bl
              "-" if p.sd is None else f"{p.sd * scale:.3g}", str(p.cells)]
             for p in sorted(points, key=lambda p: (str(p.shape), str(p.series), p.x))]
     return [("p", f"Each point: the mean over {spec.depth} of the replicate-mean {ylabel} of the cells of one shape, "
-                  f"{spec.series} and width; x is the equivalent width (shapes in {spec.average_width}: "
+                  f"{spec.series} and width ({ESTIMATOR_WORDS[spec.estimator]}); x is the equivalent width (shapes "
+                  f"{', '.join(map(str, spec.average_width))}: "
                   "sqrt(parameters / depth)). Error bars: the sample SD of the averaged cell values, or of the "
                   "replicates for a point of one cell (DAC Figure 3)."),
             ("table", (["shape", "series", "width", "equivalent width", ylabel, "SD", "cells"], rows, None)),
@@ -257,7 +260,7 @@ def _pairs_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
     ax.set_title(f"difference with 95% CI (blue: significant after Holm){note}", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     path = _save(fig, figs / "pairs.png")
-    est = {"robust": "robust best estimate", "final": "final epoch", "best": "best-validation epoch"}[spec.estimator]
+    est = ESTIMATOR_WORDS[spec.estimator]
     return [("p", f"Every `{spec.baseline}`-against-variant comparison over `{spec.by}` ({est} of {metric}, "
                   "mean ± SE over replicates); CI and p from the paired t-test when both sides ran the same seeds, "
                   "else Welch's; Holm adjustment across the family."),
@@ -276,9 +279,10 @@ def _complexity_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[
     panels = sorted({p.panel for p in points}, key=str)
     lines = sorted({p.line for p in points}, key=str)
     palette = colors(lines, spec.baseline)
-    blocks: list[Block] = [("p", f"{ylabel}: robust best estimate with its 95% CI, one line per `{spec.lines}` joining "
-                                 f"the values of `{spec.along}` (annotated), one panel per {spec.panels or 'study'} "
-                                 "(DAC Figures 5-6).")]
+    panels_text = ", ".join(f"`{p}`" for p in spec.panels) or "the study"
+    blocks: list[Block] = [("p", f"{ylabel}: {ESTIMATOR_WORDS[spec.estimator]} with its 95% CI, one line per "
+                                 f"`{spec.lines}` joining the values of `{spec.along}` (annotated), one panel per "
+                                 f"{panels_text} (DAC Figures 5-6).")]
     for x, xlabel in (("flops", "FLOPs per forward pass"), ("params", "parameters")):
         fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
         for ax, panel in zip(axes[0], panels):
@@ -299,7 +303,7 @@ def _complexity_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[
             ax.set_title(", ".join(f"{short(k)}={v}" for k, v in zip(spec.panels, panel)) or "all cells", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, title=short(spec.lines), title_fontsize=8)
-        axes[0][0].set_ylabel(f"{ylabel}{unit}, robust estimate")
+        axes[0][0].set_ylabel(f"{ylabel}{unit}, {ESTIMATOR_WORDS[spec.estimator]}")
         blocks.append(("img", (f"{ylabel} against {xlabel}", _save(fig, figs / f"complexity_{x}.png"))))
     rows = [[", ".join(map(str, p.panel)) or "-", str(p.line), str(p.along), EngFormatter(unit="FLOP")(p.flops or 0),
              EngFormatter()(p.params or 0), fmt(p.value, metric, metric.endswith("_acc")),

@@ -207,13 +207,15 @@ class PairsSpec:
 class ComplexitySpec:
     """The metric against GFLOPs and against parameters, one line per value of `lines` joining
     the values of `along` (depths of one family), one panel per combination of `panels`
-    (DAC Figures 5-6). Points: the robust estimate with its 95% CI."""
+    (DAC Figures 5-6). Points: the `estimator`'s value with its 95% CI (the DAC paper's robust
+    best estimate by default)."""
 
     lines: str
     along: str
     panels: list[str] = field(default_factory=list)
     baseline: Any = "baseline"  # the line drawn orange (DAC blue)
     metric: str | None = None
+    estimator: Literal["final", "best", "robust"] = "robust"
     where: dict[str, Any] = field(default_factory=dict)
 
 
