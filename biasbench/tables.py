@@ -70,7 +70,7 @@ def group_table(result: CompareResult) -> TextTable:
     with_failed = any(s.failed for s in result.groups)
     counts = "ok/div/fail/int" if with_failed else "ok/div/int"
     epochs = {"robust": ["e* (window)"], "min_mean": ["epoch"]}.get(result.estimator, [])
-    headers = ["group", "runs", counts, f"{m} ± SE", *epochs, "params", "FLOPs", "img/s"]
+    headers = ["group", "runs", counts, f"{m} ± SE", *epochs, "params", "FLOPs", "samples/s"]
     rows = []
     for s in result.groups:
         e = s.estimate

@@ -107,8 +107,8 @@ def test_modules_run_the_fused_kernel_and_the_reference_when_told_or_tracing():
     assert any(n.startswith("_RAACPU") for n in _autograd_names(token_raa(x)))
     token_raa.impl = "reference"
     assert not any(n.startswith("_RAACPU") for n in _autograd_names(token_raa(x)))
-    # tracing (biasbench count) sees the shift as a linear map, whatever impl says
-    with warnings.catch_warnings():  # torch.jit.trace is deprecated; fvcore (count) still uses it
+    # a torch.jit trace sees the shift as a linear map, whatever impl says
+    with warnings.catch_warnings():  # torch.jit.trace is deprecated
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(conv_raa, (x.detach(),), check_trace=False)
     assert "aten::_convolution" in str(traced.graph) or "aten::conv2d" in str(traced.graph)

@@ -10,7 +10,8 @@ the input, the shift, x + s and erf's output) and the fused C++ kernel on the CP
 (`biasbench/kernels/raa_cpu.cpp`: one pass computes the shift and the activation, backward keeps
 only the input and the shift). A module's `impl` attribute picks one: "auto" (the kernel for
 float32 / float64 CPU tensors, in float32 under CPU autocast, when it built; the reference
-otherwise, and always while tracing, so `biasbench count` sees the shift's multiply-adds),
+otherwise: on the meta device, where `biasbench count` runs, so it sees the shift's multiply-adds,
+and while torch.jit traces),
 "cpp" or "reference". See docs/dac_layers.md for speed and memory.
 """
 
