@@ -76,6 +76,30 @@ def test_sweep_trains_every_run_once_and_a_second_sweep_trains_nothing(tmp_path,
     assert code == 0, err
 
 
+def test_a_run_that_finished_just_before_a_kill_is_closed_from_its_results_not_retrained(tmp_path,
+                                                                                         one_thread_workers):
+    # SIGKILL between a run's results write and the manifest's save: the manifest still shows
+    # the run running, its attempt open. The next sweep must not train it again and must close
+    # that attempt as completed (the acceptance test counts one completed attempt per run).
+    path, out = tiny_study(tmp_path, widths=(8,), replicates=1), tmp_path / "out"
+    assert run_cli(["sweep", str(path), "--out", str(out), "--device", "cpu"])[0] == 0
+    doc = manifest(out)
+    key = sorted(doc["runs"])[0]
+    run = doc["runs"][key]
+    run["status"] = "running"
+    for field in ("ended", "status", "epochs"):
+        run["attempts"][-1].pop(field)
+    (out / "study.json").write_text(json.dumps(doc))
+    before = (out / key / "results.json").read_bytes()
+    code, _, err = run_cli(["sweep", str(path), "--out", str(out), "--device", "cpu"])
+    assert code == 0, err
+    assert (out / key / "results.json").read_bytes() == before  # not trained again
+    run = manifest(out)["runs"][key]
+    assert run["status"] == "completed" and len(run["attempts"]) == 1
+    assert run["attempts"][0]["status"] == "completed" and run["attempts"][0]["epochs"] == 1
+    assert run["attempts"][0]["recorded_from"] == "results.json"
+
+
 def _interrupt_when(predicate, timeout: float = 120.0) -> threading.Thread:
     def watch():
         deadline = time.monotonic() + timeout
