@@ -159,6 +159,21 @@ class Manifest:
             attempts[-1].update(ended=now(), status=status, **fields)
         self._dirty = True
 
+    def attempt_from_results(self, key: str, doc: dict[str, Any]) -> None:
+        """Make the run's last attempt say how its results file says it ended. A sweep killed
+        between two saves can leave that attempt open (started, not ended) or unrecorded (the
+        run started and finished in between); the epoch it started from is then unknown."""
+        attempts = self.runs[key]["attempts"]
+        ended = {"ended": doc.get("created"), "status": doc["status"], "epochs": doc.get("epochs_completed"),
+                 "recorded_from": "results.json"}
+        if attempts and "ended" not in attempts[-1]:
+            attempts[-1].update(ended)
+        elif not attempts or attempts[-1].get("status") != doc["status"]:
+            attempts.append({"started": None, **ended})
+        else:
+            return
+        self._dirty = True
+
     def save(self, force: bool = False) -> None:
         """Write it atomically; without `force`, at most every SAVE_EVERY_S seconds."""
         if not force and (not self._dirty or time.monotonic() - self._saved_at < SAVE_EVERY_S):

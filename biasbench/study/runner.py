@@ -102,16 +102,13 @@ class Sweep:
             return None
 
     def record_finished(self, docs: dict[str, dict[str, Any]]) -> None:
-        """Runs found finished on disk (by the plan): the manifest agrees with their results. A
-        sweep killed after a run wrote its results but before the manifest said so left that
-        run's attempt open: the results file closes it."""
+        """Runs found finished on disk (by the plan): the manifest agrees with their results,
+        attempts included (a killed sweep may not have recorded how, or that, one ran)."""
         for key, doc in docs.items():
             run = self.manifest.runs[key]
             if run["status"] != doc["status"] or run.get("failed") is None:
                 self.manifest.update(key, status=doc["status"], failed=self.judge(doc), error=None)
-            if run["attempts"] and "ended" not in run["attempts"][-1]:
-                self.manifest.end_attempt(key, doc["status"], epochs=doc.get("epochs_completed"),
-                                          recorded_from="results.json")
+            self.manifest.attempt_from_results(key, doc)
 
     def started(self, task: RunTask, **where: Any) -> None:
         self.manifest.update(task.key, status=RUNNING, error=None)
