@@ -242,7 +242,9 @@ def _pairs_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
     scale = 100.0 if _percent(metric) else 1.0
     for i, r in enumerate(results):
         d = r.difference
-        if d is None:
+        if d is None:  # said on the row, not left blank
+            ax.annotate("no usable runs on a side", xy=(0, i), xytext=(4, 0), textcoords="offset points",
+                        va="center", fontsize=7, color="0.35")
             continue
         lo, hi = (d.ci if d.ci else (d.diff, d.diff))
         significant = r.p_holm is not None and r.p_holm < 0.05
@@ -253,7 +255,7 @@ def _pairs_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
     ax.set_yticks(range(len(results)), [", ".join([str(r.variant), *(f"{short(k)}={v}" for k, v in r.match.items())])
                                         for r in results],
                   fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(results) - 0.5, -0.5)  # every row, the first at the top, drawn or not
     ax.set_xlabel(f"{spec.estimator} {metric}{' (%)' if _percent(metric) else ''}: variant - {spec.baseline}")
     without_ci = sum(1 for r in results if r.difference is not None and not r.difference.ci)
     note = f"; {without_ci} without a CI (one replicate on a side)" if without_ci else ""
