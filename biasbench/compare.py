@@ -499,8 +499,6 @@ def _group_notes(s: GroupSummary) -> list[str]:
     if s.interrupted:
         notes.append(f"{s.label}: {s.interrupted} of {s.runs} runs were interrupted (resume them with --resume); "
                      "left out of every mean")
-    if s.used == 1:
-        notes.append(f"{s.label}: one replicate in the statistics: no standard error or confidence interval")
     if s.estimate and s.estimate.estimator == "robust" and (s.estimate.selected_by or "").startswith("test_"):
         notes.append(f"{s.label}: no validation split, so the robust estimator chose e* on the test set "
                      "(optimistic)")
@@ -531,6 +529,10 @@ def summarize_runs(runs: Sequence[Run], *, metric: str | None = None, baseline: 
                          f"the first group, {base_group.label}; name the reference with --baseline")
     for s in summaries:
         notes += _group_notes(s)
+    single = [s.label for s in summaries if s.used == 1]
+    if single:  # one line for all of them, not one per group
+        notes.append(f"one replicate in the statistics of {', '.join(single)}: no standard error or confidence "
+                     "interval there")
     return CompareResult(metric, higher_is_better(metric), estimator, describe_estimator(estimator, metric),
                          base_group.label if base_group else None, alpha, summaries, comparisons, notes, failures)
 

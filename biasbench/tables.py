@@ -110,9 +110,10 @@ def comparison_table(result: CompareResult) -> TextTable:
     return TextTable(headers, rows, title=f"against {result.baseline} ({result.estimator} estimator)",
                      left={0, 7}, caption=(
                          f"diff and 95% CI: {m} minus the baseline's, t-test over replicates (paired on shared "
-                         "seeds). p ex: paired bootstrap over test examples and seeds. p Holm: the larger of "
-                         f"the two, Holm-adjusted over {family} comparison{'s' if family != 1 else ''}; the "
-                         f"verdict uses it at alpha {result.alpha}."))
+                         "seeds). p ex: paired bootstrap over test examples and seeds. " + (
+                             f"p Holm: the larger of the two, Holm-adjusted over {family} comparison"
+                             f"{'s' if family != 1 else ''}; the verdict uses it at alpha {result.alpha}." if family
+                             else "p Holm: none, no comparison has a t-test (it needs 2 replicates a side).")))
 
 
 def failures_table(result: CompareResult) -> TextTable | None:

@@ -134,7 +134,10 @@ def test_one_replicate_is_reported_honestly(runs_dir: Path, tmp_path: Path) -> N
     (c,) = r.comparisons
     assert c.difference.ci is None and c.difference.p_value is None
     assert c.verdict.text == "inconclusive: n=1" and "no confidence interval" in c.verdict.detail
-    assert any("one replicate in the statistics" in n for n in r.notes)
+    single = [n for n in r.notes if "one replicate in the statistics" in n]
+    assert len(single) == 1 and r.groups[0].label in single[0] and r.groups[1].label in single[0]
+    code, text, _ = run_cli(["compare", str(tmp_path)])
+    assert code == 0 and "p Holm: none, no comparison has a t-test" in " ".join(text.split())
 
 
 @pytest.mark.parametrize(
