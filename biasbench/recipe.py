@@ -99,8 +99,8 @@ class TrainConfig:
     trainable: str = "all"
     # `normal_fan_in` redraws every weight from N(0, 1/fan_in) (the bias-learning paper's option).
     weight_init: Literal["default", "normal_fan_in"] = "default"
-    # The lean GPU path (ignored where they do not apply): bf16 autocast, channels_last memory
-    # format for conv nets, and torch.compile of the model. fp16: autocast with a gradient
+    # The lean GPU path: bf16 autocast, channels_last memory format (image inputs only: refused
+    # for others), and torch.compile of the model. fp16: autocast with a gradient
     # scaler (the DNRT authors' setting), CUDA only; on the CPU it trains in bf16 and says so.
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False

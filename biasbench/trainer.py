@@ -147,6 +147,9 @@ def build_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, c
         raise UserError(why)
     seed_everything(seed)
     bundle, model = build_for_recipe(recipe, replicate, device)
+    if recipe.train.channels_last and len(bundle.input_shape) != 3:  # a no-op there: refuse, do not ignore
+        raise UserError(f"train.channels_last is a memory format for images (C, H, W); data set "
+                        f"`{recipe.data.name}` gives inputs of shape {tuple(bundle.input_shape)}: drop it")
     criterion = build_criterion(recipe, bundle, model).to(device)
     if ctx.enabled and len(criterion.terms):
         # Each rank would update the running means from its shard alone: not what one process does.

@@ -551,3 +551,32 @@ def test_progress_bar_shows_the_runs_eta_on_a_terminal_and_nothing_in_a_pipe():
     assert re.search(r"eta 0:0\d:\d\d", shown)  # time remaining over the whole run's steps
     with trainer._progress_bar(Console(file=io.StringIO()), 100, 0, 10) as bar:
         assert bar is None  # not a terminal: no bar, no per-step work
+
+
+def test_channels_last_trains_images_like_the_default_format_and_is_refused_elsewhere(tmp_path):
+    from tests.conftest import run_cli
+
+    cnn = {"model": {"name": "cnn", "options": {"width": 8}}, "train": {"epochs": 2}}
+    histories = []
+    for fmt in (False, True):
+        path = write_recipe(tmp_path / f"cl{int(fmt)}.yaml", tiny_recipe(tmp_path, **{
+            **cnn, "train": {**cnn["train"], "channels_last": fmt}}))
+        code, _, err = run_cli(["train", str(path), "--device", "cpu", "--quiet"])
+        assert code == 0, err
+        res = json.loads((tmp_path / "runs" / f"cl{int(fmt)}" / "seed0" / "results.json").read_text())
+        histories.append([h["train_loss"] for h in res["history"]])
+    # the same training in another layout: the convolutions round differently, nothing more
+    assert histories[1] == pytest.approx(histories[0], rel=5e-3) and histories[1] != histories[0]
+    from biasbench.recipe import load_recipe
+    from biasbench.trainer import build_run
+
+    run = build_run(load_recipe(tmp_path / "cl1.yaml"), 0, 0, torch.device("cpu"))
+    convs = [m.weight for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # (one input channel: both layouts coincide)
+    # mnist1d gives (40,) vectors: channels_last would be a silent no-op there, so it is refused
+    path = write_recipe(tmp_path / "v.yaml", tiny_recipe(tmp_path, data={"name": "mnist1d"},
+                                                         train={"channels_last": True}))
+    code, _, err = run_cli(["train", str(path), "--device", "cpu"])
+    assert code == 2 and err.count("\n") == 1 and "train.channels_last" in err and "(40,)" in err
+    assert not (tmp_path / "runs" / "v").exists()
