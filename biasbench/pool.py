@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from biasbench.stopping import STOP_SIGNALS, die_with_parent
+from biasbench.stopping import STOP_SIGNALS, die_with_parent, handling
 
 _interrupted = False  # in a worker: a stop signal (SIGINT, SIGTERM, SIGUSR1) arrived
 
@@ -188,7 +188,7 @@ class WorkerPool:
             interrupted = True
             self.stop()
 
-        with _signals(on_signal):
+        with handling(on_signal):
             while True:
                 self._dispatch(fn, pending)
                 busy = [w for w in self._workers if w.busy]
@@ -275,16 +275,3 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-@contextlib.contextmanager
-def _signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGUSR1 call `handler` while the pool runs (main thread only; elsewhere,
-    as is)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)

@@ -21,7 +21,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
@@ -49,13 +50,24 @@ def exit_code(signum: int) -> int:
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
-    """Inside this block the first of `signals` raises StopRequested in the main thread; later
-    ones are ignored. Outside the main thread (where Python cannot install handlers) it does
-    nothing. The previous handlers come back on exit."""
+def handling(handler: Callable[[int, Any], None], signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """`handler` receives `signals` inside this block, the previous handlers come back on exit.
+    Outside the main thread (where Python cannot install handlers) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Inside this block the first of `signals` raises StopRequested in the main thread; later
+    ones are ignored (see `handling`)."""
     stopping = False
 
     def handler(signum, frame):
@@ -65,12 +77,8 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
         stopping = True
         raise StopRequested(signum)
 
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with handling(handler, signals):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM, poll_s: float = 0.5,
