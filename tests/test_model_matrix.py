@@ -319,8 +319,11 @@ def test_list_agrees_with_build_model(monkeypatch):
     ("model.variant_options.activation=swish", ["unknown activation `swish`"]),
 ])
 def test_training_a_pair_that_does_not_apply_is_refused_before_anything_is_written(tmp_path, override, words):
-    """The issue's first finding: the quick start with model.variant=dmb trained the baseline."""
-    code, _, err = run_cli(["train", str(RECIPES / "quickstart.yaml"), "--smoke", "--set", override,
-                            "--out", str(tmp_path / "runs")])
-    one_line_error(code, err, *words)
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+    """The issue's first finding: the quick start with model.variant=dmb trained the baseline.
+    Refused before any line about the run is printed, and by --dry-run too."""
+    for dry in ([], ["--dry-run"]):
+        code, out, err = run_cli(["train", str(RECIPES / "quickstart.yaml"), "--smoke", "--set", override,
+                                  "--out", str(tmp_path / "runs"), *dry])
+        one_line_error(code, err, *words)
+        assert out == ""  # no "runs go to ..." for a run that cannot exist
+    assert not (tmp_path / "runs").exists()

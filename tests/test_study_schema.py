@@ -104,6 +104,9 @@ def test_a_per_cell_base_recipe_and_labels_in_names(tmp_path):
      ["analysis.pairs.estimator", "one of"]),
     ({"analysis": {"failures": {"by": "model.variant", "where": {"model.variant": "dca"}}}}, ["selects no cell"]),
     ({"launcher": {"time": "soon"}}, ["launcher time", "HH:MM:SS"]),
+    # a cell whose variant does not apply to the model: refused before the sweep starts
+    ({"grid": {"model.variant": ["baseline", "dmb"]}}, ["cell `variant=dmb`", "variant `dmb`", "model `mlp`"]),
+    ({"grid": {"model.options.widht": [8]}}, ["cell `widht=8`", "did you mean `width`"]),
 ])
 def test_bad_study_is_one_line_and_nothing_runs(tmp_path, change, words):
     path = write_study(tmp_path, {"grid": {"model.options.width": [8, 16]}, **change})

@@ -39,8 +39,8 @@ ModelBuilder = Callable[..., nn.Module]
 MODELS: Registry[ModelSpec] = Registry("model")
 _FIXED = ("variant", "num_classes", "in_channels", "input_shape")
 
-__all__ = ["MODELS", "ModelSpec", "Taps", "build_model", "convert", "list_models", "list_variants", "model_hooks",
-           "model_options", "model_spec", "register_model", "applicable_variants", "applicability"]
+__all__ = ["MODELS", "ModelSpec", "Taps", "build_model", "check_model", "convert", "list_models", "list_variants",
+           "model_hooks", "model_options", "model_spec", "register_model", "applicable_variants", "applicability"]
 
 
 def register_model(name: str, *, summary: str, inputs: InputKind, offers: Iterable[str] = (),
@@ -77,20 +77,7 @@ def build_model(name: str, variant: str | Variant = "baseline", num_classes: int
     if is_library_name(name):  # built by timm / torchvision, the variant applied by convert
         return build_library_model(name, variant, num_classes, in_channels, tuple(input_shape or (in_channels,)),
                                    variant_options, **options)
-    spec = MODELS.get(name)
-    known = model_options(name)
-    for key in options:
-        if key not in known:
-            hint = " (the activation is a variant option: model.variant_options.activation)" \
-                if key == "activation" else did_you_mean(key, known)
-            raise UserError(f"model `{name}` has no option `{key}`{hint}; options: {', '.join(known) or 'none'}")
-    if isinstance(variant, Variant):
-        if variant_options:
-            raise UserError("give variant options to build_variant, not with a Variant instance")
-        v = variant.bind(spec)
-    else:
-        v = build_variant(variant, **(variant_options or {})).bind(spec)
-    check_applies(spec, v)
+    spec, v = _checked(name, variant, variant_options, options)
     if input_shape is None:
         input_shape = (in_channels,)
     try:
@@ -106,6 +93,35 @@ def build_model(name: str, variant: str | Variant = "baseline", num_classes: int
         readout=spec.readout(net) if spec.readout else None,
     ))
     return net
+
+
+def check_model(name: str, variant: str = "baseline", variant_options: dict[str, Any] | None = None,
+                **options: Any) -> None:
+    """What `build_model` refuses, found without building anything (so `train --dry-run` and the
+    lines `train` prints first never describe a run that cannot exist): an unknown model, option
+    or variant, a variant option it does not take, a pair that does not apply. Models built by
+    timm or torchvision are checked when built."""
+    if not is_library_name(name):
+        _checked(name, variant, variant_options, options)
+
+
+def _checked(name: str, variant: str | Variant, variant_options: dict[str, Any] | None,
+             options: dict[str, Any]) -> tuple[Any, Variant]:
+    spec = MODELS.get(name)
+    known = model_options(name)
+    for key in options:
+        if key not in known:
+            hint = " (the activation is a variant option: model.variant_options.activation)" \
+                if key == "activation" else did_you_mean(key, known)
+            raise UserError(f"model `{name}` has no option `{key}`{hint}; options: {', '.join(known) or 'none'}")
+    if isinstance(variant, Variant):
+        if variant_options:
+            raise UserError("give variant options to build_variant, not with a Variant instance")
+        v = variant.bind(spec)
+    else:
+        v = build_variant(variant, **(variant_options or {})).bind(spec)
+    check_applies(spec, v)
+    return spec, v
 
 
 def list_models() -> list[str]:

@@ -289,6 +289,7 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     varying = [k for k in keys if len({repr(p[k]) for p in points}) > 1]
     naming = name_keys(points, keys, varying, zip_groups)
     cells = _cells(points, naming, doc, bases, path)
+    _check_models(cells, path)
     failure = None
     if doc.get("failure") is not None:
         failure = read_spec(Failure, doc["failure"], "failure")
@@ -297,6 +298,24 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     time_minutes(launcher.time)
     return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
                  launcher, labels)
+
+
+def _check_models(cells: list[Any], path: Path) -> None:
+    """Every cell's model and variant exist and apply (`models.check_model`): a pair that does
+    not is refused before any run starts, not as an error in the middle of the sweep."""
+    from biasbench.models import check_model
+
+    seen = set()
+    for cell in cells:
+        m = cell.recipe.model
+        key = repr((m.name, m.variant, m.variant_options, m.options))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_model(m.name, m.variant, m.variant_options, **m.options)
+        except UserError as e:
+            raise UserError(f"study `{path}`, cell `{cell.name}`: {e}") from None
 
 
 class _BaseRecipes:
