@@ -41,10 +41,14 @@ def ensure_dir(path: Path) -> Path:
 
 class WriteError(UserError):
     """An OS error while writing `path` (read-only folder, full disk, a parent that is a file):
-    one `error:` line; the file's previous version is intact (temporary file, then rename)."""
+    one `error:` line; the file's previous version, if any, is intact (temporary file, then
+    rename). On a full disk the fix is space, whatever `fix` says about permissions."""
 
     def __init__(self, path: Path, reason: str, fix: str = ""):
-        super().__init__(f"cannot write `{path}`: {reason}; the previous file is intact" + (f"; {fix}" if fix else ""))
+        kept = "the previous file is intact" if Path(path).exists() else "nothing was written there"
+        if "(ENOSPC)" in reason or "(EDQUOT)" in reason:
+            fix = "free some space there or choose another --out"
+        super().__init__(f"cannot write `{path}`: {reason}; {kept}" + (f"; {fix}" if fix else ""))
         self.path, self.reason = path, reason
 
 
@@ -117,6 +121,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], also: Iterable[P
         os.replace(tmp, path)
     except OSError as e:
         raise WriteError(path, os_reason(e)) from None
+    except RuntimeError as e:  # torch.save's zip writer wraps the OS error (a full disk) in its own
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):
+            raise WriteError(path, os_reason(cause)) from None
+        raise
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -35,6 +35,16 @@ class StopRequested(KeyboardInterrupt):
         self.signum = signum
 
 
+class StoppedBeforeTraining(Exception):
+    """A stop signal before any training began. Not a KeyboardInterrupt on purpose: Typer turns
+    those into a silent exit 130 whatever the signal; this one reaches `biasbench.cli.main`,
+    which says so and exits with the signal's code."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def signal_of(exc: BaseException) -> int:
     """The signal behind a KeyboardInterrupt (SIGINT for a plain Ctrl-C)."""
     return exc.signum if isinstance(exc, StopRequested) else int(signal.SIGINT)

@@ -580,3 +580,46 @@ def test_channels_last_trains_images_like_the_default_format_and_is_refused_else
     code, _, err = run_cli(["train", str(path), "--device", "cpu"])
     assert code == 2 and err.count("\n") == 1 and "train.channels_last" in err and "(40,)" in err
     assert not (tmp_path / "runs" / "v").exists()
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_that_says_to_free_space(tmp_path, monkeypatch):
+    # torch.save's zip writer turns the OS's ENOSPC into a RuntimeError ("unexpected pos ..."),
+    # raised while handling it: what a full output folder does (seen on a 200 KB tmpfs).
+    import errno
+
+    from biasbench import checkpoint
+    from tests.conftest import run_cli
+
+    def full_disk(obj, f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 194816 vs 194704")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    code, _, err = run_cli(["train", str(path), "--device", "cpu"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "checkpoint.pt" in err and "(ENOSPC)" in err and "free some space" in err
+    assert "nothing was written there" in err and "permissions" not in err
+    assert not list((tmp_path / "runs").rglob("*.tmp*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGUSR1, 138), (signal.SIGINT, 130)])
+def test_a_stop_signal_before_training_began_exits_with_its_own_code_and_says_so(tmp_path, monkeypatch, signum,
+                                                                                code):
+    # Typer turns any KeyboardInterrupt into a silent exit 130: a SIGTERM while the data set was
+    # being built used to end as "Ctrl-C", with nothing said.
+    from biasbench import trainer
+    from biasbench.stopping import StopRequested
+    from tests.conftest import run_cli
+
+    def stopped_while_building(*args, **kwargs):
+        raise StopRequested(signum)  # what the handler raises when the signal lands here
+
+    monkeypatch.setattr(trainer, "build_for_recipe", stopped_while_building)
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    got, _, err = run_cli(["train", str(path), "--device", "cpu"])
+    assert got == code
+    assert err.strip() == f"stopped by {signal.Signals(signum).name} before training began; nothing was written"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))

@@ -22,7 +22,7 @@ import_submodules(_cli_package, suffix="_cmd")  # each *_cmd.py module registers
 
 def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    from biasbench.stopping import exit_code, signal_name, signal_of
+    from biasbench.stopping import StoppedBeforeTraining, exit_code, signal_name
     from biasbench.trainer import Interrupted
 
     try:
@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as e:
         err.print(escape(interrupted_line(e)))
         sys.exit(exit_code(e.signum))
-    except KeyboardInterrupt as e:  # a stop signal before any training began
-        err.print(f"stopped by {signal_name(signal_of(e))} before training began; nothing was written")
-        sys.exit(exit_code(signal_of(e)))
+    except StoppedBeforeTraining as e:
+        err.print(f"stopped by {signal_name(e.signum)} before training began; nothing was written")
+        sys.exit(exit_code(e.signum))
 
 
 def interrupted_line(e) -> str:

@@ -56,7 +56,7 @@ def train(
     import torch
 
     from biasbench.distributed import from_environment
-    from biasbench.stopping import stop_on_signals
+    from biasbench.stopping import StoppedBeforeTraining, signal_of, stop_on_signals
     from biasbench.trainer import train_recipe
 
     if resume and overwrite:
@@ -81,8 +81,11 @@ def train(
     for note in notes:
         say(console, note)
     with stop_on_signals():
-        docs = train_recipe(recipe, dev, resume=resume, overwrite=overwrite, stop_after=stop_after, jobs=jobs,
-                            console=console, ctx=ctx)
+        try:
+            docs = train_recipe(recipe, dev, resume=resume, overwrite=overwrite, stop_after=stop_after, jobs=jobs,
+                                console=console, ctx=ctx)
+        except KeyboardInterrupt as e:  # (once training began, the trainer raises Interrupted instead)
+            raise StoppedBeforeTraining(signal_of(e)) from None
     if not ctx.is_main:
         return
     rows = summary_rows(docs)
