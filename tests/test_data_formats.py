@@ -231,14 +231,17 @@ def test_unknown_option_is_rejected(tmp_path):
         build_data(cfg("cifar10", tmp_path, options={"image_sise": 3}))
 
 
-def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("dry", [[], ["--dry-run"]])
+def test_cli_missing_root_exits_2_with_one_line(tmp_path, capsys, dry):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
     with pytest.raises(SystemExit) as e:
-        main(["train", str(recipe), "--set", "data.name=cifar10", "--set", f"data.root={tmp_path / 'none'}"])
+        main(["train", str(recipe), "--set", "data.name=cifar10", "--set", f"data.root={tmp_path / 'none'}", *dry])
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert err.startswith("error:") and "\n" not in err and "data.download: true" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "does not exist" in err
+    assert captured.out == ""  # refused before any line about the run (--dry-run too)
 
 
 def test_cli_trains_on_cifar_files_with_crop_flip(tmp_path, capsys):

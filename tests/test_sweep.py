@@ -167,12 +167,22 @@ def test_one_sweep_per_folder_and_a_folder_of_another_study_is_refused(tmp_path)
 
 
 def test_bad_input_in_a_run_stops_the_sweep_with_one_line(tmp_path):
+    # a data root that does not exist: refused before the sweep starts, nothing written
     path = tiny_study(tmp_path, widths=(8,), replicates=1, set={"data.name": "cifar10", "data.root": "nowhere"})
     out = tmp_path / "out"
     code, text, err = run_cli(["sweep", str(path), "--out", str(out), "--device", "cpu"])
-    one_line_error(code, err, "nowhere")
-    runs = manifest(out)["runs"].values()
-    assert any(r["status"] == "error" and "nowhere" in r["error"] for r in runs)
+    one_line_error(code, err, "cell `", "data.root `nowhere` does not exist")
+    assert not out.exists()
+    # a root that exists but lacks the files: found by a run, which stops the sweep; the error
+    # file beside the run holds the line, not a traceback
+    (tmp_path / "empty").mkdir()
+    path = tiny_study(tmp_path, widths=(8,), replicates=1, set={"data.name": "cifar10",
+                                                                "data.root": str(tmp_path / "empty")})
+    code, text, err = run_cli(["sweep", str(path), "--out", str(out), "--device", "cpu"])
+    one_line_error(code, err, "lacks")
+    runs = manifest(out)["runs"]
+    failed = [k for k, r in runs.items() if r["status"] == "error" and "lacks" in r["error"]]
+    assert failed and "Traceback" not in (out / failed[0] / "error.txt").read_text()
 
 
 def test_progress_on_a_terminal_fits_80_columns():

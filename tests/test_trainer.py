@@ -594,7 +594,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_that_says_to_free_space(tmp
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 194816 vs 194704")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 194816 vs 194704")  # noqa: B904 (as torch does: context, not cause)
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))

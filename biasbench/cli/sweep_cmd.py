@@ -69,12 +69,29 @@ def sweep(
     _run(study, out, backend, jobs, device, launcher, console, as_json)
 
 
+def _check_datas(study: Any) -> None:
+    """Every cell's data is where its recipe says, before any worker or Slurm job starts."""
+    from biasbench.data import check_data
+
+    seen = set()
+    for cell in study.cells:
+        data = cell.recipe.data
+        if (data.name, data.root, data.download) in seen:
+            continue
+        seen.add((data.name, data.root, data.download))
+        try:
+            check_data(data)
+        except UserError as e:
+            raise UserError(f"cell `{cell.name}`: {e}") from None
+
+
 def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: Any, console: Console,
          as_json: bool) -> None:
     from biasbench.study.runner import run_sweep, worker_threads
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out `{out}` is a file; give a folder")
+    _check_datas(study)
     where = f"{jobs} worker{'s' if jobs > 1 else ''} x {worker_threads(jobs)} thread(s)" if backend == "local" \
         else "Slurm job array"
     if not as_json:

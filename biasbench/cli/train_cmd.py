@@ -110,10 +110,12 @@ def resolve_recipe(path: Path, sets: list[str], *, seed: int | None = None, repl
     place = [f"train.seed={seed}"] * (seed is not None) + [f"train.replicates={replicates}"] * (
         replicates is not None) + [f"output.dir={out}"] * (out is not None)
     recipe = load_recipe(path, [*sets, *place], smoke=smoke)
+    from biasbench.data import check_data
     from biasbench.models import check_model
 
     m = recipe.model
     check_model(m.name, m.variant, m.variant_options, **m.options)  # refused before anything is printed
+    check_data(recipe.data)
     notes = []
     if smoke:
         smoke_keys = ", ".join(f"{k}={v}" for k, v in recipe.smoke.items())

@@ -81,6 +81,7 @@ class DatasetInfo:
     task: str = "classification"
     # (input shape, outputs) under these data.options; None: only the data can tell
     shape: Callable[[dict[str, Any]], Shape | None] = _from_the_data
+    reads_root: bool = True  # (when not bundled) read from files under data.root; False: built from other sets
 
 
 _INFO: dict[str, DatasetInfo] = {}
@@ -98,6 +99,26 @@ def list_datasets() -> list[str]:
 def dataset_info(name: str) -> DatasetInfo:
     DATASETS.get(name)  # an unknown name fails here, with suggestions
     return _INFO[name]
+
+
+def check_data(cfg: Any) -> None:
+    """What `build_data` refuses first, without reading any data: an unknown data set or
+    augmentation, an augmentation option, a data set read from disk whose `data.root` does not
+    exist (unless `data.download: true`). `train` and a sweep check it before any run starts;
+    the loader then checks the files."""
+    from biasbench.data.augment import augment_options, get_augment
+    from biasbench.data.common import _download_hint, data_root
+
+    info = dataset_info(cfg.name)
+    get_augment(cfg.augment)
+    augment_options(cfg.augment, cfg.augment_options)
+    if info.bundled or not info.reads_root or cfg.download:
+        return
+    root = data_root(cfg, cfg.name, "its files (docs/data.md)")
+    if not root.is_dir():
+        fetch = ", or set data.download: true to fetch it" if _download_hint(cfg, cfg.name) else ""
+        raise UserError(f"data set `{cfg.name}`: data.root `{root}` does not exist; download the data set and "
+                        f"point data.root at it (docs/data.md){fetch}")
 
 
 def build_data(cfg: Any, replicate: int = 0) -> DataBundle:

@@ -91,7 +91,7 @@ def _one_task(cfg: Any, replicate: int, t: int, spec: dict[str, Any]) -> tuple[s
 
 
 @register_dataset("multitask", DatasetInfo("tasks from other registered sets, task id in the last column",
-                                             bundled=False))
+                                             bundled=False, reads_root=False))
 def multitask(cfg: Any, replicate: int = 0) -> DataBundle:
     names, parts, outputs = [], [], []
     for t, spec in enumerate(_task_specs(cfg)):

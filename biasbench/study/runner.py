@@ -129,12 +129,15 @@ class Sweep:
         is recorded, its traceback kept beside the run, and the other runs go on."""
         status = INTERRUPTED if line.startswith("KeyboardInterrupt") else ERROR
         message = str(exception) if isinstance(exception, UserError) else line
+        if status == INTERRUPTED and self.user_error is not None:  # stopped by us, not by a Ctrl-C
+            message = "stopped: another run's bad input ended the sweep; the same command resumes it"
         self.manifest.update(task.key, status=status, error=None if status == INTERRUPTED else message)
         self.manifest.end_attempt(task.key, status, error=message)
         self.manifest.save()
         if status == ERROR:
-            if text:
-                atomic_write_text(self.out / task.key / "error.txt", text)
+            if text:  # bad input needs its line, not a traceback
+                atomic_write_text(self.out / task.key / "error.txt",
+                                  f"{message}\n" if isinstance(exception, UserError) else text)
             if isinstance(exception, UserError) and self.user_error is None:
                 self.user_error = exception
             self.errors.append(f"{task.key}: {message}")
