@@ -3,6 +3,7 @@ before anything runs (the sweep's --dry-run and its refusals)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -225,3 +226,7 @@ def test_sbatch_refusing_the_job_array_is_one_line_naming_its_reason(tmp_path, m
     path = write_study(tmp_path, {"grid": {"model.options.width": [8]}})
     code, _, err = run_cli(["sweep", str(path), "--backend", "slurm", "--out", str(tmp_path / "out")])
     one_line_error(code, err, "sbatch", "Invalid partition name")
+    # no pickled call is left for a job that was never submitted; the manifest says all pending
+    assert not list((tmp_path / "out").rglob("*.pkl"))
+    runs = json.loads((tmp_path / "out" / "study.json").read_text())["runs"]
+    assert {r["status"] for r in runs.values()} == {"pending"}

@@ -128,6 +128,7 @@ def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device
     submit = [t for t in tasks if t.key not in watched]
     if submit:
         executor = executor_for(launcher, folder, sweep.study.name)
+        before = set(folder.glob("*.pkl"))  # submitit pickles every call here before sbatch runs
         try:  # submitit also prints sbatch's complaint: the error line below carries it instead
             with contextlib.redirect_stderr(io.StringIO()):
                 jobs = executor.map_array(SlurmRun(), [t.recipe for t in submit], [t.seed for t in submit],
@@ -135,6 +136,8 @@ def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device
                                           [launcher.cpus_per_task] * len(submit))
         except submitit.core.utils.FailedJobError as e:  # sbatch refused: its last line says why
             said = [line.strip() for line in str(e).splitlines() if line.strip()]
+            for pickled in set(folder.glob("*.pkl")) - before:  # calls no job will ever read
+                pickled.unlink(missing_ok=True)
             raise UserError(f"sbatch could not submit the job array ({said[-1] if said else 'no reason given'}); "
                             "check the cluster (`sinfo`) and the launcher options, then run the same command "
                             "again") from None
