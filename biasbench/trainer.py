@@ -451,16 +451,21 @@ def _progress_bar(console: Console, total_steps: int, done: int, epochs: int
 
 
 def warm_up(run: Run, console: Console) -> float:
-    """Build a DAC model's fused kernels before the clock starts: the first DAC run on a machine
-    compiles a C++ kernel (tens of seconds), which must not count as training time. One forward
-    pass in eval mode on two test examples, RNG untouched. Returns the seconds it took."""
+    """Build the fused kernels a model's DAC or RAA layers call before the clock starts: the first
+    run on a machine compiles them (10-20 s each on the CPU), which must not count as training
+    time. One forward pass in eval mode on two test examples, RNG untouched. Returns the seconds
+    it took."""
     from biasbench.layers.dac import DACConv2d, DACLinear
+    from biasbench.layers.raa import RAA, RAA2d
 
-    if not any(isinstance(m, (DACConv2d, DACLinear)) for m in run.model.modules()):
+    modules = list(run.model.modules())
+    kinds = ["DAC"] * any(isinstance(m, (DACConv2d, DACLinear)) for m in modules) + \
+        ["RAA"] * (run.device.type == "cpu" and any(isinstance(m, (RAA, RAA2d)) for m in modules))
+    if not kinds:  # (RAA has no CUDA kernel: nothing to build there)
         return 0.0
     where = "Triton" if run.device.type == "cuda" else "C++"
-    say(console, f"DAC layers: building the fused {where} kernels before timing (the first run on a machine "
-                 "compiles them, about a minute; later runs load them from the cache)")
+    say(console, f"{' and '.join(kinds)} layers: building the fused {where} kernels before timing (the first "
+                 "run on a machine compiles them, 10-20 s each; later runs load them from the cache)")
     t0 = time.perf_counter()
     x = next(iter(run.eval_loaders["test"]))[0][:2]  # whatever loader the split has: its first batch
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
@@ -468,7 +473,7 @@ def warm_up(run: Run, console: Console) -> float:
         run.model(x)
     seconds = time.perf_counter() - t0
     if seconds > 1.0:
-        say(console, f"kernels ready after {seconds:.1f} s (not counted in images per second)")
+        say(console, f"kernels ready after {seconds:.1f} s (not counted in samples per second)")
     return seconds
 
 

@@ -129,7 +129,9 @@ def _flags(namespace: str, isa: str) -> list[str]:
 def build_name(source_file: Path, namespace: str, isa: str) -> str:
     """The cache entry of one build: the namespace and a hash of everything the binary depends
     on (sources, flags, torch version, CPU model and flags)."""
-    key = "\n".join([source_file.read_text(), *(h.read_text() for h in HEADERS),
+    # The include path too: torch's JIT builder rebuilds an entry whose build arguments changed,
+    # so two checkouts sharing one cache would rebuild each other's kernels on every switch.
+    key = "\n".join([source_file.read_text(), *(h.read_text() for h in HEADERS), str(HERE),
                      " ".join(_flags(namespace, isa)), torch.__version__, cpu_info()])
     return namespace + "_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
