@@ -165,9 +165,14 @@ def _sniff(path: Path) -> str:
 
 
 def recipe_from_checkpoint(ckpt: dict[str, Any], data_root: str | None = None) -> Any:
+    from biasbench.data import dataset_info
     from biasbench.recipe import from_dict
 
     recipe = from_dict(ckpt["recipe"])
     if data_root is not None:
+        info = dataset_info(recipe.data.name)
+        if info.bundled or not info.reads_root:  # it would be ignored: say so instead
+            raise UserError(f"--data-root: data set `{recipe.data.name}` is not read from a data root "
+                            f"({'bundled' if info.bundled else 'built from other data sets'}); drop the option")
         recipe = replace(recipe, data=replace(recipe.data, root=data_root))
     return recipe

@@ -8,9 +8,9 @@ The counting convention ("dac-paper"), for one input sample in inference mode:
 - BatchNorm (and BN'): 2 FLOPs per element, the folded inference-time scale and shift (BN' keeps
   a shift at inference: the running mean); LayerNorm 5 per element (4 without affine);
   global average pooling (any mean over positions) 1 per input element;
-- activations, residual additions and reshapes: not counted (the paper ignores activation
-  costs; every operator without a rule is listed under `skipped_ops`, ReLU and pure data
-  movement excepted, never silently dropped);
+- activations, max pooling (comparisons, as fvcore and thop leave them), residual additions and
+  reshapes: not counted (the paper ignores activation costs; every operator without a rule is
+  listed under `skipped_ops`, ReLU and pure data movement excepted, never silently dropped);
 - DAC conv with kernel-shared biases: 2 per multiply-add plus the *cached* pre-activation
   additions, out*in per input position the kernel reads (the paper's m*n*s*t; for a strided
   conv the cache covers every input position a tap touches). Fully unshared biases cannot be

@@ -33,6 +33,9 @@ def test_train_then_eval_reports_the_same_test_accuracy(recipe, tmp_path):
     evaluated = json.loads(out)
     assert evaluated["acc"] == pytest.approx(results["final"]["test_acc"])
     assert evaluated["epoch"] == 2
+    # digits ships with scikit-learn: a --data-root would be ignored, so it is refused
+    one_line_error(*run_cli(["eval", str(ckpt), "--data-root", str(tmp_path)])[::2], "--data-root",
+                   "`digits` is not read from a data root")
 
 
 def test_existing_run_is_not_overwritten_without_a_flag(recipe, tmp_path):

@@ -70,6 +70,8 @@ def test_sweep_trains_every_run_once_and_a_second_sweep_trains_nothing(tmp_path,
     code, text, err = run_cli(["sweep", str(path), "--out", str(out), "--jobs", "2", "--device", "cpu"])
     assert code == 0, err
     assert {p: p.read_bytes() for p in out.rglob("results.json")} == before  # nothing trained again
+    assert "4 of them were finished before this sweep and not trained again; nothing was left to train" in \
+        " ".join(text.split())
     assert all(len(r["attempts"]) == 1 for r in manifest(out)["runs"].values())
     # compare reads the study folder like any folder of runs
     code, text, err = run_cli(["compare", str(out), "--json", str(tmp_path / "c.json")])

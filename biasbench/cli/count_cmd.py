@@ -175,8 +175,8 @@ def _print_table(model: str, shape: tuple[int, ...], classes: int, rows: dict[st
              "MACs and FLOPs per operator: --json."]
     if skipped:
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(skipped.items()))
-        notes.append(f"not counted (no rule; activations and residual additions are not counted by convention): "
-                     f"{listed}")
+        notes.append("not counted (no rule; activations, max pooling and residual additions are not counted by "
+                     f"convention): {listed}")
     for name, why in refused.items():
         notes.append(f"not applicable: {name}: {why}")
     for name, r in rows.items():

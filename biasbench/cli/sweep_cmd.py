@@ -128,6 +128,10 @@ def _print_outcome(study: Any, out: Path, counts: dict[str, int], failed: int, s
     left = {k: v for k, v in counts.items() if k not in ("completed", "diverged", "error")}
     parts += [f"{v} {k}" for k, v in left.items()]
     console.print(f"{study.run_count()} runs: {', '.join(parts)}")
+    if sweep.done_before:
+        now = study.run_count() - sweep.done_before
+        console.print(f"{sweep.done_before} of them were finished before this sweep and not trained again"
+                      + ("" if now else "; nothing was left to train"))
     for note in sweep.notes:
         console.print(f"note: {escape(note)}")
     for line in sweep.errors[:5]:

@@ -87,6 +87,7 @@ class Sweep:
     def __init__(self, study: Study, out: Path, manifest: Manifest, progress: Any):
         self.study, self.out, self.manifest, self.progress = study, out, manifest, progress
         self.errors: list[str] = []
+        self.done_before = 0  # runs found finished on disk: not trained by this sweep
         self.user_error: UserError | None = None
         self.notes: list[str] = []
 
@@ -216,6 +217,7 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
         _reset_stale(manifest, [t for t in tasks if t.key not in queued])
         sweep = Sweep(study, out, manifest, progress=None)
         sweep.record_finished(finished)
+        sweep.done_before = len(finished)
         failed_before = sum(1 for doc in finished.values() if doc["status"] != COMPLETED or sweep.judge(doc))
         progress = sweep.progress = StudyProgress(console, study.name, study.run_count(), len(finished),
                                                   failed_before)
