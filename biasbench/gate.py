@@ -21,8 +21,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from biasbench import stats
 from biasbench.compare import GroupSummary, Run, _show, group_runs, load_runs, replicate_difference, summarize_group
 from biasbench.errors import UserError, did_you_mean
@@ -179,12 +177,11 @@ def load_gate(path: str | Path) -> Gate:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"gate file `{path}` does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"gate file `{path}` is not valid YAML") from None
-    if isinstance(raw, dict) and ("gate" in raw or "model" in raw or "extends" in raw):
-        from biasbench.recipe import load_raw
+    from biasbench.recipe import load_raw, read_yaml_mapping
+
+    # the recipes' reader: the line and column of a YAML error, duplicate keys refused
+    raw = read_yaml_mapping(path, what="gate file", home="recipes/gates/", plural="gates")
+    if "gate" in raw or "model" in raw or "extends" in raw:
 
         raw = load_raw(path).get("gate")  # a recipe: honour `extends:` like training does
         if not raw:

@@ -209,7 +209,9 @@ def test_bad_gate_files(
 def test_gate_file_not_yaml(runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "gate.yaml"
     p.write_text("metrics: [unclosed")
-    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(p)])[::2], "not valid YAML")
+    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(p)])[::2], "not valid YAML", "at line 2, column 1")
+    p.write_text("floor: {test_acc: 0.5}\nfloor: {test_acc: 0.9}\n")  # which floor? refused, as in recipes
+    one_line_error(*run_cli(["compare", str(runs_dir), "--gate", str(p)])[::2], "floor")
 
 
 def test_gate_section_in_a_recipe(runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
