@@ -49,7 +49,7 @@ class WriteError(UserError):
         if "(ENOSPC)" in reason or "(EDQUOT)" in reason:
             fix = "free some space there or choose another --out"
         super().__init__(f"cannot write `{path}`: {reason}; {kept}" + (f"; {fix}" if fix else ""))
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.fix = path, reason, fix
 
 
 @contextlib.contextmanager
@@ -129,6 +129,37 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any], also: Iterable[P
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """Where to write a folder of files: a new `out` is written all or nothing (into a hidden
+    sibling, renamed to `out` once every file is there, removed if a write fails); an existing
+    `out` is written in place, file by file atomically (replacing the whole folder could delete
+    files of the user's)."""
+    import shutil
+
+    out = Path(out)
+    if out.exists():
+        yield out
+        return
+    parent = ensure_dir(out.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=parent))
+    except OSError as e:
+        raise WriteError(out, os_reason(e)) from None
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        os.rename(tmp, out)
+    except WriteError as e:  # name the file as the user will look for it; the folder is gone
+        shutil.rmtree(tmp, ignore_errors=True)
+        inside = Path(e.path).relative_to(tmp) if Path(e.path).is_relative_to(tmp) else None
+        raise WriteError(out / inside if inside else Path(e.path), e.reason, e.fix) from None
+    except OSError as e:
+        raise WriteError(out, os_reason(e)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _replace_with_copy(src: Path, dest: Path) -> None:

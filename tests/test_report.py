@@ -315,3 +315,28 @@ def test_report_of_real_smoke_runs_of_three_variants(tmp_path: Path) -> None:
         assert row["test_acc ± SE"].startswith(f"{estimates[label]['value']:.2f}%")
     for png in (out / "figures").glob("*.png"):
         assert_valid_png(png)
+
+
+def test_a_new_report_folder_appears_whole_or_not_at_all(runs_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk fills up after the figures, at compare.json (seen on a small tmpfs): no half
+    # report is left, and the line names the file as the user would look for it.
+    import errno
+
+    import biasbench.report
+
+    real = biasbench.report.atomic_write_json
+
+    def full_at_compare_json(path: Path, obj: Any) -> None:
+        if Path(path).name == "compare.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, obj)
+
+    monkeypatch.setattr(biasbench.report, "atomic_write_json", full_at_compare_json)
+    out = tmp_path / "rep"
+    code, _, err = run_cli(["report", str(runs_dir), "--out", str(out)])
+    one_line_error(code, err, str(out / "compare.json"), "(ENOSPC)", "free some space")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its hidden draft
+    monkeypatch.setattr(biasbench.report, "atomic_write_json", real)
+    assert run_cli(["report", str(runs_dir), "--out", str(out)])[0] == 0
+    assert (out / "report.md").is_file() and (out / "figures" / "curves.png").is_file()

@@ -10,6 +10,7 @@ import typer
 
 from biasbench.cli.app import app
 from biasbench.errors import UserError
+from biasbench.fsutil import new_folder
 
 
 @app.command(
@@ -55,7 +56,8 @@ def report(
             return
         _show_histories(runs, None)
     result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator)
-    target = write_report(result, runs, out, fmt)
+    with new_folder(out) as where:  # a new report folder appears whole or not at all
+        target = out / write_report(result, runs, where, fmt).relative_to(where)
     if json_out is not None:
         _json(json_out, result.to_json())
     if json_out is None or str(json_out) != "-":
@@ -110,7 +112,8 @@ def _study_report(results: list[Path], out: Path | None, history: bool, options:
                         "run folders to get the plain report")
     from biasbench.study.report import write_study_report
 
-    target = write_study_report(results[0], out)
+    with new_folder(out) as where:
+        target = out / write_study_report(results[0], where).relative_to(where)
     from biasbench.termtable import emit, output_width, wrap
 
     emit([(t, "") for t in wrap(f"study report: {target} (and report.html, figures/, study_report.json)",
