@@ -23,7 +23,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+    version: bool = typer.Option(False, "--version", metavar="", is_eager=True, callback=_print_version,
                                  help="Print biasbench's version and exit."),
 ) -> None:
     """Benchmark neural-network units that put their capacity into biases."""

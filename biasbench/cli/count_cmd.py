@@ -105,9 +105,9 @@ def count(
     features: int | None = typer.Option(None, "--features", min=1, help="Flat input of this many features (MLPs)."),
     option: list[str] = typer.Option([], "--option", help="Model option key=value (repeatable)."),
     variant_option: list[str] = typer.Option([], "--variant-option", help="Variant option key=value, e.g. K=8."),
-    compare_variants: bool = typer.Option(False, "--compare-variants",
+    compare_variants: bool = typer.Option(False, "--compare-variants", metavar="",
                                           help="Every variant that applies to the model, side by side."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
 ) -> None:
     """Count parameters, MACs and FLOPs (paper convention), with ratios to the baseline variant."""
     from biasbench.count import data_shape, ratios

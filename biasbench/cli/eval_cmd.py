@@ -23,7 +23,7 @@ def eval_(
     split: str = typer.Option("test", "--split", help="test or val."),
     data_root: str | None = typer.Option(None, "--data-root", help="Where the data set lives now (data.root)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the metrics as JSON."),
 ) -> None:
     """Evaluate a checkpoint: loss and accuracy (or MSE) on the test or validation split."""
     from biasbench.checkpoint import load_checkpoint, recipe_from_checkpoint

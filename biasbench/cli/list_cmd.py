@@ -84,7 +84,7 @@ _DOCS = {"models": models_doc, "variants": variants_doc, "datasets": datasets_do
 def list_command(
     kind: str | None = typer.Argument(None, metavar="[KIND]",
                                       help="models, variants, datasets or activations (default: all four)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of tables."),
 ) -> None:
     """List the models (with the variants that apply to each), variants, data sets and activations."""
     if kind is not None and kind not in _DOCS:

@@ -23,8 +23,8 @@ app.add_typer(recipe_app, name="recipe")
 def show(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="Recipe file (see recipes/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable)."),
-    smoke: bool = typer.Option(False, "--smoke", help="Apply the recipe's smoke-sized overrides first."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+    smoke: bool = typer.Option(False, "--smoke", metavar="", help="Apply the recipe's smoke-sized overrides first."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of YAML."),
 ) -> None:
     """Print the fully resolved recipe: extends merged, --smoke and --set applied, defaults filled in.
 

@@ -34,7 +34,8 @@ def report(
                                       "regression)."),
     estimator: str = typer.Option("final", "--estimator", help="final, robust or min_mean: the one estimator of "
                                   "every table and figure (docs/compare.md)."),
-    history: bool = typer.Option(False, "--history", help="Print each run's per-epoch history in the terminal."),
+    history: bool = typer.Option(False, "--history", metavar="",
+                                 help="Print each run's per-epoch history in the terminal."),
     json_out: Path | None = typer.Option(
         None, "--json", metavar="OUT", help="Write what is shown as JSON to OUT (`-`: stdout only): the histories, "
         "or with --out the comparison (as compare.json)."),

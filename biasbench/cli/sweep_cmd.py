@@ -28,8 +28,10 @@ def sweep(
     out: Path | None = typer.Option(None, "--out", help="Study folder (default runs/studies/NAME)."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Local backend: runs at once (worker processes)."),
     backend: str = typer.Option("local", "--backend", help="local (worker processes) or slurm (job arrays)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print cells, run count and cost; train nothing."),
-    smoke: bool = typer.Option(False, "--smoke", help="The study's smoke form (bundled data, minutes on a CPU)."),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="",
+                                 help="Print cells, run count and cost; train nothing."),
+    smoke: bool = typer.Option(False, "--smoke", metavar="",
+                               help="The study's smoke form (bundled data, minutes on a CPU)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (in each run)."),
     partition: str | None = typer.Option(None, "--partition", help="Slurm partition (launcher.partition)."),
     time_limit: str | None = typer.Option(None, "--time", help="Slurm time per job: minutes or HH:MM:SS."),
@@ -38,7 +40,8 @@ def sweep(
     mem_gb: float | None = typer.Option(None, "--mem-gb", min=0, help="Slurm memory per job in GB."),
     array_parallelism: int | None = typer.Option(None, "--array-parallelism", min=1,
                                                  help="Slurm: most array tasks running at once."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (the plan with --dry-run, else the outcome)."),
+    as_json: bool = typer.Option(False, "--json", metavar="",
+                                 help="Print JSON (the plan with --dry-run, else the outcome)."),
 ) -> None:
     """Run a study: every cell of its grid, every replicate, with a manifest in the study folder.
 

@@ -36,19 +36,23 @@ def train(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the first replicate (train.seed)."),
     replicates: int | None = typer.Option(None, "--replicates", help="Number of replicates (train.replicates)."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (output.dir)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue runs from their checkpoints; skip finished ones."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start again over runs already in the output folder."),
-    smoke: bool = typer.Option(False, "--smoke", help="Apply the recipe's smoke-sized overrides; runs are named "
-                               "NAME_smoke so they never mix with full runs."),
+    resume: bool = typer.Option(False, "--resume", metavar="",
+                                help="Continue runs from their checkpoints; skip finished ones."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="",
+                                   help="Start again over runs already in the output folder."),
+    smoke: bool = typer.Option(False, "--smoke", metavar="",
+                               help="Apply the recipe's smoke-sized overrides; runs are named "
+                                    "NAME_smoke so they never mix with full runs."),
     stop_after: int | None = typer.Option(None, "--stop-after", min=1,
                                           help="Stop each run resumably after this epoch (for time-limited jobs)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Run this many replicates at once, as processes."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and each replicate's run "
-                                 "folder; train nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="",
+                                 help="Print the resolved recipe and each replicate's run "
+                                      "folder; train nothing."),
     json_out: Path | None = typer.Option(None, "--json", metavar="OUT",
                                          help="Also write the final table as JSON to OUT (`-`: stdout only)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="Print only the final table."),
 ) -> None:
     """Train a recipe: every replicate, with checkpoints each epoch and one results JSON per run.
 
