@@ -152,8 +152,7 @@ def new_folder(out: Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
         os.rename(tmp, out)
-    except WriteError as e:  # name the file as the user will look for it; the folder is gone
-        shutil.rmtree(tmp, ignore_errors=True)
+    except WriteError as e:  # name the file as the user will look for it (the draft goes below)
         inside = Path(e.path).relative_to(tmp) if Path(e.path).is_relative_to(tmp) else None
         raise WriteError(out / inside if inside else Path(e.path), e.reason, e.fix) from None
     except OSError as e:
