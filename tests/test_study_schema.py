@@ -214,6 +214,19 @@ def test_dac_twin_matches_the_wide_baseline_in_parameters():
         assert counts["wide"] / counts["base"] == pytest.approx(2.0, rel=0.1)
 
 
+def test_sbatch_without_srun_is_refused_naming_srun(tmp_path, monkeypatch):
+    # A login node with sbatch but no srun on PATH: submitit cannot build its executor; one line, no traceback.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    path = write_study(tmp_path, {"grid": {"model.options.width": [8]}})
+    code, _, err = run_cli(["sweep", str(path), "--backend", "slurm", "--out", str(tmp_path / "out")])
+    one_line_error(code, err, "srun", "PATH")
+    assert "sbatch`" not in err  # sbatch is there: only the missing tool is named
+
+
 def test_sbatch_refusing_the_job_array_is_one_line_naming_its_reason(tmp_path, monkeypatch):
     # sbatch present but unable to submit (no slurm.conf, controller down): its own words, no traceback.
     bin_dir = tmp_path / "bin"
@@ -222,6 +235,9 @@ def test_sbatch_refusing_the_job_array_is_one_line_naming_its_reason(tmp_path, m
     sbatch.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid partition name' >&2\n"
                       "exit 1\n")
     sbatch.chmod(0o755)
+    srun = bin_dir / "srun"  # submitit's executor needs srun present; this test is about sbatch's refusal
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     path = write_study(tmp_path, {"grid": {"model.options.width": [8]}})
     code, _, err = run_cli(["sweep", str(path), "--backend", "slurm", "--out", str(tmp_path / "out")])

@@ -146,7 +146,7 @@ class Sweep:
 
 
 def check_slurm() -> None:
-    """`--backend slurm` needs submitit and sbatch: say which one is missing (before anything runs)."""
+    """`--backend slurm` needs submitit, sbatch and srun: say which one is missing (before anything runs)."""
     import shutil
 
     try:
@@ -154,9 +154,13 @@ def check_slurm() -> None:
     except ImportError:
         raise UserError("--backend slurm needs submitit, which is not installed: pip install 'biasbench[slurm]'") \
             from None
-    if shutil.which("sbatch") is None:
-        raise UserError("--backend slurm needs Slurm's `sbatch` on PATH, and this machine has none; run the sweep "
-                        "on the cluster's login node, or use --backend local")
+    # submitit submits with sbatch and runs each task through srun; its executor refuses to be built without srun
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        names = " and ".join(f"`{tool}`" for tool in missing)
+        raise UserError(f"--backend slurm needs Slurm's {names} on PATH, and this machine has "
+                        f"{'neither' if len(missing) > 1 else 'no ' + missing[0]}; run the sweep on the cluster's "
+                        "login node, or use --backend local")
 
 
 def worker_threads(jobs: int) -> int:
