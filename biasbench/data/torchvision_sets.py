@@ -1,8 +1,7 @@
-"""CIFAR-10/100, MNIST, Fashion-MNIST, KMNIST and SVHN from their official files under `data.root`.
+"""CIFAR-10/100 and SVHN from their official files under `data.root` (MNIST-like sets: `idx.py`).
 
 The folder layout and file names are torchvision's, so a root that torchvision uses works here
-and `data.download: true` fetches the files with torchvision (off by default). MNIST-like sets
-load through torchvision's own classes. CIFAR and SVHN are read here, in exactly the format
+and `data.download: true` fetches the files with torchvision (off by default). They are read here, in exactly the format
 torchvision reads (the python pickles; the .mat files via scipy), because torchvision's
 classes refuse any file whose md5 differs from the official archive's: that check would make
 files written by tests unreadable, and it costs a full hash of the data on every run. The
@@ -129,56 +128,6 @@ def cifar10(cfg: Any, replicate: int = 0) -> DataBundle:
 @register_dataset("cifar100", DatasetInfo("CIFAR-100 (fine labels)", bundled=False, shape=lambda o: ((3, 32, 32), 100)))
 def cifar100(cfg: Any, replicate: int = 0) -> DataBundle:
     return _cifar(cfg, replicate, "cifar100", "CIFAR100", "fine_labels", "fine_label_names")
-
-
-# ---------------------------------------------------------------------------------------------
-# MNIST, Fashion-MNIST, KMNIST: raw IDX files under root/<Class>/raw, read by torchvision.
-# ---------------------------------------------------------------------------------------------
-
-_IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte"]
-
-
-def _mnist_like(cfg: Any, replicate: int, name: str, tv_class: str) -> DataBundle:
-    from torchvision import datasets
-
-    check_options(name, cfg.options, {})
-    cls = getattr(datasets, tv_class)
-    root = data_root(cfg, name, f"`{tv_class}/raw/`")
-    if cfg.download:
-        _download(name, lambda: cls(str(root), train=True, download=True))
-    require_files(cfg, name, root, [f"{tv_class}/raw/{f}" for f in _IDX_FILES])
-    parts = []
-    for train in (True, False):
-        try:
-            ds = cls(str(root), train=train, download=False)
-        except (AssertionError, ValueError, RuntimeError, KeyError, IndexError, OSError) as e:
-            raise UserError(f"cannot read the {tv_class} IDX files under `{root / tv_class / 'raw'}` "
-                            f"({type(e).__name__}: {e}); download the data set again") from None
-        data, targets = ds.data, ds.targets
-        if data.dim() != 3 or data.dtype != torch.uint8 or len(data) != len(targets):
-            raise UserError(f"cannot read the {tv_class} IDX files under `{root / tv_class / 'raw'}`: "
-                            f"images of shape {tuple(data.shape)} ({data.dtype}) for {len(targets)} labels")
-        parts.append((data.unsqueeze(1).contiguous(), targets.long()))
-    (train_x, train_y), (test_x, test_y) = parts
-    _check_labels(name, 10, train_y, test_y)
-    info = {"source": f"torchvision.datasets.{tv_class}({root})", "test_split": "official"}
-    return image_bundle(cfg, replicate, train_x, train_y, test_x, test_y, 10, info)
-
-
-@register_dataset("mnist", DatasetInfo("MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
-def mnist(cfg: Any, replicate: int = 0) -> DataBundle:
-    return _mnist_like(cfg, replicate, "mnist", "MNIST")
-
-
-@register_dataset("fashion_mnist", DatasetInfo("Fashion-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
-def fashion_mnist(cfg: Any, replicate: int = 0) -> DataBundle:
-    return _mnist_like(cfg, replicate, "fashion_mnist", "FashionMNIST")
-
-
-@register_dataset("kmnist", DatasetInfo("Kuzushiji-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
-def kmnist(cfg: Any, replicate: int = 0) -> DataBundle:
-    return _mnist_like(cfg, replicate, "kmnist", "KMNIST")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,221 @@
+"""MNIST, Fashion-MNIST and KMNIST from their IDX files, as distributed.
+
+Three layouts are read, the first one found wins: a flat folder with the official names
+(LeCun's and Zalando's pages and Debian's `dataset-fashion-mnist` give the four files so),
+torchvision's `ROOT/<Class>/raw/`, each file gzipped or not (told by its first bytes, not
+its name). Every file is checked before use: its IDX header (magic number, dimensions), its size
+against the header (a truncated or padded file is refused, naming it), labels in 0..9, as many
+labels as images. Content is compared with the official release: the md5 of the gz file where
+it is the original, else of the decompressed content (Debian repacked Fashion-MNIST's gz files:
+other gz headers, the same bytes inside). A file of the official size whose content differs is
+corrupt and refused; a file of another size (a subset, or a test's tiny file) is read and
+reported as not the official release, unless `data.options.verify: true` asks for the release.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biasbench.data import DataBundle, DatasetInfo, register_dataset
+from biasbench.data.common import check_options, data_root, image_bundle
+from biasbench.errors import UserError
+
+STEMS = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+         "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+# Decompressed sizes of the official files: 16-byte header + 60,000 or 10,000 images of 28 x 28;
+# 8-byte header + one byte per label.
+OFFICIAL_SIZES = {"train_images": 47_040_016, "train_labels": 60_008, "test_images": 7_840_016,
+                  "test_labels": 10_008}
+_MAGIC = {"images": (0x0803, 3), "labels": (0x0801, 1)}  # IDX: unsigned bytes, 3 or 1 dimensions
+
+
+@dataclass(frozen=True)
+class Release:
+    """An IDX data set's official files: md5 of each gz file (torchvision's list, as published)
+    and of its decompressed content (measured on the official files; None where unknown)."""
+
+    name: str
+    folder: str  # torchvision's class name, the folder of its `raw/` layout
+    gz_md5: dict[str, str]
+    raw_md5: dict[str, str | None]
+
+
+RELEASES = {r.name: r for r in (
+    Release("mnist", "MNIST",
+            {"train_images": "f68b3c2dcbeaaa9fbdd348bbdeb94873", "train_labels": "d53e105ee54ea40749a09fcbcd1e9432",
+             "test_images": "9fb629c4189551a2d022fa330f9573f3", "test_labels": "ec29112dd5afa0611ce80d1b7f02629c"},
+            {"train_images": "6bbc9ace898e44ae57da46a324031adb", "train_labels": "a25bea736e30d166cdddb491f175f624",
+             "test_images": "2646ac647ad5339dbf082846283269ea", "test_labels": "27ae3e4e09519cfbb04c329615203637"}),
+    Release("fashion_mnist", "FashionMNIST",
+            {"train_images": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train_labels": "25c81989df183df01b3e8a0aad5dffbe",
+             "test_images": "bef4ecab320f06d8554ea6380940ec79", "test_labels": "bb300cfdad3c16e7a12a480ee83cd310"},
+            {"train_images": "f4a8712d7a061bf5bd6d2ca38dc4d50a", "train_labels": "9018921c3c673c538a1fc5bad174d6f9",
+             "test_images": "8181f5470baa50b63fa0f6fddb340f0a", "test_labels": "15d484375f8d13e6eb1aabb0c3f46965"}),
+    Release("kmnist", "KMNIST",
+            {"train_images": "bdb82020997e1d708af4cf47b453dcf7", "train_labels": "e144d726b3acfaa3e44228e80efcd344",
+             "test_images": "5c965bf0a639b31b8f53240b1b52f4d7", "test_labels": "7320c461ea6c1c855c0b718fb2a4b134"},
+            dict.fromkeys(STEMS)),
+)}
+
+
+@dataclass
+class IdxFile:
+    """One file as found and checked: where, how stored, its array, and how it compares with the release."""
+
+    role: str  # train_images, train_labels, test_images, test_labels
+    path: Path
+    layout: str  # "flat" or "torchvision"
+    gzipped: bool
+    array: np.ndarray
+    checksum: str  # official-gz / official-content / unofficial / unknown
+    md5: str
+
+
+def candidates(root: Path, release: Release, role: str) -> list[tuple[Path, str]]:
+    stem = STEMS[role]
+    layouts = ((root, "flat"), (root / release.folder / "raw", "torchvision"))
+    return [(folder / name, layout) for folder, layout in layouts for name in (stem + ".gz", stem)]
+
+
+def locate(root: Path, release: Release, role: str) -> tuple[Path, str] | None:
+    return next(((p, layout) for p, layout in candidates(root, release, role) if p.is_file()), None)
+
+
+def require_release(cfg: Any, root: Path, release: Release) -> None:
+    """One line naming every file that is in neither layout."""
+    missing = [STEMS[role] for role in STEMS if locate(root, release, role) is None]
+    if not missing:
+        return
+    where = f"data.root `{root}`" + ("" if root.is_dir() else " (which does not exist)")
+    fetch = "" if cfg.download else ", or set data.download: true to fetch them"
+    raise UserError(f"data set `{release.name}`: {where} lacks {', '.join(missing)} (.gz or not, flat or in "
+                    f"`{release.folder}/raw/`); put the official files there (`make real-data` installs MNIST and "
+                    f"Fashion-MNIST){fetch}")
+
+
+def _decompress(path: Path, data: bytes) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as e:  # EOFError: the gz stream ends early (a truncated file)
+        raise UserError(f"`{path}` is not a readable gzip file ({type(e).__name__}: {e}); it is truncated or "
+                        "corrupt: replace it with the official file (`make real-data` lays them out)") from None
+
+
+def parse_idx(path: Path, raw: bytes, kind: str) -> np.ndarray:
+    """The array an IDX file holds, after checking its header and its size against the header."""
+    magic, ndim = _MAGIC[kind]
+    header = 4 + 4 * ndim
+    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
+        found = raw[:4].hex() if len(raw) >= 4 else f"only {len(raw)} bytes"
+        raise UserError(f"`{path}` is not an IDX {kind} file (magic number {found}, expected {magic:08x}); "
+                        "replace it with the official file")
+    if len(raw) < header:
+        raise UserError(f"`{path}` is truncated: {len(raw)} bytes, shorter than its {header}-byte header; "
+                        "replace it with the official file")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise UserError(f"`{path}` is {what}: {len(raw):,} bytes where its header ({' x '.join(map(str, dims))}) "
+                        f"needs {expected:,}; replace it with the official file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def read_file(root: Path, release: Release, role: str, require_official: bool = False) -> IdxFile:
+    found = locate(root, release, role)
+    if found is None:
+        raise UserError(f"data set `{release.name}`: no `{STEMS[role]}` (.gz or not) in data.root `{root}` nor in "
+                        f"`{root / release.folder / 'raw'}`")
+    path, layout = found
+    data = path.read_bytes()
+    gzipped = data[:2] == b"\x1f\x8b"
+    raw = _decompress(path, data) if gzipped else data
+    array = parse_idx(path, raw, role.split("_")[1])
+    md5 = hashlib.md5(raw).hexdigest()
+    if gzipped and hashlib.md5(data).hexdigest() == release.gz_md5[role]:
+        checksum = "official-gz"
+    elif release.raw_md5[role] is None:
+        checksum = "unknown"  # no published md5 of this set's decompressed files
+    elif md5 == release.raw_md5[role]:
+        checksum = "official-content"
+    elif len(raw) == OFFICIAL_SIZES[role]:
+        raise UserError(f"`{path}` has the official file's size but not its content (md5 {md5}, official "
+                        f"{release.raw_md5[role]}): it is corrupt; replace it with the official file")
+    else:
+        checksum = "unofficial"
+    if require_official and checksum not in ("official-gz", "official-content"):
+        raise UserError(f"`{path}` is not the official {release.name} file ({CHECKSUM_WORDS[checksum]}); "
+                        "data.options.verify: true asks for the official release")
+    return IdxFile(role, path, layout, gzipped, array, checksum, md5)
+
+
+CHECKSUM_WORDS = {"official-gz": "official (gz md5)",
+                  "official-content": "official (content md5)",
+                  "unofficial": "not official (other size)",
+                  "unknown": "unchecked (no content md5)"}
+
+
+def read_release(root: Path, release: Release, require_official: bool = False) -> dict[str, IdxFile]:
+    """The four files, checked one by one and against each other."""
+    files = {role: read_file(root, release, role, require_official) for role in STEMS}
+    for split in ("train", "test"):
+        images, labels = files[f"{split}_images"], files[f"{split}_labels"]
+        if images.array.shape[1:] != (28, 28):
+            raise UserError(f"`{images.path}` holds images of {images.array.shape[1:]}, not 28 x 28")
+        if len(images.array) != len(labels.array):
+            raise UserError(f"`{labels.path}` has {len(labels.array):,} labels for the {len(images.array):,} images "
+                            f"of `{images.path}`: the files do not belong together (mislabelled or mixed up)")
+        if len(labels.array) and int(labels.array.max()) > 9:
+            raise UserError(f"`{labels.path}` holds label {int(labels.array.max())}; {release.name} has classes 0..9")
+    return files
+
+
+def _idx_set(cfg: Any, replicate: int, name: str) -> DataBundle:
+    release = RELEASES[name]
+    opts = check_options(name, cfg.options, {"verify": "auto"})
+    if opts["verify"] not in ("auto", True, False):
+        raise UserError(f"data.options.verify for `{name}` is auto (check content where it is the official size), "
+                        f"true (require the official release) or false (structure only), got {opts['verify']!r}")
+    root = data_root(cfg, name, f"the four IDX files (flat, or in `{release.folder}/raw/`)")
+    if cfg.download:
+        from torchvision import datasets
+
+        from biasbench.data.torchvision_sets import _download
+
+        _download(name, lambda: getattr(datasets, release.folder)(str(root), train=True, download=True))
+    require_release(cfg, root, release)
+    files = read_release(root, release, require_official=opts["verify"] is True)
+
+    def tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(files[f"{split}_images"].array.copy()).unsqueeze(1)
+        return x, torch.from_numpy(files[f"{split}_labels"].array.astype(np.int64))
+
+    (train_x, train_y), (test_x, test_y) = tensors("train"), tensors("test")
+    first = files["train_images"]
+    info = {"source": f"{first.path.parent} ({first.layout} layout, {'gzip' if first.gzipped else 'decompressed'})",
+            "test_split": "official",
+            "checksum": {role: f.checksum for role, f in files.items()}}
+    return image_bundle(cfg, replicate, train_x, train_y, test_x, test_y, 10, info)
+
+
+@register_dataset("mnist", DatasetInfo("MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
+def mnist(cfg: Any, replicate: int = 0) -> DataBundle:
+    return _idx_set(cfg, replicate, "mnist")
+
+
+@register_dataset("fashion_mnist", DatasetInfo("Fashion-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
+def fashion_mnist(cfg: Any, replicate: int = 0) -> DataBundle:
+    return _idx_set(cfg, replicate, "fashion_mnist")
+
+
+@register_dataset("kmnist", DatasetInfo("Kuzushiji-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
+def kmnist(cfg: Any, replicate: int = 0) -> DataBundle:
+    return _idx_set(cfg, replicate, "kmnist")
