@@ -276,3 +276,27 @@ def test_the_report_has_every_analysis_as_tables_and_valid_pngs(tmp_path, resnet
     # --json is not dropped silently: the study report's numbers are in study_report.json
     one_line_error(*run_cli(["report", str(out), "--out", str(tmp_path / "r3"), "--json", str(tmp_path / "n.json")]
                             )[::2], "study folder", "--json", "study_report.json")
+
+
+def test_a_study_without_analysis_gets_a_table_pairs_and_width_figure_chosen_from_its_grid(tmp_path):
+    # width x variant, no `analysis:`: the report must still answer "does dac beat the baseline?"
+    study_doc = {"grid": {"model.options.width": [8, 16], "model.variant": ["baseline", "dac"]}, "replicates": 3}
+
+    def runs(cell, seed):
+        v = cell.values
+        acc = 0.80 + (0.05 if v["model.variant"] == "dac" else 0.0) + 0.001 * v["model.options.width"]
+        return "completed", [acc - 0.1, acc + 0.002 * seed], 100, 1e3
+
+    _, out = _folder(tmp_path, study_doc, runs)
+    loaded = an.load_study_runs(out)
+    assert loaded.chosen_analyses and set(loaded.analyses) == {"table", "pairs", "by_width"}
+    assert loaded.analyses["table"].columns == ["model.variant"]
+    assert loaded.analyses["table"].rows == ["model.options.width"]
+    pairs, line = an.pairs(loaded, loaded.analyses["pairs"])
+    assert len(pairs) == 2 and all(r.favours_variant for r in pairs) and "2 of 2 favour dac" in line
+    assert all(r.difference.diff == pytest.approx(0.05, abs=1e-9) for r in pairs)
+    code, _, err = run_cli(["report", str(out), "--out", str(tmp_path / "rep")])
+    assert code == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "no `analysis:` section" in md and "## Table" in md and "## Pairs" in md and "## By width" in md
+    assert {p.name for p in (tmp_path / "rep" / "figures").glob("*.png")} >= {"pairs.png"}

@@ -25,7 +25,7 @@ from biasbench import stats
 from biasbench.errors import UserError, did_you_mean
 from biasbench.results import KIND, SCHEMA_VERSION, higher_is_better, load_results
 from biasbench.study.manifest import Manifest
-from biasbench.study.specs import ANALYSES, Failure, read_spec
+from biasbench.study.specs import ANALYSES, ByWidthSpec, Failure, PairsSpec, TableSpec, read_spec
 
 # ---------------------------------------------------------------------------------------------
 # Reading a study folder.
@@ -61,6 +61,7 @@ class StudyRuns:
     analyses: dict[str, Any]
     statuses: dict[str, str]  # run key -> manifest status (pending, error, ... for runs without results)
     errors: dict[str, str]
+    chosen_analyses: bool = False  # the study has no `analysis:`: biasbench chose these from its grid
 
     @property
     def task(self) -> str:
@@ -117,9 +118,29 @@ def load_study_runs(out: Path) -> StudyRuns:
              for c in manifest.doc["cells"]]
     for cell in cells:
         cell.usable = [d for d in cell.docs if d.get("status") == "completed" and not (failure and failure.failed(d))]
-    return StudyRuns(Path(out), study["name"], cells, study["varying"], study.get("naming", study["varying"]),
-                     study["zip_groups"], failure,
-                     analyses, statuses, errors)
+    runs = StudyRuns(Path(out), study["name"], cells, study["varying"], study.get("naming", study["varying"]),
+                     study["zip_groups"], failure, analyses, statuses, errors)
+    if "analysis" not in document:
+        runs.analyses, runs.chosen_analyses = chosen_analyses(runs), True
+    return runs
+
+
+def chosen_analyses(runs: StudyRuns) -> dict[str, Any]:
+    """The analyses a study without `analysis:` gets, chosen from its grid: a table of every cell
+    (the compared key as columns: the variant when it varies), the pairs against the baseline
+    variant when there is one, and the metric against width when a width varies."""
+    naming = [k for k in runs.naming if k in runs.varying]
+    if not naming:
+        return {}
+    series = "model.variant" if "model.variant" in naming else naming[-1]
+    out: dict[str, Any] = {"table": TableSpec(rows=[k for k in naming if k != series], columns=[series],
+                                              estimator="best")}
+    if series == "model.variant" and any(c.values.get(series) == "baseline" for c in runs.cells):
+        out["pairs"] = PairsSpec(by=series, baseline="baseline", estimator="best")
+    if "model.options.width" in naming and series != "model.options.width":
+        out["by_width"] = ByWidthSpec(width="model.options.width", depth="model.options.depth", series=series,
+                                      log=runs.task != "classification")
+    return out
 
 
 def select(runs: StudyRuns, where: dict[str, Any]) -> list[CellRuns]:

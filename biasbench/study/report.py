@@ -359,9 +359,10 @@ def write_study_report(out_dir: Path, target: Path) -> Path:
         title, build = SECTIONS[name]
         section, numbers[name] = build(runs, runs.analyses[name], figs)
         blocks += [("h2", title), *section]
-    if not runs.analyses:
-        blocks.append(("p", "The study has no `analysis:` section, so there is nothing beyond the run counts; "
-                            "`biasbench compare` gives the per-cell table."))
+    if runs.chosen_analyses:
+        chosen = ", ".join(f"`{name}`" for name in ORDER if name in runs.analyses) or "none (a single cell)"
+        blocks.insert(2, ("p", f"The study has no `analysis:` section: the analyses below ({chosen}) were chosen "
+                               "from its grid (docs/studies.md); add an `analysis:` section to choose others."))
     atomic_write_text(target / "report.md", _markdown(blocks, target))
     atomic_write_text(target / "report.html", _html(blocks, runs.name))
     atomic_write_json(target / "study_report.json", _jsonable(numbers))
