@@ -178,3 +178,17 @@ def test_data_check_refuses_bundled_and_missing_roots(tmp_path):
     assert code == 2 and "bundled" in err
     code, _, err = run_cli(["data", "check", "fashion_mnist", "--root", str(tmp_path / "none")])
     assert code == 2 and "not a folder" in err and "make real-data" in err
+
+
+def test_train_size_keeps_a_fixed_class_balanced_subset_and_the_whole_test_set(tmp_path):
+    written = write_idx_set(tmp_path, gz=True, n_train=200, n_test=30)
+    first = build_data(cfg(tmp_path, options={"train_size": 50}))
+    again = build_data(cfg(tmp_path, options={"train_size": 50}))
+    assert len(first.train) == 50 and torch.bincount(first.train.y).tolist() == [5] * 10
+    assert torch.equal(first.train.x, again.train.x)  # the same images every time
+    assert len(first.test) == 30 and first.info["train_subset"] == {"size": 50, "of": 200, "seed": 0}
+    # every kept image is a training image with its own label
+    pool = {x.tobytes(): int(y) for x, y in zip(written["train_x"], written["train_y"])}
+    assert all(pool[bytes(x[0].numpy().tobytes())] == int(y) for x, y in zip(first.train.x, first.train.y))
+    with pytest.raises(UserError, match="train_size"):
+        build_data(cfg(tmp_path, options={"train_size": 3}))

@@ -10,6 +10,8 @@ it is the original, else of the decompressed content (Debian repacked Fashion-MN
 other gz headers, the same bytes inside). A file of the official size whose content differs is
 corrupt and refused; a file of another size (a subset, or a test's tiny file) is read and
 reported as not the official release, unless `data.options.verify: true` asks for the release.
+`data.options.train_size: N` trains on a fixed, class-balanced subset of N training images (the
+short forms of the real-data studies); the test split stays the official one, whole.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 
 from biasbench.data import DataBundle, DatasetInfo, register_dataset
-from biasbench.data.common import check_options, data_root, image_bundle
+from biasbench.data.common import HOLDOUT_SEED, check_options, data_root, image_bundle
+from biasbench.data.splits import fraction_split
 from biasbench.errors import UserError
 
 STEMS = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -180,10 +183,14 @@ def read_release(root: Path, release: Release, require_official: bool = False) -
 
 def _idx_set(cfg: Any, replicate: int, name: str) -> DataBundle:
     release = RELEASES[name]
-    opts = check_options(name, cfg.options, {"verify": "auto"})
+    opts = check_options(name, cfg.options, {"verify": "auto", "train_size": None})
     if opts["verify"] not in ("auto", True, False):
         raise UserError(f"data.options.verify for `{name}` is auto (check content where it is the official size), "
                         f"true (require the official release) or false (structure only), got {opts['verify']!r}")
+    size = opts["train_size"]
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 10):
+        raise UserError(f"data.options.train_size for `{name}` must be a whole number of training images (at least "
+                        f"10, one per class), got {size!r}")
     root = data_root(cfg, name, f"the four IDX files (flat, or in `{release.folder}/raw/`)")
     if cfg.download:
         from torchvision import datasets
@@ -203,6 +210,12 @@ def _idx_set(cfg: Any, replicate: int, name: str) -> DataBundle:
     info = {"source": f"{first.path.parent} ({first.layout} layout, {'gzip' if first.gzipped else 'decompressed'})",
             "test_split": "official",
             "checksum": {role: f.checksum for role, f in files.items()}}
+    if size is not None and size < len(train_y):
+        # The same class-balanced images for every run and replicate (a fixed seed): short forms on real
+        # data train on a subset and are still tested on the whole official test set.
+        _, kept = fraction_split(train_y, size / len(train_y), HOLDOUT_SEED)
+        info["train_subset"] = {"size": len(kept), "of": len(train_y), "seed": HOLDOUT_SEED}
+        train_x, train_y = train_x[kept], train_y[kept]
     return image_bundle(cfg, replicate, train_x, train_y, test_x, test_y, 10, info)
 
 
