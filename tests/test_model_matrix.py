@@ -313,16 +313,17 @@ def test_list_agrees_with_build_model(monkeypatch):
     assert all(len(line) <= 80 for line in out.splitlines())
 
 
-@pytest.mark.parametrize("override,words", [
-    ("model.variant=dmb", ["variant `dmb` modulates the second conv of residual blocks", "model `cnn` has none"]),
-    ("model.variant=arr", ["variant `arr`", "model `cnn` has none"]),
-    ("model.variant_options.activation=swish", ["unknown activation `swish`"]),
+@pytest.mark.parametrize("overrides,words", [
+    (["model.variant=dmb"], ["variant `dmb` modulates the second conv of residual blocks", "model `cnn` has none"]),
+    (["model.variant=arr", "model.name=mlp"], ["variant `arr`", "model `mlp` has none"]),
+    (["model.variant_options.activation=swish"], ["unknown activation `swish`"]),
 ])
-def test_training_a_pair_that_does_not_apply_is_refused_before_anything_is_written(tmp_path, override, words):
+def test_training_a_pair_that_does_not_apply_is_refused_before_anything_is_written(tmp_path, overrides, words):
     """The issue's first finding: the quick start with model.variant=dmb trained the baseline.
     Refused before any line about the run is printed, and by --dry-run too."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
     for dry in ([], ["--dry-run"]):
-        code, out, err = run_cli(["train", str(RECIPES / "quickstart.yaml"), "--smoke", "--set", override,
+        code, out, err = run_cli(["train", str(RECIPES / "quickstart.yaml"), "--smoke", *sets,
                                   "--out", str(tmp_path / "runs"), *dry])
         one_line_error(code, err, *words)
         assert out == ""  # no "runs go to ..." for a run that cannot exist
