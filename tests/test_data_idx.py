@@ -192,3 +192,27 @@ def test_train_size_keeps_a_fixed_class_balanced_subset_and_the_whole_test_set(t
     assert all(pool[bytes(x[0].numpy().tobytes())] == int(y) for x, y in zip(first.train.x, first.train.y))
     with pytest.raises(UserError, match="train_size"):
         build_data(cfg(tmp_path, options={"train_size": 3}))
+
+
+def test_a_release_is_read_once_while_its_files_are_unchanged(tmp_path, monkeypatch):
+    write_idx_set(tmp_path, gz=True)
+    reads = []
+    real_read = idx_module.read_file
+    monkeypatch.setattr(idx_module, "read_file", lambda *a, **k: reads.append(a[2]) or real_read(*a, **k))
+    first = build_data(cfg(tmp_path))
+    second = build_data(cfg(tmp_path))
+    assert len(reads) == 4 and torch.equal(first.train.x, second.train.x)  # a sweep worker's later runs
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-5])  # a changed file is read again, and refused
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz"):
+        build_data(cfg(tmp_path))
+
+
+def test_dry_run_counts_the_training_subset(tmp_path):
+    from biasbench.recipe import from_dict
+    from biasbench.study.cost import _train_samples
+
+    full = from_dict({"data": {"name": "fashion_mnist", "root": str(tmp_path), "val_fraction": 0.1}})
+    subset = from_dict({"data": {"name": "fashion_mnist", "root": str(tmp_path), "val_fraction": 0.1,
+                                 "options": {"train_size": 10_000}}})
+    assert _train_samples(full) == (54_000, False) and _train_samples(subset) == (9_000, False)

@@ -166,8 +166,28 @@ CHECKSUM_WORDS = {"official-gz": "official (gz md5)",
                   "unknown": "unchecked (no content md5)"}
 
 
+# The last releases read, by their files' identity (path, size, mtime): a sweep worker that trains
+# many runs on one data set decompresses and checks it once, not once per run (53 MB per set).
+_READ: dict[tuple, dict[str, IdxFile]] = {}
+_KEEP = 2
+
+
 def read_release(root: Path, release: Release, require_official: bool = False) -> dict[str, IdxFile]:
-    """The four files, checked one by one and against each other."""
+    """The four files, checked one by one and against each other (read once while unchanged)."""
+    found = [locate(root, release, role) for role in STEMS]
+    if None not in found:
+        md5s = (tuple(release.gz_md5.items()), tuple(release.raw_md5.items()))
+        key = (release.name, md5s, require_official,
+               *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in found))
+        if key not in _READ:
+            _READ[key] = _read_release(root, release, require_official)
+            while len(_READ) > _KEEP:
+                _READ.pop(next(iter(_READ)))
+        return _READ[key]
+    return _read_release(root, release, require_official)
+
+
+def _read_release(root: Path, release: Release, require_official: bool) -> dict[str, IdxFile]:
     files = {role: read_file(root, release, role, require_official) for role in STEMS}
     for split in ("train", "test"):
         images, labels = files[f"{split}_images"], files[f"{split}_labels"]

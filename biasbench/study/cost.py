@@ -51,6 +51,9 @@ def _train_samples(recipe: Recipe) -> tuple[int | None, bool]:
         return None, False
     if data.name == "sgemm":
         return round(241_600 * 0.70), False  # the DAC paper's 70/15/15 split
+    subset = data.options.get("train_size")  # a fixed training subset (the IDX sets' short forms)
+    if isinstance(subset, int) and not isinstance(subset, bool):
+        size = min(size, subset)
     held = 1 / data.val_folds if data.val_folds else data.val_fraction
     return round(size * (1 - held)), False
 
