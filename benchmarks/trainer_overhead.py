@@ -47,8 +47,16 @@ CASES = {
                               "data": {"name": "synthetic_images",
                                        "options": {"classes": 10, "num_samples": 10000}},
                               "train": {"epochs": 2, "batch_size": 128}},
+    # The real data (`make real-data`): MNIST's MLP 784-256-256-10 and the small CNN on 20,000
+    # Fashion-MNIST images; run by default when data/ holds them.
+    "mlp/mnist": {"model": {"name": "mlp", "options": {"depth": 2, "width": 256}},
+                  "data": {"name": "mnist", "root": "data/mnist"}, "train": {"epochs": 1, "batch_size": 128}},
+    "cnn/fashion": {"model": {"name": "cnn", "options": {"width": 16}},
+                    "data": {"name": "fashion_mnist", "root": "data/fashion_mnist",
+                             "options": {"train_size": 20000}}, "train": {"epochs": 1, "batch_size": 128}},
 }
 CPU_CASES = ("cnn64/digits", "cnn/digits", "mlp/mnist1d")
+REAL_CASES = ("mlp/mnist", "cnn/fashion")
 
 
 class Clock:
@@ -134,7 +142,10 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=None,
                     help="default: the small cases on the CPU, every case on CUDA")
     args = ap.parse_args()
-    cases = args.cases or (list(CASES) if args.device == "cuda" else list(CPU_CASES))
+    real = [c for c in REAL_CASES if Path(CASES[c]["data"]["root"]).is_dir()]
+    cases = args.cases or (list(CASES) if args.device == "cuda" else [*CPU_CASES, *real])
+    if not args.cases and len(real) < len(REAL_CASES):
+        print("note: the real-data cases need `make real-data` (data/mnist, data/fashion_mnist); left out")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch sees no CUDA device")
     device = torch.device(args.device)
