@@ -158,10 +158,11 @@ def _by_width_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Bl
     rows = [[str(p.shape), str(p.series), str(p.width), f"{p.x:.1f}", f"{p.y * scale:.4g}",
              "-" if p.sd is None else f"{p.sd * scale:.3g}", str(p.cells)]
             for p in sorted(points, key=lambda p: (str(p.shape), str(p.series), p.x))]
+    averaged = (f" (shapes {', '.join(map(str, spec.average_width))}: sqrt(parameters / depth))"
+                if spec.average_width else " (the width value itself)")
     return [("p", f"Each point: the mean over {spec.depth} of the replicate-mean {ylabel} of the cells of one shape, "
-                  f"{spec.series} and width ({ESTIMATOR_WORDS[spec.estimator]}); x is the equivalent width (shapes "
-                  f"{', '.join(map(str, spec.average_width))}: "
-                  "sqrt(parameters / depth)). Error bars: the sample SD of the averaged cell values, or of the "
+                  f"{spec.series} and width ({ESTIMATOR_WORDS[spec.estimator]}); x is the equivalent width"
+                  f"{averaged}. Error bars: the sample SD of the averaged cell values, or of the "
                   "replicates for a point of one cell (DAC Figure 3)."),
             ("table", (["shape", "series", "width", "equivalent width", ylabel, "SD", "cells"], rows, None)),
             ("img", ("by width", path))], points
