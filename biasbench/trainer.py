@@ -31,7 +31,7 @@ from biasbench.checkpoint import TrainingState, load_checkpoint, restore, save_c
 from biasbench.data import DataBundle, build_data
 from biasbench.data.loader import TensorLoader, make_eval_loader, make_train_loader
 from biasbench.distributed import DistContext, wrap_model
-from biasbench.env import environment
+from biasbench.env import environment, peak_memory_mb, reset_peak_memory
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, check_writable, ensure_dir, hold_lock, refuse_if_locked, remove_orphans
 from biasbench.losses import Criterion
@@ -206,6 +206,7 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
             say(console, run.precision_note)
         if (converted := conversion(run.model)) is not None:  # a timm: / torchvision: model
             say(console, converted.line())
+        reset_peak_memory(run.device)
         warmup_s = warm_up(run, console)
         tensorboard = TensorBoardLog(paths.tensorboard, state.epoch) if recipe.output.tensorboard and ctx.is_main \
             else None
@@ -533,6 +534,7 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
         **({"conversion": converted.to_dict()} if (converted := conversion(run.model)) else {}),
         "wall_time_s": round(wall, 3),
         "images_per_second": round(rate, 1),
+        "peak_memory_mb": peak_memory_mb(run.device),
         "warmup_s": round(warmup_s, 3),
         "predictions": describe(state.predictions.freeze()) if state.predictions.epochs else None,
         "data": run.bundle.describe(),
