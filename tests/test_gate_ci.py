@@ -263,3 +263,78 @@ def test_run_level_metric_problems_are_one_line(docs: list[dict[str, Any]], tmp_
     one_line_error(*run_cli(["compare", str(runs), "--gate", str(wrong)])[::2], "does not apply")
     wrong = gate_file(tmp_path, {"metrics": {"peak_memory": {"floor": 10}}})
     one_line_error(*run_cli(["compare", str(runs), "--gate", str(wrong)])[::2], "ceiling")
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/ci.md: the two CI examples, run here with the variables each service sets.
+# ---------------------------------------------------------------------------------------------
+
+CI_DOC = ROOT / "docs/ci.md"
+GATE = ROOT / "recipes/gates/quickstart_smoke.yaml"
+
+
+def yaml_blocks(text: str) -> list[Any]:
+    import yaml
+
+    blocks = text.split("```yaml\n")[1:]
+    return [yaml.safe_load(b.split("```")[0]) for b in blocks]
+
+
+def gate_args(command: str) -> list[str]:
+    import shlex
+
+    words = shlex.split(command)
+    assert words[0] == ".ci/gate"
+    return words[1:]
+
+
+def test_ci_examples_run_with_their_environment(runs_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = yaml_blocks(CI_DOC.read_text())
+    github = next(b for b in blocks if isinstance(b, dict) and "jobs" in b)
+    gitlab = next(b for b in blocks if isinstance(b, dict) and "image" in (b.get("gate") or {}))
+    (gh_run,) = [s["run"] for s in github["jobs"]["gate"]["steps"] if s.get("name") == "gate"]
+    (gl_run,) = [line for line in gitlab["gate"]["script"] if line.startswith(".ci/gate")]
+    assert gitlab["gate"]["artifacts"]["reports"]["junit"] == "gate.xml"
+    services = {
+        "github": (gh_run, {"GITHUB_ACTIONS": "true", "GITHUB_SHA": "abc123", "GITHUB_REPOSITORY": "lab/bb",
+                            "GITHUB_RUN_ID": "7", "GITHUB_STEP_SUMMARY": str(tmp_path / "github/step.md")}),
+        "gitlab": (gl_run, {"GITLAB_CI": "true", "CI_COMMIT_SHA": "def456",
+                            "CI_JOB_URL": "https://gitlab.example/lab/bb/-/jobs/9"}),
+    }
+    for service, (command, env) in services.items():
+        for var in ("GITHUB_ACTIONS", "GITHUB_SHA", "GITHUB_STEP_SUMMARY", "GITHUB_RUN_ID", "CI_COMMIT_SHA",
+                    "CI_JOB_URL"):
+            monkeypatch.delenv(var, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        work = tmp_path / service
+        work.mkdir(exist_ok=True)
+        monkeypatch.chdir(work)
+        code, out, err = run_cli(["compare", str(runs_dir), "--gate", str(GATE), *gate_args(command)])
+        assert code == 0, out + err
+        (suite,) = list(JUnitXml.fromfile(str(work / "gate.xml")))
+        assert suite.tests >= 4 and suite.failures == 0
+        summary = (work / "gate.md").read_text()
+        assert summary.startswith(gate_ci.MARKER) and "PASS" in summary
+        history = next(work.rglob("*history.jsonl"))
+        assert json.loads(history.read_text())["commit"] == env.get("GITHUB_SHA", env.get("CI_COMMIT_SHA"))
+        if service == "github":
+            assert (work / "step.md").read_text() == summary
+            assert "actions/runs/7" in summary
+        else:
+            assert env["CI_JOB_URL"] in summary and "::" not in out  # no GitHub annotations on GitLab
+
+
+def test_ci_doc_annotation_is_what_the_gate_prints(docs: list[dict[str, Any]], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    collapsed = [copy.deepcopy(d) for d in docs]
+    for d, acc in zip(collapsed, [0.10, 0.11, 0.09], strict=True):
+        for row in [*d["history"], d["final"]]:
+            row["test_acc"] = acc
+    runs = write_runs(tmp_path / "runs", collapsed)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    _, out, _ = run_cli(["compare", str(runs), "--gate", "recipes/gates/quickstart_smoke.yaml"])
+    shown = [line for line in CI_DOC.read_text().splitlines() if line.startswith("::error")]
+    assert shown and all(line in out.splitlines() for line in shown)
