@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import random
 import time
@@ -306,7 +307,8 @@ def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progres
 def _open_loggers(run: Run, state: TrainingState, fresh: bool) -> RunLoggers:
     """The run's `output.loggers` (rank 0 only); a tracker that cannot be reached is one warning."""
     out = run.recipe.output
-    info = RunInfo(recipe=_recorded_recipe(run.recipe), name=str(out.name), seed=run.seed, replicate=run.replicate,
+    recorded = json.loads(json.dumps(_recorded_recipe(run.recipe)))  # as results.json has it: lists
+    info = RunInfo(recipe=recorded, name=str(out.name), seed=run.seed, replicate=run.replicate,
                    folder=run.paths.dir, tags=dict(out.tags), start_epoch=state.epoch)
     return RunLoggers(out.loggers, info, fresh)
 
