@@ -133,15 +133,25 @@ def check_mlflow_run(client: Any, run: Any, doc: dict[str, Any], tmp_path: Path)
     assert run.info.status == "FINISHED"
 
 
-def test_mlflow_local_store_parent_run_params_metrics_artifacts(tmp_path: Path,
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One local SQLite store for the module (creating its tables is most of MLflow's start-up
+    time); each test logs to its own experiment."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # creates the tables
+    return uri
+
+
+def test_mlflow_local_store_parent_run_params_metrics_artifacts(mlflow_store: str, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "local")
     code, _, err, folder = train(tmp_path, ["csv", "mlflow"], tags={"cell": "dac_w8"})
     assert code == 0 and "warning" not in err, err
     docs = results(folder)
-    client, parent, children = read_mlflow(uri)
+    client, parent, children = read_mlflow(mlflow_store, "local")
     assert parent.info.run_name == "tiny" and parent.data.tags["biasbench.cell"] == "dac_w8"
     assert [c.info.run_name for c in children] == ["tiny/seed0", "tiny/seed1"]
     for child, seed in zip(children, (0, 1), strict=True):
@@ -149,14 +159,16 @@ def test_mlflow_local_store_parent_run_params_metrics_artifacts(tmp_path: Path,
         check_mlflow_run(client, child, docs[seed], tmp_path / f"dl{seed}")
 
 
-def test_mlflow_resume_continues_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_resume_continues_the_same_run(mlflow_store: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = mlflow_store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resume")
     code, _, err, folder = train(tmp_path, ["mlflow"], "--stop-after", "1")
     assert code == 0, err
     code, _, err, folder = train(tmp_path, ["mlflow"], "--resume")
     assert code == 0, err
-    client, _, children = read_mlflow(uri)
+    client, _, children = read_mlflow(uri, "resume")
     assert len(children) == 2  # one MLflow run per replicate, not one per start
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "test_acc")] == [1, 2, 3]
