@@ -26,7 +26,8 @@ from biasbench.errors import UserError
     "  biasbench compare runs/base runs/dac --baseline baseline --json cmp.json\n\n"
     "  biasbench compare runs/ --estimator robust    (the DAC paper's window)\n\n"
     "  biasbench compare runs/reg --metric test_loss  (regression: MSE)\n\n"
-    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml",
+    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml\n\n"
+    "  biasbench compare /tmp/ci --gate G.yaml --junit gate.xml --summary gate.md",
 )
 def compare(
     results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
