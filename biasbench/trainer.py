@@ -209,39 +209,38 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
             say(console, converted.line())
         reset_peak_memory(run.device)
         warmup_s = warm_up(run, console)
+        loggers = _open_loggers(run, state, fresh=start.action != "resume") if ctx.is_main else None
         status, stopped_by, signum = "completed", None, None
         saved_epoch = state.epoch if start.action == "resume" else None  # what checkpoint.pt holds
         wall_before, started = state.wall_time, time.perf_counter()
-        loggers = _open_loggers(run, state, fresh=start.action != "resume") if ctx.is_main else None
         try:
-            try:
-                with _progress_bar(console, (epochs - state.epoch) * len(run.train_loader), state.epoch,
-                                   epochs) as bar:
-                    for epoch in range(state.epoch, epochs):
-                        if stop_after is not None and epoch >= stop_after:
-                            status, stopped_by = "interrupted", "--stop-after"
-                            break
-                        row = _train_and_evaluate(run, state, epoch, bar)
-                        if not math.isfinite(row["train_loss"]):
-                            status = "diverged"
-                            say(console, f"epoch {epoch + 1}: loss is {row['train_loss']}; run diverged", "red")
-                            break
-                        say(console, epoch_line(row, epochs, len(run.train_loader.y) / row["seconds"], label))
-                        if _record_epoch(run, state, row, loggers, wall_before + time.perf_counter() - started):
-                            saved_epoch = state.epoch
-            except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGUSR1 (biasbench.stopping)
-                signum = signal_of(stop)
-                status, stopped_by = "interrupted", signal_name(signum)
-            wall = wall_before + time.perf_counter() - started
-            doc = _results_doc(run, status, stopped_by, state, wall, warmup_s, saved_epoch)
-            if loggers is not None:  # rank 0
-                if state.predictions.epochs:
-                    save_predictions(paths.predictions, state.predictions.freeze())
-                atomic_write_json(paths.results, doc)
-                loggers.finish(doc)  # after results.json: the trackers upload it
-        finally:
+            with _progress_bar(console, (epochs - state.epoch) * len(run.train_loader), state.epoch, epochs) as bar:
+                for epoch in range(state.epoch, epochs):
+                    if stop_after is not None and epoch >= stop_after:
+                        status, stopped_by = "interrupted", "--stop-after"
+                        break
+                    row = _train_and_evaluate(run, state, epoch, bar)
+                    if not math.isfinite(row["train_loss"]):
+                        status = "diverged"
+                        say(console, f"epoch {epoch + 1}: loss is {row['train_loss']}; run diverged", "red")
+                        break
+                    say(console, epoch_line(row, epochs, len(run.train_loader.y) / row["seconds"], label))
+                    if _record_epoch(run, state, row, loggers, wall_before + time.perf_counter() - started):
+                        saved_epoch = state.epoch
+        except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGUSR1 (biasbench.stopping)
+            signum = signal_of(stop)
+            status, stopped_by = "interrupted", signal_name(signum)
+        except BaseException:  # an error: the loggers close (a tracker's run ends as failed)
             if loggers is not None:
                 loggers.close()
+            raise
+        wall = wall_before + time.perf_counter() - started
+        doc = _results_doc(run, status, stopped_by, state, wall, warmup_s, saved_epoch)
+        if ctx.is_main:
+            if state.predictions.epochs:
+                save_predictions(paths.predictions, state.predictions.freeze())
+            atomic_write_json(paths.results, doc)
+            _finish_loggers(loggers, doc)
         ctx.barrier()
     if signum is not None:
         raise Interrupted(paths.dir, signum, saved_epoch, doc)
@@ -313,12 +312,22 @@ def _open_loggers(run: Run, state: TrainingState, fresh: bool) -> RunLoggers:
     return RunLoggers(out.loggers, info, fresh)
 
 
+def _finish_loggers(loggers: RunLoggers | None, doc: dict[str, Any]) -> None:
+    """After results.json is written (the trackers upload it): finish, then close the loggers."""
+    if loggers is None:
+        return
+    try:
+        loggers.finish(doc)
+    finally:
+        loggers.close()
+
+
 def _record_epoch(run: Run, state: TrainingState, row: dict[str, Any], loggers: RunLoggers | None,
                   wall: float) -> bool:
     """After an epoch: the loggers (metrics.csv, TensorBoard, trackers), the checkpoint, and the
     best-validation copy when this epoch is the best so far (rank 0 only). True when a
     checkpoint was written."""
-    if loggers is None:
+    if not run.ctx.is_main or loggers is None:
         return False
     paths = run.paths
     loggers.epoch(row, state.history)
