@@ -61,7 +61,7 @@ def junit_xml(result: GateResult, inconclusive_fails: bool = False) -> str:
     suites = ET.Element("testsuites", name="biasbench gate", tests=str(len(result.checks)),
                         failures=str(failures), errors="0")
     suite = ET.SubElement(suites, "testsuite", name=f"gate {result.gate}", tests=str(len(result.checks)),
-                          failures=str(failures), errors="0", skipped="0",
+                          failures=str(failures), errors="0", skipped="0", time="0",
                           timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     props = ET.SubElement(suite, "properties")
     for name, value in (("gate", result.gate), ("reference", result.reference or ""), ("runs", str(result.runs)),
