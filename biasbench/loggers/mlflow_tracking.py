@@ -31,9 +31,10 @@ def probe(uri: str, timeout: float = 5.0) -> None:
         return
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)  # URLError wraps the socket error
-        raise UserError(f"tracking server {uri} cannot be reached ({reason})") from None
+    except urllib.error.URLError as e:  # wraps the socket error
+        raise UserError(f"tracking server {uri} cannot be reached ({e.reason})") from None
+    except OSError as e:
+        raise UserError(f"tracking server {uri} cannot be reached ({e})") from None
 
 
 def _chunks(items: list[Any]) -> list[list[Any]]:
