@@ -136,11 +136,15 @@ def check_mlflow_run(client: Any, run: Any, doc: dict[str, Any], tmp_path: Path)
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One local SQLite store for the module (creating its tables is most of MLflow's start-up
-    time); each test logs to its own experiment."""
+    time); each test logs to its own experiment, made here with its artifacts in the temporary
+    folder (MLflow's default is ./mlruns in the working directory)."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    MlflowClient(uri).search_experiments()  # creates the tables
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    for experiment in ("local", "resume"):
+        client.create_experiment(experiment, artifact_location=(folder / experiment).as_uri())
     return uri
 
 
