@@ -45,6 +45,25 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the accelerator's peak memory from here (each replicate its own peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: on CUDA, the tensors allocated since `reset_peak_memory`; on the CPU,
+    the process's maximum resident set size (the OS keeps only the process's peak, so replicates
+    trained one after another in one process report the largest so far)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def resolve_device(name: str) -> torch.device:
     from biasbench.errors import UserError
 

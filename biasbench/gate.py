@@ -17,21 +17,45 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from biasbench import stats
-from biasbench.compare import GroupSummary, Run, _show, group_runs, load_runs, replicate_difference, summarize_group
+from biasbench.compare import (
+    Group,
+    GroupSummary,
+    Run,
+    _show,
+    group_runs,
+    load_runs,
+    replicate_difference,
+    summarize_group,
+    used_runs,
+)
 from biasbench.errors import UserError, did_you_mean
 from biasbench.results import higher_is_better
 from biasbench.tables import fmt_value
 from biasbench.termtable import Line, wrap
 
 _TOP_KEYS = ("reference", "metrics", "replicates", "alpha", "inconclusive")
-_METRIC_KEYS = ("direction", "estimator", "floor", "ceiling", "max_drop")
+_METRIC_KEYS = ("direction", "estimator", "floor", "ceiling", "max_drop", "history")
 _REPLICATE_KEYS = ("min", "max_diverged")
+_HISTORY_KEYS = ("against", "last", "max_drop")
 OUTCOMES = ("pass", "inconclusive", "fail")
+
+# Figures a run records once, not per epoch: gate name -> (results field, higher is better).
+RUN_LEVEL = {"samples_per_s": ("images_per_second", True), "peak_memory": ("peak_memory_mb", False)}
+
+
+@dataclass(frozen=True)
+class HistoryRule:
+    """Compare with the best or the median of the last `last` passing entries of `--history`."""
+
+    against: str  # best | median
+    last: int
+    max_drop: float  # largest allowed worsening against that figure, in the metric's units
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,7 @@ class MetricRule:
     estimator: str = "final"
     limit: float | None = None  # the floor (higher is better) or ceiling (lower is better)
     max_drop: float | None = None  # largest allowed worsening against the reference mean
+    history: HistoryRule | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,10 @@ class Gate:
     max_diverged: int = 0
     alpha: float = stats.ALPHA
     inconclusive_fails: bool = False
+
+    @property
+    def reads_history(self) -> bool:
+        return any(r.history is not None for r in self.rules)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,21 +134,26 @@ def parse_gate(raw: Any, source: str, base_dir: Path) -> Gate:
     rules = []
     for name, spec in metrics.items():
         where = f"metrics.{name}"
-        if not isinstance(name, str) or not name.startswith(("test_", "val_", "train_")):
+        if not isinstance(name, str) or not (name.startswith(("test_", "val_", "train_")) or name in RUN_LEVEL):
             raise UserError(
-                f"gate `{source}`: `{where}` must name a per-epoch metric such as test_acc or test_loss"
+                f"gate `{source}`: `{where}` must name a per-epoch metric such as test_acc or test_loss, "
+                f"or one of {', '.join(RUN_LEVEL)}"
             )
         spec = spec or {}
         if not isinstance(spec, dict):
             raise UserError(f"gate `{source}`: `{where}` must be a mapping of rules (floor, max_drop, ...)")
         _unknown(spec, _METRIC_KEYS, where + ".", source)
-        direction = spec.get("direction", "higher" if higher_is_better(name) else "lower")
+        default_higher = RUN_LEVEL[name][1] if name in RUN_LEVEL else higher_is_better(name)
+        direction = spec.get("direction", "higher" if default_higher else "lower")
         if direction not in ("higher", "lower"):
             raise UserError(
                 f"gate `{source}`: `{where}.direction` must be higher or lower, got {direction!r}"
             )
         hib = direction == "higher"
         estimator = spec.get("estimator", "final")
+        if name in RUN_LEVEL and "estimator" in spec:
+            raise UserError(f"gate `{source}`: `{where}.estimator` does not apply: {name} is one figure per run, "
+                            "not per epoch; drop the key")
         if estimator not in stats.ESTIMATORS:
             raise UserError(
                 f"gate `{source}`: `{where}.estimator` must be one of {', '.join(stats.ESTIMATORS)}, "
@@ -138,9 +172,10 @@ def parse_gate(raw: Any, source: str, base_dir: Path) -> Gate:
             else None
         )
         _check_range(name, {f"{where}.{right}": limit, f"{where}.max_drop": drop}, source)
-        if limit is None and drop is None:
-            raise UserError(f"gate `{source}`: `{where}` sets no rule; give `{right}` and/or `max_drop`")
-        rules.append(MetricRule(name, hib, estimator, limit, drop))
+        history = _history_rule(spec.get("history"), f"{where}.history", source, name)
+        if limit is None and drop is None and history is None:
+            raise UserError(f"gate `{source}`: `{where}` sets no rule; give `{right}`, `max_drop` and/or `history`")
+        rules.append(MetricRule(name, hib, estimator, limit, drop, history))
     reps = raw.get("replicates") or {}
     if not isinstance(reps, dict):
         raise UserError(f"gate `{source}`: `replicates` must be a mapping (min, max_diverged)")
@@ -170,6 +205,24 @@ def parse_gate(raw: Any, source: str, base_dir: Path) -> Gate:
         alpha,
         inconclusive == "fail",
     )
+
+
+def _history_rule(spec: Any, where: str, source: str, metric: str) -> HistoryRule | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise UserError(f"gate `{source}`: `{where}` must be a mapping such as "
+                        "`{against: best, last: 10, max_drop: 0.02}`")
+    _unknown(spec, _HISTORY_KEYS, where + ".", source)
+    against = spec.get("against", "median")
+    if against not in ("best", "median"):
+        raise UserError(f"gate `{source}`: `{where}.against` must be best or median, got {against!r}")
+    if "max_drop" not in spec:
+        raise UserError(f"gate `{source}`: `{where}` needs `max_drop`: the largest allowed worsening against "
+                        f"the {against} of the history")
+    drop = _number(spec["max_drop"], f"{where}.max_drop", source, positive=True)
+    _check_range(metric, {f"{where}.max_drop": drop}, source)
+    return HistoryRule(against, _int(spec.get("last", 10), f"{where}.last", source, 1), drop)
 
 
 def load_gate(path: str | Path) -> Gate:
@@ -211,6 +264,9 @@ class GateResult:
     reference: str | None
     runs: int
     checks: list[Check] = field(default_factory=list)
+    name: str = ""  # the runs' recipe name (the group a CI report files the checks under)
+    # what `--history` records: metric -> {estimator, mean, values, seeds}
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def outcome(self) -> str:
@@ -320,8 +376,28 @@ def _check_drop(rule: MetricRule, cur: GroupSummary, ref: GroupSummary, alpha: f
     )
 
 
-def run_gate(gate: Gate, runs: list[Run]) -> GateResult:
-    """Check runs (one configuration) against the gate; raises `UserError` for unusable input."""
+def _summary(group: Group, rule: MetricRule, where: str) -> GroupSummary:
+    """The per-replicate values of a rule's metric: an estimator over the history, or a figure
+    each run records once (samples per second, peak memory)."""
+    if rule.metric not in RUN_LEVEL:
+        return summarize_group(group, rule.metric, rule.estimator)
+    key = RUN_LEVEL[rule.metric][0]
+    used = used_runs(group)
+    missing = [r.path for r in used if not isinstance(r.doc.get(key), (int, float))]
+    if missing:
+        raise UserError(f"gate metric `{rule.metric}` needs `{key}` in the results, but `{missing[0]}`{where} has "
+                        "none (written by an older biasbench); re-run it")
+    base = summarize_group(group, "train_loss")
+    return replace(base, values=[float(r.doc[key]) for r in used], seeds=[r.seed for r in used])
+
+
+def run_gate(gate: Gate, runs: list[Run], history: list[dict[str, Any]] | None = None) -> GateResult:
+    """Check runs (one configuration) against the gate; raises `UserError` for unusable input.
+    `history`: the entries of `--history` (biasbench.gate_ci), needed by `history:` rules."""
+    if gate.reads_history and history is None:
+        metric = next(r.metric for r in gate.rules if r.history is not None)
+        raise UserError(f"gate `{gate.source}`: `metrics.{metric}.history` compares with earlier gate runs; "
+                        "pass --history FILE (docs/ci.md)")
     group = _one_group(runs, "results given")
     ref_group = None
     if gate.reference is not None:
@@ -343,7 +419,8 @@ def run_gate(gate: Gate, runs: list[Run]) -> GateResult:
                 f"the reference `{gate.reference}` was trained with another recipe: {diffs}; "
                 "regenerate the reference (docs/ci.md)"
             )
-    result = GateResult(gate.source, str(gate.reference) if gate.reference else None, len(group.runs))
+    result = GateResult(gate.source, str(gate.reference) if gate.reference else None, len(group.runs),
+                        name=group.name)
     diverged = sum(r.status == "diverged" for r in group.runs)
     completed = sum(r.status == "completed" for r in group.runs)
     result.checks.append(
@@ -367,17 +444,55 @@ def run_gate(gate: Gate, runs: list[Run]) -> GateResult:
             f"results have {completed}; finish or add runs"
         )
     for rule in gate.rules:
-        cur = summarize_group(group, rule.metric, rule.estimator)
+        cur = _summary(group, rule, "")
         if not cur.values:
             raise UserError(f"gate metric `{rule.metric}` is not in these results")
+        result.figures[rule.metric] = {"estimator": None if rule.metric in RUN_LEVEL else rule.estimator,
+                                       "mean": s_mean(cur), "values": cur.values, "seeds": cur.seeds}
         if rule.limit is not None:
             result.checks.append(_check_limit(rule, cur, gate.alpha))
+        if rule.history is not None and history is not None:
+            result.checks.append(_check_history(rule, rule.history, cur, history, gate.alpha))
         if rule.max_drop is not None and ref_group is not None:
-            ref = summarize_group(ref_group, rule.metric, rule.estimator)
+            ref = _summary(ref_group, rule, f" (reference {gate.reference})")
             if not ref.values:
                 raise UserError(f"gate metric `{rule.metric}` is not in the reference `{gate.reference}`")
             result.checks.append(_check_drop(rule, cur, ref, gate.alpha))
     return result
+
+
+def _history_figure(rule: MetricRule, h: HistoryRule, entries: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """The best or median mean of the last `h.last` entries that did not fail and measured this
+    metric with this estimator (a regression never becomes the figure to beat), and how many."""
+    estimator = None if rule.metric in RUN_LEVEL else rule.estimator
+    means = [f["mean"] for e in entries if e.get("outcome") != "fail"
+             and isinstance(f := (e.get("metrics") or {}).get(rule.metric), dict)
+             and f.get("estimator") == estimator and isinstance(f.get("mean"), (int, float))][-h.last:]
+    if not means:
+        return None
+    if h.against == "best":
+        return (max if rule.higher_is_better else min)(means), len(means)
+    return float(statistics.median(means)), len(means)
+
+
+def _check_history(rule: MetricRule, h: HistoryRule, cur: GroupSummary, entries: list[dict[str, Any]],
+                   alpha: float) -> Check:
+    """Like a floor (ceiling) at the history's figure minus (plus) the allowed drop: the same noise
+    rule, a one-sample t-test of the replicates against that limit."""
+    m = rule.metric
+    figure = _history_figure(rule, h, entries)
+    if figure is None:
+        return Check(m, "history", "pass", f"{m} {fmt_value(s_mean(cur), m)} (n={len(cur.values)}): no earlier "
+                     "passing entry in the history to compare with yet; recorded", s_mean(cur), None)
+    ref, n = figure
+    sign = -1.0 if rule.higher_is_better else 1.0
+    limit = ref + sign * h.max_drop
+    check = _check_limit(replace(rule, limit=limit), cur, alpha)
+    where = f"{h.against} of the last {n} history entr{'y' if n == 1 else 'ies'} {fmt_value(ref, m)}"
+    word = "floor" if rule.higher_is_better else "ceiling"
+    message = check.message.replace(f"vs {word} {fmt_value(limit, m)}",
+                                    f"vs {where} (allowed {fmt_value(h.max_drop, m)}, limit {fmt_value(limit, m)})")
+    return replace(check, rule="history", message=message)
 
 
 def format_result(result: GateResult, inconclusive_fails: bool = False, width: int = 80) -> list[Line]:

@@ -112,7 +112,10 @@ class OutputConfig:
     dir: str = "runs"
     name: str | None = None  # default: the recipe file's stem
     checkpoint: bool = True
-    tensorboard: bool = False  # event files in RUN/tensorboard/ (pip install 'biasbench[tensorboard]')
+    # Per-epoch loggers (biasbench.loggers, docs/loggers.md): metrics.csv, TensorBoard event files,
+    # MLflow and W&B runs (pip install 'biasbench[tensorboard|mlflow|wandb]').
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
+    tags: dict[str, str] = field(default_factory=dict)  # tags of the trackers' runs (a study adds its cell)
 
 
 @dataclass
@@ -166,7 +169,24 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.val_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("data.val_folds", lambda v: v == 0 or v >= 2, "must be 0 (use val_fraction) or at least 2"),
     ("data.workers", lambda v: v is None or v >= 0, "must be 0 or more (or null for one per core)"),
+    ("output.loggers", lambda v: len(set(v)) == len(v), "names a logger twice"),
+    ("output.tags", lambda v: all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
+     "must map names to strings (quote numbers: cell: '3')"),
 ]
+
+# Keys that were renamed: refused with the new spelling, where they would mean something.
+_RENAMED = {"output.tensorboard": "output.loggers: [csv, tensorboard]"}
+
+
+def _refuse_renamed(raw: dict[str, Any], origin: str = "recipe") -> dict[str, Any]:
+    """`output.tensorboard: true` is refused with the new spelling; `false`, what results and
+    checkpoints written before `output.loggers` record, is dropped (it is today's default)."""
+    output = raw.get("output")
+    if not isinstance(output, dict) or "tensorboard" not in output:
+        return raw
+    if output["tensorboard"] is not False:
+        raise UserError(f"{origin} key `output.tensorboard` is now `{_RENAMED['output.tensorboard']}`")
+    return {**raw, "output": {k: v for k, v in output.items() if k != "tensorboard"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,6 +501,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], origin: str 
     keys = known_keys()
     for dotted, value in overrides.items():
         parts = dotted.split(".")
+        if dotted in _RENAMED:
+            raise UserError(f"{origin}: `{dotted}` is now `{_RENAMED[dotted]}`")
         if dotted not in keys and not _free_form(dotted):
             raise UserError(f"{origin}: unknown recipe key `{dotted}`{did_you_mean(dotted, keys)}")
         node = out
@@ -494,7 +516,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], origin: str 
 
 
 def from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
-    recipe: Recipe = _to_dataclass(raw, Recipe, "")
+    recipe: Recipe = _to_dataclass(_refuse_renamed(raw), Recipe, "")
     recipe.source = source
     for path, ok, msg in _CHECKS:
         section, key = path.split(".")

@@ -9,7 +9,8 @@ Schema (version 2), top-level keys:
   epoch with the best validation metric and its metrics, and the best test metric over epochs),
   params (total/trainable, by role), complexity (MACs/FLOPs, where counted), conversion (only
   for a model `convert` built: what it converted and left), wall_time_s,
-  images_per_second (training samples per second, kernel builds excluded), warmup_s (seconds
+  images_per_second (training samples per second, kernel builds excluded), peak_memory_mb
+  (optional, added later: CUDA peak allocated, or the CPU process's peak resident set), warmup_s (seconds
   spent building kernels before the clock started), predictions (what predictions.npz beside
   the file holds, or null), data (sizes, split), environment (versions, device, precision
   trained in, git revision), created (UTC, ISO 8601).
@@ -130,6 +131,8 @@ def _problem(doc: dict[str, Any]) -> str | None:
     for k, v in doc["final"].items():
         if not _is(v, _NUMBER):
             return f"`final.{k}` must be a number, got {_show(v)}"
+    if "peak_memory_mb" in doc and not _is(doc["peak_memory_mb"], _NUMBER):
+        return f"`peak_memory_mb` must be a number, got {_show(doc['peak_memory_mb'])}"
     if doc["status"] == "completed":
         if not history:
             return "`history` is empty, but `status` is completed"

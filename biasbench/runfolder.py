@@ -8,8 +8,10 @@ A replicate's folder is `output.dir / output.name / seedS`, holding
 | `checkpoint_best.pt` | when the validation metric improves: the same content at that epoch |
 | `results.json`       | at the end, and when a run is interrupted                           |
 | `predictions.npz`    | with results.json: per-epoch test predictions                       |
-| `metrics.csv`        | after every epoch: the history so far, one row per epoch            |
-| `tensorboard/`       | with `output.tensorboard: true`                                     |
+| `metrics.csv`        | after every epoch: the history so far (`output.loggers` has `csv`)  |
+| `tensorboard/`       | with `output.loggers: [..., tensorboard]`                           |
+| `trackers.json`      | with mlflow / wandb loggers: their run ids, so a resume continues them |
+| `wandb/`             | with the wandb logger: W&B's own files (offline runs to sync)      |
 | `.lock`              | while a process trains there: holds the PID of that process         |
 
 `run_tag` turns the overrides that change an experiment into a readable folder name component:

@@ -3,7 +3,7 @@
 `metrics.csv` is rewritten atomically after every epoch from the whole history (one row per
 epoch, columns in the history's order), so it is always complete and never half-written (it is
 not fsynced: the checkpoint holds the same history, and the next epoch rewrites it).
-TensorBoard event files (`output.tensorboard: true`) go to `RUN/tensorboard/`, one scalar per
+TensorBoard event files (`output.loggers: [..., tensorboard]`) go to `RUN/tensorboard/`, one scalar per
 history field (`train/loss`, `val/acc`, `lr`, ...) at step = epoch. The epoch line is one plain
 line per epoch that fits 80 columns without breaking a field, so logs stay grep-able.
 """
@@ -28,17 +28,6 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(path, buf.getvalue(), durable=False)  # rebuilt from the checkpoint's history
-
-
-def tensorboard_missing() -> str | None:
-    """Why TensorBoard logging cannot run here, or None when it can."""
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        return ("output.tensorboard needs the tensorboard package: pip install 'biasbench[tensorboard]' "
-                "(or set output.tensorboard: false)")
-    return None
 
 
 class TensorBoardLog:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import math
 import random
 import time
@@ -31,9 +32,10 @@ from biasbench.checkpoint import TrainingState, load_checkpoint, restore, save_c
 from biasbench.data import DataBundle, build_data
 from biasbench.data.loader import TensorLoader, make_eval_loader, make_train_loader
 from biasbench.distributed import DistContext, wrap_model
-from biasbench.env import environment
+from biasbench.env import environment, peak_memory_mb, reset_peak_memory
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, check_writable, ensure_dir, hold_lock, refuse_if_locked, remove_orphans
+from biasbench.loggers import RunInfo, RunLoggers, check_loggers
 from biasbench.losses import Criterion
 from biasbench.models import build_model, model_hooks
 from biasbench.models.convert import conversion
@@ -43,7 +45,7 @@ from biasbench.predictions import PredictionLog, describe, save_predictions
 from biasbench.recipe import Recipe
 from biasbench.results import KIND, SCHEMA_VERSION, best_epoch
 from biasbench.runfolder import RunPaths, Start, inspect_start, run_paths
-from biasbench.runlog import TensorBoardLog, epoch_line, say, tensorboard_missing, write_metrics_csv
+from biasbench.runlog import epoch_line, say
 from biasbench.stopping import signal_name, signal_of
 
 __all__ = ["Interrupted", "Run", "build_run", "train_run", "train_recipe", "evaluate", "run_paths"]
@@ -143,8 +145,7 @@ def build_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, c
     """Data, model, criterion, optimiser, schedule, loaders and precision for one replicate.
     Bad input fails here, before anything is written."""
     ctx = ctx or DistContext()
-    if recipe.output.tensorboard and (why := tensorboard_missing()):
-        raise UserError(why)
+    check_loggers(recipe.output.loggers)
     seed_everything(seed)
     bundle, model = build_for_recipe(recipe, replicate, device)
     if recipe.train.channels_last and len(bundle.input_shape) != 3:  # a no-op there: refuse, do not ignore
@@ -206,9 +207,9 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
             say(console, run.precision_note)
         if (converted := conversion(run.model)) is not None:  # a timm: / torchvision: model
             say(console, converted.line())
+        reset_peak_memory(run.device)
         warmup_s = warm_up(run, console)
-        tensorboard = TensorBoardLog(paths.tensorboard, state.epoch) if recipe.output.tensorboard and ctx.is_main \
-            else None
+        loggers = _open_loggers(run, state, fresh=start.action != "resume") if ctx.is_main else None
         status, stopped_by, signum = "completed", None, None
         saved_epoch = state.epoch if start.action == "resume" else None  # what checkpoint.pt holds
         wall_before, started = state.wall_time, time.perf_counter()
@@ -224,20 +225,22 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                         say(console, f"epoch {epoch + 1}: loss is {row['train_loss']}; run diverged", "red")
                         break
                     say(console, epoch_line(row, epochs, len(run.train_loader.y) / row["seconds"], label))
-                    if _record_epoch(run, state, row, tensorboard, wall_before + time.perf_counter() - started):
+                    if _record_epoch(run, state, row, loggers, wall_before + time.perf_counter() - started):
                         saved_epoch = state.epoch
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGUSR1 (biasbench.stopping)
             signum = signal_of(stop)
             status, stopped_by = "interrupted", signal_name(signum)
-        finally:
-            if tensorboard is not None:
-                tensorboard.close()
+        except BaseException:  # an error: the loggers close (a tracker's run ends as failed)
+            if loggers is not None:
+                loggers.close()
+            raise
         wall = wall_before + time.perf_counter() - started
         doc = _results_doc(run, status, stopped_by, state, wall, warmup_s, saved_epoch)
         if ctx.is_main:
             if state.predictions.epochs:
                 save_predictions(paths.predictions, state.predictions.freeze())
             atomic_write_json(paths.results, doc)
+            _finish_loggers(loggers, doc)
         ctx.barrier()
     if signum is not None:
         raise Interrupted(paths.dir, signum, saved_epoch, doc)
@@ -300,16 +303,34 @@ def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progres
     return state.history[-1]
 
 
-def _record_epoch(run: Run, state: TrainingState, row: dict[str, Any], tensorboard: TensorBoardLog | None,
+def _open_loggers(run: Run, state: TrainingState, fresh: bool) -> RunLoggers:
+    """The run's `output.loggers` (rank 0 only); a tracker that cannot be reached is one warning."""
+    out = run.recipe.output
+    recorded = json.loads(json.dumps(_recorded_recipe(run.recipe)))  # as results.json has it: lists
+    info = RunInfo(recipe=recorded, name=str(out.name), seed=run.seed, replicate=run.replicate,
+                   folder=run.paths.dir, tags=dict(out.tags), start_epoch=state.epoch)
+    return RunLoggers(out.loggers, info, fresh)
+
+
+def _finish_loggers(loggers: RunLoggers | None, doc: dict[str, Any]) -> None:
+    """After results.json is written (the trackers upload it): finish, then close the loggers."""
+    if loggers is None:
+        return
+    try:
+        loggers.finish(doc)
+    finally:
+        loggers.close()
+
+
+def _record_epoch(run: Run, state: TrainingState, row: dict[str, Any], loggers: RunLoggers | None,
                   wall: float) -> bool:
-    """After an epoch: metrics.csv, TensorBoard, the checkpoint, and the best-validation copy
-    when this epoch is the best so far (rank 0 only). True when a checkpoint was written."""
-    if not run.ctx.is_main:
+    """After an epoch: the loggers (metrics.csv, TensorBoard, trackers), the checkpoint, and the
+    best-validation copy when this epoch is the best so far (rank 0 only). True when a
+    checkpoint was written."""
+    if not run.ctx.is_main or loggers is None:
         return False
     paths = run.paths
-    write_metrics_csv(paths.metrics_csv, state.history)
-    if tensorboard is not None:
-        tensorboard.add(row)
+    loggers.epoch(row, state.history)
     if run.recipe.output.checkpoint:
         best = best_epoch(_evaluated(state.history), run.bundle.task)
         save_checkpoint(paths.checkpoint, recipe=_recorded_recipe(run.recipe), seed=run.seed,
@@ -533,6 +554,7 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
         **({"conversion": converted.to_dict()} if (converted := conversion(run.model)) else {}),
         "wall_time_s": round(wall, 3),
         "images_per_second": round(rate, 1),
+        "peak_memory_mb": peak_memory_mb(run.device),
         "warmup_s": round(warmup_s, 3),
         "predictions": describe(state.predictions.freeze()) if state.predictions.epochs else None,
         "data": run.bundle.describe(),

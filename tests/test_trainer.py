@@ -247,7 +247,7 @@ def test_resumed_run_has_the_uninterrupted_predictions_and_best_checkpoint(tmp_p
 def test_tensorboard_event_files_hold_every_epoch(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    doc = tiny_recipe(tmp_path, train={"epochs": 3}, output={"tensorboard": True})
+    doc = tiny_recipe(tmp_path, train={"epochs": 3}, output={"loggers": ["csv", "tensorboard"]})
     (res,) = _train(write_recipe(tmp_path / "r.yaml", doc), tmp_path)
     events = EventAccumulator(str(tmp_path / "runs" / "r" / "seed0" / "tensorboard"))
     events.Reload()
@@ -270,7 +270,7 @@ def test_tensorboard_missing_is_one_line(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
-    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, output={"tensorboard": True}))
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, output={"loggers": ["csv", "tensorboard"]}))
     one_line_error(*run_cli(["train", str(path)])[::2], "pip install 'biasbench[tensorboard]'")
     assert not (tmp_path / "runs").exists()
 

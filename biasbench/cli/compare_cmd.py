@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,8 @@ from biasbench.errors import UserError
     "  biasbench compare runs/base runs/dac --baseline baseline --json cmp.json\n\n"
     "  biasbench compare runs/ --estimator robust    (the DAC paper's window)\n\n"
     "  biasbench compare runs/reg --metric test_loss  (regression: MSE)\n\n"
-    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml",
+    "  biasbench compare /tmp/ci --gate recipes/gates/quickstart_smoke.yaml\n\n"
+    "  biasbench compare /tmp/ci --gate G.yaml --junit gate.xml --summary gate.md",
 )
 def compare(
     results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
@@ -43,9 +46,21 @@ def compare(
         None, "--gate", metavar="GATE.yaml", help="Check the runs against a gate file (or a recipe's gate: "
         "section); exit 0 pass, 1 regression, 2 unusable input. The gate names its own reference, metrics and "
         "estimators, so --baseline, --metric and --estimator are refused with it."),
+    junit: Path | None = typer.Option(
+        None, "--junit", metavar="FILE", help="With --gate: also write the checks as JUnit XML (one test case per "
+        "metric and rule) for GitHub, GitLab or Jenkins test reports."),
+    summary: Path | None = typer.Option(
+        None, "--summary", metavar="FILE", help="With --gate: also write a Markdown summary (table, verdict, a "
+        "marker line for one updatable pull-request comment); appended to $GITHUB_STEP_SUMMARY when set."),
+    history: Path | None = typer.Option(
+        None, "--history", metavar="FILE", help="With --gate: read the gate's earlier figures from FILE (JSON "
+        "lines) for `history:` rules, then append this run's figures with the commit."),
 ) -> None:
     from biasbench.compare import load_runs, summarize_runs
 
+    ci_files = {"--junit": junit, "--summary": summary, "--history": history}
+    if gate is None and (needs := [k for k, v in ci_files.items() if v is not None]):
+        raise UserError(f"{', '.join(needs)} report a gate: add --gate GATE.yaml (docs/ci.md)")
     if gate is not None:
         given = [name for name, value in (("--baseline", baseline), ("--metric", metric),
                                           ("--estimator", estimator)) if value is not None]
@@ -53,7 +68,7 @@ def compare(
             raise UserError(f"{', '.join(given)} cannot be used with --gate: the gate file sets its reference, "
                             "metrics and estimators (docs/ci.md); drop the option or change the gate file")
         runs = load_runs(results)
-        _gate(gate, runs, json_out)
+        _gate(gate, runs, json_out, GateOutputs(junit, summary, history))
         return
     runs = load_runs(results)
     rule = _study_failure_rule(results)
@@ -88,15 +103,25 @@ def write_json(path: Path, obj: Any) -> None:
         atomic_write_json(path, obj)
 
 
-def _gate(path: Path, runs: list, json_out: Path | None) -> None:
+@dataclass(frozen=True)
+class GateOutputs:
+    junit: Path | None = None
+    summary: Path | None = None
+    history: Path | None = None
+
+
+def _gate(path: Path, runs: list, json_out: Path | None, outputs: GateOutputs) -> None:
     from dataclasses import asdict
 
+    from biasbench import gate_ci
     from biasbench.gate import format_result, load_gate, run_gate
     from biasbench.termtable import emit, output_width
 
     g = load_gate(path)
-    result = run_gate(g, runs)
+    past = gate_ci.read_history(outputs.history) if outputs.history is not None else None
+    result = run_gate(g, runs, past)  # a `history:` rule without --history: refused in one line
     code = result.exit_code(g.inconclusive_fails)
+    _write_ci_files(result, g.inconclusive_fails, outputs, runs)
     doc = {**asdict(result), "outcome": result.outcome, "exit_code": code}
     if json_out is not None and str(json_out) == "-":
         print(json.dumps(doc, indent=1, default=str))
@@ -104,9 +129,35 @@ def _gate(path: Path, runs: list, json_out: Path | None) -> None:
         if json_out is not None:
             write_json(json_out, doc)
         emit(format_result(result, g.inconclusive_fails, output_width()))
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in gate_ci.github_annotations(result, path, g.inconclusive_fails):
+            print(line)
     sys.stdout.flush()
     if code:
         raise typer.Exit(code)
+
+
+def _write_ci_files(result, inconclusive_fails: bool, outputs: GateOutputs, runs: list) -> None:
+    """JUnit, the Markdown summary (also to $GITHUB_STEP_SUMMARY) and the history entry."""
+    from biasbench import gate_ci
+    from biasbench.fsutil import atomic_write_text, writing
+
+    for option, target in (("--junit", outputs.junit), ("--summary", outputs.summary)):
+        if target is not None and target.is_dir():
+            raise UserError(f"{option} `{target}` is a folder; give a file name")
+    if outputs.junit is not None:
+        with writing(outputs.junit, "give --junit a path in a writable folder"):
+            atomic_write_text(outputs.junit, gate_ci.junit_xml(result, inconclusive_fails))
+    markdown = gate_ci.summary_markdown(result, inconclusive_fails, gate_ci.ci_link())
+    if outputs.summary is not None:
+        with writing(outputs.summary, "give --summary a path in a writable folder"):
+            atomic_write_text(outputs.summary, markdown)
+    if step_summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        target = Path(step_summary)
+        with writing(target, "GITHUB_STEP_SUMMARY names a file GitHub Actions provides"), target.open("a") as f:
+            f.write(markdown)  # GitHub's step summary is appended to, by each step that writes it
+    if outputs.history is not None:
+        gate_ci.append_history(outputs.history, gate_ci.history_entry(result, gate_ci.commit_of(runs)))
 
 
 def print_compare(result) -> None:

@@ -402,5 +402,8 @@ def _analyses(doc: dict[str, Any], cells: list[Cell], path: Path) -> dict[str, A
 
 
 def with_output_dir(cell: Cell, out: Path) -> Recipe:
-    """The cell's recipe with its runs placed under `out` (out/CELL/seedS/)."""
-    return replace(cell.recipe, output=replace(cell.recipe.output, dir=str(out)))
+    """The cell's recipe with its runs placed under `out` (out/CELL/seedS/), tagged with the
+    study folder, the cell and the cell's values for the trackers (output.loggers)."""
+    tags = {**cell.recipe.output.tags, "study": Path(out).name, "cell": cell.name,
+            **{k: str(v) for k, v in cell.values.items()}}
+    return replace(cell.recipe, output=replace(cell.recipe.output, dir=str(out), tags=tags))
