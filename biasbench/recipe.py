@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from biasbench.errors import UserError, did_you_mean
+from biasbench.yaml_bound import YamlTooLarge, check_expanded_size
 
 # ---------------------------------------------------------------------------------------------
 # The schema. Defaults here are the defaults of every recipe.
@@ -404,8 +405,17 @@ class RecipeDumper(yaml.SafeDumper):
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text as recipes read it (1.2 numbers, duplicate keys refused)."""
-    return yaml.load(text, Loader=RecipeLoader)
+    """YAML text as recipes read it (1.2 numbers, duplicate keys refused, and refused before it is
+    built if its aliases expand it past `yaml_bound`'s limit)."""
+    loader = RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", plural: str = "recipes"
@@ -418,6 +428,8 @@ def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", 
         raise UserError(f"{what} `{path}` is a folder; give a .yaml file")
     try:
         raw = parse_yaml(path.read_text())
+    except YamlTooLarge as e:
+        raise UserError(f"{what} `{path}` is refused: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -470,6 +482,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = parse_yaml(value) if value.strip() else None
     except DuplicateKeyError as e:
         raise UserError(f"--set `{text}`: key `{e.key}` is given twice; keep one") from None
+    except YamlTooLarge as e:
+        raise UserError(f"--set `{key}`: {e.problem}") from None
     except yaml.YAMLError:
         parsed = value  # not YAML (e.g. `a: b: c`): the text itself, as a string
     return key, parsed

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from biasbench.cli.app import app
 from biasbench.errors import UserError
+
+if TYPE_CHECKING:
+    from biasbench.gate import Gate
 
 
 @app.command(
@@ -52,8 +55,10 @@ def compare(
         if given:
             raise UserError(f"{', '.join(given)} cannot be used with --gate: the gate file sets its reference, "
                             "metrics and estimators (docs/ci.md); drop the option or change the gate file")
-        runs = load_runs(results)
-        _gate(gate, runs, json_out)
+        from biasbench.gate import load_gate
+
+        checked = load_gate(gate)  # the gate file is checked before any results are read
+        _gate(checked, load_runs(results), json_out)
         return
     runs = load_runs(results)
     rule = _study_failure_rule(results)
@@ -88,13 +93,12 @@ def write_json(path: Path, obj: Any) -> None:
         atomic_write_json(path, obj)
 
 
-def _gate(path: Path, runs: list, json_out: Path | None) -> None:
+def _gate(g: Gate, runs: list, json_out: Path | None) -> None:
     from dataclasses import asdict
 
-    from biasbench.gate import format_result, load_gate, run_gate
+    from biasbench.gate import format_result, run_gate
     from biasbench.termtable import emit, output_width
 
-    g = load_gate(path)
     result = run_gate(g, runs)
     code = result.exit_code(g.inconclusive_fails)
     doc = {**asdict(result), "outcome": result.outcome, "exit_code": code}
