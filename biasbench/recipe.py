@@ -340,6 +340,10 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
         super().__init__(None, None, f"key `{key}` is given twice in one mapping, at lines {first.line + 1} "
                          f"and {second.line + 1}; keep one", second)
         self.key = key
+        self.marks = first, second
+
+    def __reduce__(self):  # rebuilt with its own arguments after crossing a process boundary
+        return type(self), (self.key, *self.marks)
 
 
 _LOADER_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when installed
