@@ -4,6 +4,7 @@ and read-only file systems, damaged study folders, path traversal in names, host
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 import pkgutil
 from pathlib import Path
@@ -71,3 +72,92 @@ def test_other_exceptions_a_worker_sends_survive_pickling():
         assert type(copy) is type(error) and str(copy) == str(error)
         assert repr(vars(copy)).split(" at 0x")[0] == repr(vars(error)).split(" at 0x")[0]
         assert set(vars(copy)) == set(vars(error))
+
+
+# ---------------------------------------------------------------------------------------------
+# Real full and read-only file systems (root: mount).
+# ---------------------------------------------------------------------------------------------
+
+
+def _mount(*args: str) -> None:
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs or a read-only bind mount")
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mount not permitted here: {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def _umount(where: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs, filled until writing fails with ENOSPC."""
+    where = tmp_path / "full"
+    where.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where))
+    try:
+        fd = os.open(where / "filler", os.O_WRONLY | os.O_CREAT)
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        yield where
+    finally:
+        _umount(where)
+
+
+def _tiny_study(tmp_path: Path, cells: int = 2) -> Path:
+    from tests.conftest import tiny_recipe, write_recipe
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path))
+    study = tmp_path / "study.yaml"
+    lrs = ", ".join(str(0.05 * (i + 1)) for i in range(cells))
+    study.write_text(f"recipe: {recipe}\ngrid: {{optim.lr: [{lrs}]}}\nreplicates: 1\n")
+    return study
+
+
+@pytest.mark.root
+def test_train_on_a_full_disk_is_one_line(tmp_path, full_disk):
+    from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path))
+    code, out, err = run_cli(["train", str(recipe), "--out", str(full_disk / "runs")])
+    one_line_error(code, err, ".lock", "ENOSPC", "free some space")
+    assert "epoch" not in out
+
+
+@pytest.mark.root
+def test_new_sweep_folder_on_a_full_disk_is_one_line(tmp_path, full_disk):
+    from tests.conftest import one_line_error, run_cli
+
+    code, out, err = run_cli(["sweep", str(_tiny_study(tmp_path)), "--out", str(full_disk / "study")])
+    one_line_error(code, err, ".study.lock", "ENOSPC", "free some space")
+    assert not (full_disk / "study" / ".study.lock").exists()  # no empty lock left behind
+
+
+@pytest.mark.root
+def test_read_only_file_system_under_a_study_is_one_line(tmp_path):
+    from tests.conftest import one_line_error, run_cli
+
+    from biasbench.study.manifest import Manifest
+    from biasbench.study.schema import load_study
+
+    study, folder = _tiny_study(tmp_path, cells=1), tmp_path / "rw"
+    Manifest.for_study(load_study(study), folder / "s", "local").save(force=True)  # as a stopped sweep leaves it
+    manifest = (folder / "s" / "study.json").read_bytes()
+    view = tmp_path / "ro"
+    view.mkdir()
+    _mount("--bind", str(folder), str(view))
+    try:
+        _mount("-o", "remount,bind,ro", str(view))
+        code, out, err = run_cli(["sweep", str(study), "--out", str(view / "s")])
+    finally:
+        _umount(view)
+    one_line_error(code, err, ".study.lock", "EROFS", "--out")
+    assert (folder / "s" / "study.json").read_bytes() == manifest

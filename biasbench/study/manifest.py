@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from biasbench.errors import UserError
-from biasbench.fsutil import atomic_write_json, ensure_dir
+from biasbench.fsutil import WriteError, atomic_write_json, ensure_dir, os_reason, write_lock_pid
 
 KIND = "biasbench-study"
 SCHEMA_VERSION = 1
@@ -60,8 +60,8 @@ class StudyLock:
         ensure_dir(self.path.parent)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:
-            raise UserError(f"cannot write in `{self.path.parent}` (permission denied); choose another --out") from None
+        except OSError as e:  # permission denied, a read-only file system (EROFS), a full disk
+            raise WriteError(self.path, os_reason(e), "choose another --out or make it writable") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,8 +69,7 @@ class StudyLock:
             os.close(fd)
             raise UserError(f"another sweep (pid {holder}) is running in `{self.path.parent}`; wait for it to "
                             "finish, or give this one another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        write_lock_pid(fd, self.path)
         self._fd = fd
         return self
 
