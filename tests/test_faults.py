@@ -14,12 +14,14 @@ import pytest
 from biasbench.errors import UserError
 from biasbench.fsutil import WriteError
 from biasbench.pool import WorkerPool
+from biasbench.study.manifest import CorruptManifest
 from tests import pool_tasks
 
 # One example per UserError subclass: the arguments its constructor takes.
 USER_ERROR_EXAMPLES = {
     UserError: ("recipe key `optim.lr` must be positive, got -1",),
     WriteError: (Path("/full/results.json"), "No space left on device (ENOSPC)", "choose another --out"),
+    CorruptManifest: (Path("runs/studies/s/study.json"), "is not valid JSON"),
 }
 
 
@@ -112,10 +114,10 @@ def full_disk(tmp_path):
         _umount(where)
 
 
-def _tiny_study(tmp_path: Path, cells: int = 2) -> Path:
+def _tiny_study(tmp_path: Path, cells: int = 2, epochs: int = 1) -> Path:
     from tests.conftest import tiny_recipe, write_recipe
 
-    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path))
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path, train={"epochs": epochs}))
     study = tmp_path / "study.yaml"
     lrs = ", ".join(str(0.05 * (i + 1)) for i in range(cells))
     study.write_text(f"recipe: {recipe}\ngrid: {{optim.lr: [{lrs}]}}\nreplicates: 1\n")
@@ -161,3 +163,56 @@ def test_read_only_file_system_under_a_study_is_one_line(tmp_path):
         _umount(view)
     one_line_error(code, err, ".study.lock", "EROFS", "--out")
     assert (folder / "s" / "study.json").read_bytes() == manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged study folders: a corrupt manifest, a truncated checkpoint.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A finished study of two one-replicate cells (one epoch each, checkpoints kept)."""
+    from tests.conftest import run_cli
+
+    where = tmp_path_factory.mktemp("swept")
+    study = _tiny_study(where, cells=2)
+    code, out, err = run_cli(["sweep", str(study), "--out", str(where / "s"), "--device", "cpu"])
+    assert code == 0, err
+    return study, where / "s"
+
+
+def _copy_study(swept, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    study, folder = swept
+    shutil.copytree(folder, tmp_path / "s")
+    return study, tmp_path / "s"
+
+
+def _results(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.glob("*/seed*/results.json"))}
+
+
+@pytest.mark.parametrize("damage", ["", "{\"kind\": \"biasbench-stu", "{}"])
+def test_a_corrupt_manifest_says_how_to_rebuild_it_and_the_advice_works(swept, tmp_path, damage):
+    import json
+
+    from tests.conftest import one_line_error, run_cli
+
+    study, folder = _copy_study(swept, tmp_path)
+    before = _results(folder)
+    (folder / "study.json").write_text(damage)
+    code, out, err = run_cli(["compare", str(folder)])
+    one_line_error(code, err, "study.json", "corrupt", f"biasbench sweep STUDY.yaml --out {folder}")
+    # the advice: sweep the study into the folder again
+    code, out, err = run_cli(["sweep", str(study), "--out", str(folder), "--device", "cpu"])
+    assert code == 0, err
+    said = " ".join(out.split())  # unwrapped
+    assert "rebuilt from the run folders" in said and "nothing was left to train" in said
+    assert _results(folder) == before  # nothing trained again
+    assert (folder / "study.json.corrupt").read_text() == damage
+    runs = json.loads((folder / "study.json").read_text())["runs"]
+    assert len(runs) == 2 and {r["status"] for r in runs.values()} == {"completed"}
+    code, out, err = run_cli(["compare", str(folder)])
+    assert code == 0 and "lr=0.05" in out and "lr=0.1" in out, err  # both runs read back
