@@ -216,3 +216,36 @@ def test_a_corrupt_manifest_says_how_to_rebuild_it_and_the_advice_works(swept, t
     assert len(runs) == 2 and {r["status"] for r in runs.values()} == {"completed"}
     code, out, err = run_cli(["compare", str(folder)])
     assert code == 0 and "lr=0.05" in out and "lr=0.1" in out, err  # both runs read back
+
+
+def test_a_truncated_checkpoint_errors_its_run_only_and_says_how_to_restart_it(swept, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from tests.conftest import run_cli
+
+    study, folder = _copy_study(swept, tmp_path)
+    broken, other = folder / "lr=0.05" / "seed0", folder / "lr=0.1" / "seed0"
+    doc = json.loads((broken / "results.json").read_text())
+    doc.update(status="interrupted", interrupted_by="SIGKILL")  # killed while writing its checkpoint
+    (broken / "results.json").write_text(json.dumps(doc))
+    ckpt = broken / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    shutil.rmtree(other)  # not trained yet: the sweep must still train it
+    monkeypatch.setenv("COLUMNS", "400")  # long paths on one line
+    code, out, err = run_cli(["sweep", str(study), "--out", str(folder), "--device", "cpu"])
+    said = " ".join(out.split())
+    assert code == 1, err
+    assert f"error in lr=0.05/seed0: `{ckpt}` is not a readable checkpoint" in said, said
+    assert f"remove its folder `{broken}`" in said
+    assert json.loads((other / "results.json").read_text())["status"] == "completed"
+    runs = json.loads((folder / "study.json").read_text())["runs"]
+    assert runs["lr=0.05/seed0"]["status"] == "error" and str(ckpt) in runs["lr=0.05/seed0"]["error"]
+    assert (broken / "error.txt").read_text().startswith(f"`{ckpt}` is not a readable checkpoint")
+    # the advice: remove the run's folder, sweep again: only that run is trained
+    kept = (other / "results.json").read_bytes()
+    shutil.rmtree(broken)
+    code, out, err = run_cli(["sweep", str(study), "--out", str(folder), "--device", "cpu"])
+    assert code == 0, err
+    assert json.loads((broken / "results.json").read_text())["status"] == "completed"
+    assert (other / "results.json").read_bytes() == kept
