@@ -249,3 +249,70 @@ def test_a_truncated_checkpoint_errors_its_run_only_and_says_how_to_restart_it(s
     assert code == 0, err
     assert json.loads((broken / "results.json").read_text())["status"] == "completed"
     assert (other / "results.json").read_bytes() == kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Study reports of studies where nothing, or something odd, came back.
+# ---------------------------------------------------------------------------------------------
+
+ANALYSED = ("failure: {metric: val_acc, below: 0.01}\n"
+            "analysis:\n  table: {rows: [optim.lr], columns: [], metric: test_acc, estimator: final}\n"
+            "  failures: {by: optim.lr}\n")
+
+
+def _analysed_copy(swept, tmp_path: Path) -> Path:
+    """The swept runs under a study with a failure rule, a table and failure counts."""
+    from biasbench.study.manifest import Manifest
+    from biasbench.study.schema import load_study
+
+    study, folder = _copy_study(swept, tmp_path)
+    analysed = study.with_name("analysed.yaml")
+    analysed.write_text(study.read_text() + ANALYSED)
+    (folder / "study.json").unlink()
+    Manifest.for_study(load_study(analysed), folder, "local").save(force=True)
+    return folder
+
+
+def _diverge(results: Path) -> None:
+    """Rewrite a run as the trainer writes one that diverged in epoch 1 (NaN loss: no evaluation,
+    no best epoch, no checkpoint, no predictions)."""
+    import json
+
+    doc = json.loads(results.read_text())
+    row = {k: doc["history"][0][k] for k in ("epoch", "lr", "seconds", "train_acc")} | {"train_loss": float("nan")}
+    doc.update(status="diverged", history=[row], final=row, best={}, checkpoint_epoch=None, predictions=None)
+    results.write_text(json.dumps(doc))
+
+
+def test_report_of_a_study_where_every_run_diverged_counts_them(swept, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    folder = _analysed_copy(swept, tmp_path)
+    for results in folder.glob("*/seed0/results.json"):
+        _diverge(results)
+    code, out, err = run_cli(["report", str(folder), "--out", str(tmp_path / "r")])
+    assert code == 0, err
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "2 runs in 2 cells: 2 diverged" in text and "**No usable run**" in text
+    table = text.split("## Table")[1].split("##")[0]
+    assert "Empty: no run completed without failing" in table
+    numbers = json.loads((tmp_path / "r" / "study_report.json").read_text())
+    assert numbers["table"] is None
+    assert [(row["runs"], row["diverged"]) for row in numbers["failures"]] == [(1, 1), (1, 1)]
+
+
+def test_a_schema_invalid_results_file_in_a_study_is_blamed_on_the_file(swept, tmp_path):
+    import json
+
+    from tests.conftest import one_line_error, run_cli
+
+    folder = _analysed_copy(swept, tmp_path)
+    results = folder / "lr=0.1" / "seed0" / "results.json"
+    doc = json.loads(results.read_text())
+    doc["final"] = {}  # a completed run with no final numbers
+    results.write_text(json.dumps(doc))
+    code, out, err = run_cli(["report", str(folder), "--out", str(tmp_path / "r")])
+    one_line_error(code, err, str(results), "`final` is empty")
+    assert "failure.metric" not in err
