@@ -167,7 +167,15 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.val_fraction", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     ("data.val_folds", lambda v: v == 0 or v >= 2, "must be 0 (use val_fraction) or at least 2"),
     ("data.workers", lambda v: v is None or v >= 0, "must be 0 or more (or null for one per core)"),
+    ("output.name", lambda v: _one_folder_name(v),
+     "must be one folder name, without `/` or `\\` and not `..` (it names the run's folder inside output.dir; "
+     "choose where runs go with --out)"),
 ]
+
+
+def _one_folder_name(name: str | None) -> bool:
+    """`output.name` stays inside output.dir: `../../x` or `/abs/x` would write anywhere."""
+    return name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -316,3 +316,31 @@ def test_a_schema_invalid_results_file_in_a_study_is_blamed_on_the_file(swept, t
     code, out, err = run_cli(["report", str(folder), "--out", str(tmp_path / "r")])
     one_line_error(code, err, str(results), "`final` is empty")
     assert "failure.metric" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# output.name cannot climb out of --out.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/x", "a/b", "..", ".", "a\\b"])
+def test_output_name_that_leaves_the_output_folder_is_refused(tmp_path, monkeypatch, name):
+    from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
+
+    work = tmp_path / "deep" / "er"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    for command in (["recipe", "show", str(recipe)], ["train", str(recipe), "--out", "runs"]):
+        code, out, err = run_cli([*command, "--set", f"output.name={name}"])
+        one_line_error(code, err, "output.name", "one folder name", repr(name))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "er", "tiny.yaml"]  # nothing written
+
+
+def test_output_name_of_one_folder_is_used(tmp_path):
+    from tests.conftest import run_cli, tiny_recipe, write_recipe
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path))
+    code, out, err = run_cli(["recipe", "show", str(recipe), "--set", "output.name=a..b c", "--json"])
+    assert code == 0, err
+    assert '"name": "a..b c"' in out
