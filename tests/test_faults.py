@@ -344,3 +344,56 @@ def test_output_name_of_one_folder_is_used(tmp_path):
     code, out, err = run_cli(["recipe", "show", str(recipe), "--set", "output.name=a..b c", "--json"])
     assert code == 0, err
     assert '"name": "a..b c"' in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Data files never run code.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickled, calls os.system to create `marker` (what a crafted batches.meta does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_crafted_cifar_pickle_does_not_run_code(tmp_path, protocol):
+    from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
+    from tests.test_data_formats import write_cifar10
+
+    write_cifar10(tmp_path / "c")
+    marker = tmp_path / "ran"
+    meta = tmp_path / "c" / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(pickle.dumps({"label_names": _Payload(marker)}, protocol=protocol))
+    pickle.loads(meta.read_bytes())  # the file does run code when unpickled plainly
+    assert marker.exists()
+    marker.unlink()
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, data={"name": "cifar10",
+                                                                           "root": str(tmp_path / "c")}))
+    code, out, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "runs")])
+    one_line_error(code, err, str(meta), "`posix.system`", "download the data set again")
+    assert not marker.exists()
+
+
+def test_the_official_cifar_formats_still_load(tmp_path):
+    # Python 3 pickles of protocols 2 and 5 (the tests' writers use 2), arrays from numpy 2;
+    # the official files are Python 2 pickles naming numpy.core.multiarray._reconstruct
+    import numpy as np
+
+    from biasbench.data.torchvision_sets import _unpickle
+
+    entry = {"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), "labels": [3, 4],
+             "batch_label": "training batch 1 of 5", "filenames": ["a.png", "b.png"]}
+    for protocol in (2, 5):
+        path = tmp_path / f"batch{protocol}"
+        path.write_bytes(pickle.dumps(entry, protocol=protocol))
+        back = _unpickle(path)
+        assert np.array_equal(back["data"], entry["data"]) and back["labels"] == [3, 4]
+    py2 = tmp_path / "py2"  # as Python 2's cPickle wrote it: module numpy.core.multiarray, str data
+    py2.write_bytes(pickle.dumps(entry, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert np.array_equal(_unpickle(py2)["data"], entry["data"])
