@@ -145,10 +145,9 @@ def test_new_sweep_folder_on_a_full_disk_is_one_line(tmp_path, full_disk):
 
 @pytest.mark.root
 def test_read_only_file_system_under_a_study_is_one_line(tmp_path):
-    from tests.conftest import one_line_error, run_cli
-
     from biasbench.study.manifest import Manifest
     from biasbench.study.schema import load_study
+    from tests.conftest import one_line_error, run_cli
 
     study, folder = _tiny_study(tmp_path, cells=1), tmp_path / "rw"
     Manifest.for_study(load_study(study), folder / "s", "local").save(force=True)  # as a stopped sweep leaves it
