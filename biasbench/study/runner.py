@@ -141,6 +141,9 @@ class Sweep:
         """Runs the plan could not resume (an unreadable checkpoint): errored, with the line that
         says how to restart them, beside the run and in the manifest; the others go on."""
         for key, message in unreadable.items():
+            attempts = self.manifest.runs[key]["attempts"]
+            if attempts and "ended" not in attempts[-1]:  # a killed sweep's attempt: it wrote the bad file
+                self.manifest.end_attempt(key, "lost", error=message)
             self.manifest.update(key, status=ERROR, error=message)
             atomic_write_text(self.out / key / "error.txt", f"{message}\n")
             self.errors.append(f"{key}: {message}")
