@@ -10,8 +10,22 @@ import difflib
 from collections.abc import Iterable
 
 
+def rebuild_error(cls: type[BaseException], args: tuple, state: dict) -> BaseException:
+    """An exception as it was pickled, rebuilt without calling `cls.__init__`, whose parameters
+    need not be its `args` (WriteError takes a path and a reason, its args hold the message)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 class UserError(Exception):
-    """Bad input from the user: a recipe, a path, a name. Printed as one line, exit code 2."""
+    """Bad input from the user: a recipe, a path, a name. Printed as one line, exit code 2.
+
+    Every subclass survives pickling (a sweep worker sends its failure to the parent process)."""
+
+    def __reduce__(self):
+        return rebuild_error, (type(self), self.args, dict(self.__dict__))
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -254,7 +254,7 @@ def hold_lock(lock_file: Path, what: str) -> Iterator[None]:
         try:
             fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         except OSError as e:
-            raise UserError(f"cannot create the lock file `{lock_file}`: {os_reason(e)}") from None
+            raise WriteError(lock_file, os_reason(e), "choose another --out or make it writable") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -264,14 +264,26 @@ def hold_lock(lock_file: Path, what: str) -> Iterator[None]:
         if _same_file(fd, lock_file):
             break
         os.close(fd)  # the holder removed the file between our open and our lock: try again
+    write_lock_pid(fd, lock_file)  # on failure it has removed and closed the file
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock_file)  # still holding the lock, so nobody can hold this file now
         os.close(fd)
+
+
+def write_lock_pid(fd: int, lock_file: Path) -> None:
+    """Write this PID into a lock file just locked through `fd`; on an OS error (a full disk,
+    ENOSPC at the first page) remove the file, still locked, close it and say so in one line."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_file)
+        os.close(fd)
+        raise WriteError(lock_file, os_reason(e), "choose another --out") from None
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -116,9 +116,9 @@ def _failure(e: BaseException) -> tuple[str, str, BaseException | None]:
     try:
         import pickle
 
-        pickle.dumps(e)
+        pickle.loads(pickle.dumps(e))  # the parent must be able to rebuild it, not only receive it
         exc: BaseException | None = e
-    except Exception:  # noqa: BLE001 - some exceptions do not pickle; the text still goes back
+    except Exception:  # noqa: BLE001 - some exceptions do not pickle or rebuild; the text still goes back
         exc = None
     return line, text, exc
 

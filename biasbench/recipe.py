@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from biasbench.errors import UserError, did_you_mean
+from biasbench.yaml_bound import YamlTooLarge, check_expanded_size
 
 # ---------------------------------------------------------------------------------------------
 # The schema. Defaults here are the defaults of every recipe.
@@ -172,6 +173,9 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("output.loggers", lambda v: len(set(v)) == len(v), "names a logger twice"),
     ("output.tags", lambda v: all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
      "must map names to strings (quote numbers: cell: '3')"),
+    ("output.name", lambda v: _one_folder_name(v),
+     "must be one folder name, without `/` or `\\` and not `..` (it names the run's folder inside output.dir; "
+     "choose where runs go with --out)"),
 ]
 
 # Keys that were renamed: refused with the new spelling, where they would mean something.
@@ -187,6 +191,11 @@ def _refuse_renamed(raw: dict[str, Any], origin: str = "recipe") -> dict[str, An
     if output["tensorboard"] is not False:
         raise UserError(f"{origin} key `output.tensorboard` is now `{_RENAMED['output.tensorboard']}`")
     return {**raw, "output": {k: v for k, v in output.items() if k != "tensorboard"}}
+
+
+def _one_folder_name(name: str | None) -> bool:
+    """`output.name` stays inside output.dir: `../../x` or `/abs/x` would write anywhere."""
+    return name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +368,10 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
         super().__init__(None, None, f"key `{key}` is given twice in one mapping, at lines {first.line + 1} "
                          f"and {second.line + 1}; keep one", second)
         self.key = key
+        self.marks = first, second
+
+    def __reduce__(self):  # rebuilt with its own arguments after crossing a process boundary
+        return type(self), (self.key, *self.marks)
 
 
 _LOADER_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when installed
@@ -424,8 +437,17 @@ class RecipeDumper(yaml.SafeDumper):
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text as recipes read it (1.2 numbers, duplicate keys refused)."""
-    return yaml.load(text, Loader=RecipeLoader)
+    """YAML text as recipes read it (1.2 numbers, duplicate keys refused, and refused before it is
+    built if its aliases expand it past `yaml_bound`'s limit)."""
+    loader = RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", plural: str = "recipes"
@@ -438,6 +460,8 @@ def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", 
         raise UserError(f"{what} `{path}` is a folder; give a .yaml file")
     try:
         raw = parse_yaml(path.read_text())
+    except YamlTooLarge as e:
+        raise UserError(f"{what} `{path}` is refused: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -490,6 +514,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = parse_yaml(value) if value.strip() else None
     except DuplicateKeyError as e:
         raise UserError(f"--set `{text}`: key `{e.key}` is given twice; keep one") from None
+    except YamlTooLarge as e:
+        raise UserError(f"--set `{key}`: {e.problem}") from None
     except yaml.YAMLError:
         parsed = value  # not YAML (e.g. `a: b: c`): the text itself, as a string
     return key, parsed

@@ -34,6 +34,9 @@ class StopRequested(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
+    def __reduce__(self):  # rebuilt from its signal after crossing a process boundary
+        return type(self), (self.signum,)
+
 
 class StoppedBeforeTraining(Exception):
     """A stop signal before any training began. Not a KeyboardInterrupt on purpose: Typer turns
@@ -43,6 +46,9 @@ class StoppedBeforeTraining(Exception):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+    def __reduce__(self):  # rebuilt from its signal after crossing a process boundary
+        return type(self), (self.signum,)
 
 
 def signal_of(exc: BaseException) -> int:

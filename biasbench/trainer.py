@@ -59,6 +59,9 @@ class Interrupted(Exception):
         super().__init__(str(run_dir))
         self.run_dir, self.signum, self.checkpoint_epoch, self.doc = run_dir, signum, checkpoint_epoch, doc
 
+    def __reduce__(self):  # rebuilt with its own arguments after crossing a process boundary
+        return type(self), (self.run_dir, self.signum, self.checkpoint_epoch, self.doc)
+
 
 # ---------------------------------------------------------------------------------------------
 # Assembling a run (shared with eval).

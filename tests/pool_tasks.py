@@ -19,6 +19,14 @@ def fail(x: int) -> None:
     raise ValueError(f"task {x} is bad")
 
 
+def full_disk(path: str) -> None:
+    from pathlib import Path
+
+    from biasbench.fsutil import WriteError
+
+    raise WriteError(Path(path), "No space left on device (ENOSPC)")
+
+
 def die(code: int) -> None:
     os._exit(code)
 

@@ -164,8 +164,14 @@ def test_one_sweep_per_folder_and_a_folder_of_another_study_is_refused(tmp_path)
              "cells": [{"name": "lr=1", "replicates": 1}], "runs": {}}
     (out / "study.json").write_text(json.dumps(other))
     one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "other cells", "other.yaml")
+    # a corrupt manifest is rebuilt from the run folders (tests/test_faults.py), but not over
+    # another study's runs
+    (out / "lr=1" / "seed0").mkdir(parents=True)
+    (out / "lr=1" / "seed0" / "results.json").write_text("{}")
     (out / "study.json").write_text("{not json")
-    one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "not valid JSON")
+    one_line_error(*run_cli(["sweep", str(path), "--out", str(out)])[::2], "not valid JSON", "`lr=1`",
+                   "another study's folder")
+    assert (out / "study.json").read_text() == "{not json"
 
 
 def test_bad_input_in_a_run_stops_the_sweep_with_one_line(tmp_path):

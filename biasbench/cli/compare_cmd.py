@@ -7,12 +7,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from biasbench.cli.app import app
 from biasbench.errors import UserError
+
+if TYPE_CHECKING:
+    from biasbench.gate import Gate
 
 
 @app.command(
@@ -67,8 +70,10 @@ def compare(
         if given:
             raise UserError(f"{', '.join(given)} cannot be used with --gate: the gate file sets its reference, "
                             "metrics and estimators (docs/ci.md); drop the option or change the gate file")
-        runs = load_runs(results)
-        _gate(gate, runs, json_out, GateOutputs(junit, summary, history))
+        from biasbench.gate import load_gate
+
+        checked = load_gate(gate)  # the gate file is checked before any results are read
+        _gate(gate, checked, load_runs(results), json_out, GateOutputs(junit, summary, history))
         return
     runs = load_runs(results)
     rule = _study_failure_rule(results)
@@ -110,14 +115,13 @@ class GateOutputs:
     history: Path | None = None
 
 
-def _gate(path: Path, runs: list, json_out: Path | None, outputs: GateOutputs) -> None:
+def _gate(path: Path, g: Gate, runs: list, json_out: Path | None, outputs: GateOutputs) -> None:
     from dataclasses import asdict
 
     from biasbench import gate_ci
-    from biasbench.gate import format_result, load_gate, run_gate
+    from biasbench.gate import format_result, run_gate
     from biasbench.termtable import emit, output_width
 
-    g = load_gate(path)
     past = gate_ci.read_history(outputs.history) if outputs.history is not None else None
     result = run_gate(g, runs, past)  # a `history:` rule without --history: refused in one line
     code = result.exit_code(g.inconclusive_fails)

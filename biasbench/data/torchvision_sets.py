@@ -48,10 +48,38 @@ def _verify(name: str, root: Path, files_md5: list[tuple[str, str]]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+# What the official CIFAR python batches name: dicts, lists, strings and numbers need no name; a
+# numpy array is rebuilt through these (Python 2's and 3's pickles, numpy 1's and 2's module
+# paths, protocol 2's bytes and protocol 5's buffers). Anything else (`os.system`, `eval`, a
+# class with `__reduce__`) is what a crafted file names to run code, so it is refused.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only the types the official CIFAR files hold, so a data file cannot run code
+    (checkpoints are read the same way: `torch.load(weights_only=True)`)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except _ForbiddenGlobal as e:
+        raise UserError(f"refused to read `{path}`: it asks to call `{e}`, which no CIFAR python batch holds (a "
+                        "crafted file could run code this way); download the data set again") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError, OSError) as e:
         raise UserError(f"cannot read `{path}`: not a CIFAR python batch ({type(e).__name__}); "

@@ -23,7 +23,7 @@ import numpy as np
 
 from biasbench import stats
 from biasbench.errors import UserError, did_you_mean
-from biasbench.results import KIND, SCHEMA_VERSION, higher_is_better, load_results
+from biasbench.results import KIND, SCHEMA_VERSION, check_results, higher_is_better, load_results
 from biasbench.study.manifest import Manifest
 from biasbench.study.specs import ANALYSES, ByWidthSpec, Failure, PairsSpec, TableSpec, read_spec
 
@@ -84,6 +84,7 @@ def _read_doc(path: Path) -> dict[str, Any] | None:
         return load_results(path)  # the precise one-line error
     if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("schema_version") != SCHEMA_VERSION:
         return load_results(path)
+    check_results(doc, path)  # a field missing or of the wrong type is blamed on this file, not on a rule
     return doc
 
 
@@ -158,7 +159,9 @@ def select(runs: StudyRuns, where: dict[str, Any]) -> list[CellRuns]:
 
 
 def check_metric(runs: StudyRuns, metric: str, what: str) -> None:
-    rows = [d["history"][0] for c in runs.cells for d in c.docs if d.get("history")][:1]
+    """`metric` is recorded by the usable runs (a diverged run stops before its evaluation, so its
+    history holds only training numbers; with no usable run there is nothing to check)."""
+    rows = [d["history"][0] for c in runs.cells for d in c.usable if d.get("history")][:1]
     if rows and metric not in rows[0]:
         recorded = sorted(k for k in rows[0] if k.startswith(("train_", "val_", "test_")))
         raise UserError(f"`analysis.{what}.metric` `{metric}` is not in the results (they record "

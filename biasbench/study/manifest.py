@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from biasbench.errors import UserError
-from biasbench.fsutil import atomic_write_json, ensure_dir
+from biasbench.fsutil import WriteError, atomic_write_json, ensure_dir, os_reason, write_lock_pid
 
 KIND = "biasbench-study"
 SCHEMA_VERSION = 1
@@ -60,8 +60,8 @@ class StudyLock:
         ensure_dir(self.path.parent)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:
-            raise UserError(f"cannot write in `{self.path.parent}` (permission denied); choose another --out") from None
+        except OSError as e:  # permission denied, a read-only file system (EROFS), a full disk
+            raise WriteError(self.path, os_reason(e), "choose another --out or make it writable") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,8 +69,7 @@ class StudyLock:
             os.close(fd)
             raise UserError(f"another sweep (pid {holder}) is running in `{self.path.parent}`; wait for it to "
                             "finish, or give this one another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        write_lock_pid(fd, self.path)
         self._fd = fd
         return self
 
@@ -81,6 +80,37 @@ class StudyLock:
             self._fd = None
 
 
+class CorruptManifest(UserError):
+    """DIR/study.json cannot be read (a truncated or emptied file): the sweep rebuilds it from the
+    run folders, which hold every run's recipe, results and checkpoint; readers say how."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"`{path}` {problem} (a corrupt study manifest); rebuild it from the run folders with "
+                         f"`biasbench sweep STUDY.yaml --out {path.parent}`, STUDY.yaml being the study that wrote "
+                         "it: finished runs are not trained again")
+        self.path, self.problem = path, problem
+
+
+def set_aside(corrupt: CorruptManifest, cells: set[str]) -> str:
+    """Keep the unreadable manifest as study.json.corrupt so the sweep can write a new one, after
+    checking that every run folder in DIR belongs to one of this study's `cells`."""
+    out = corrupt.path.parent
+    foreign = sorted(d.name for d in out.iterdir()
+                     if d.is_dir() and d.name not in cells and any(d.glob("seed*/results.json")))
+    if foreign:
+        listed = ", ".join(f"`{name}`" for name in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise UserError(f"`{corrupt.path}` {corrupt.problem}, and `{out}` holds runs of cells this study does not "
+                        f"have ({listed}): it is another study's folder; sweep that study into it, or give this "
+                        "one another --out")
+    kept = corrupt.path.with_name(MANIFEST + ".corrupt")
+    try:
+        os.replace(corrupt.path, kept)
+    except OSError as e:
+        raise WriteError(kept, os_reason(e), "choose another --out or make it writable") from None
+    return (f"`{corrupt.path.name}` {corrupt.problem}: kept as `{kept.name}` and rebuilt from the run folders "
+            "(finished runs kept; the earlier attempts' history is lost)")
+
+
 class Manifest:
     """The study manifest document, with the run records keyed by `cell/seedS`."""
 
@@ -89,6 +119,7 @@ class Manifest:
         self.doc = doc
         self._saved_at = 0.0
         self._dirty = False
+        self.rebuilt: str | None = None  # why a corrupt manifest was rebuilt from the run folders
 
     @property
     def runs(self) -> dict[str, dict[str, Any]]:
@@ -103,9 +134,11 @@ class Manifest:
         except FileNotFoundError:
             raise UserError(f"`{out}` holds no study manifest ({MANIFEST}); run `biasbench sweep` into it") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"`{path}` is not valid JSON (a corrupt study manifest?); run the sweep again to "
-                            "rewrite it from the run folders") from None
-        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise CorruptManifest(path, "is not valid JSON") from None
+        if not isinstance(doc, dict) or not doc:
+            raise CorruptManifest(path, "holds no study manifest (" + ("an empty mapping)" if doc == {} else
+                                                                      f"a JSON {type(doc).__name__})"))
+        if doc.get("kind") != KIND:
             raise UserError(f"`{path}` is not a biasbench study manifest (no `kind: {KIND}`)")
         if doc.get("schema_version") != SCHEMA_VERSION:
             raise UserError(f"`{path}` has study manifest version {doc.get('schema_version')!r}; this biasbench "
@@ -118,8 +151,13 @@ class Manifest:
         runs' history carries over; new cells may join); a folder of another study is refused."""
         cells = [{"name": c.name, "values": c.values, "replicates": c.recipe.train.replicates} for c in study.cells]
         old: Manifest | None = None
+        rebuilt = None
         if (Path(out) / MANIFEST).exists():
-            old = cls.read(out)
+            try:
+                old = cls.read(out)
+            except CorruptManifest as e:
+                rebuilt = set_aside(e, {c.name for c in study.cells})
+        if old is not None:
             before = {c["name"]: c["replicates"] for c in old.doc["cells"]}
             current = {c["name"]: c["replicates"] for c in cells}
             if any(current.get(name) != n for name, n in before.items()):  # a grown grid is fine
@@ -143,7 +181,9 @@ class Manifest:
             "cells": cells,
             "runs": runs,
         }
-        return cls(Path(out) / MANIFEST, doc)
+        manifest = cls(Path(out) / MANIFEST, doc)
+        manifest.rebuilt = rebuilt
+        return manifest
 
     def update(self, key: str, **fields: Any) -> None:
         self.runs[key].update(fields)

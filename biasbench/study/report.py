@@ -340,6 +340,9 @@ def _status_blocks(runs: an.StudyRuns) -> list[Block]:
                                    "other analysis; runs not finished are left out everywhere.")]
     if runs.errors:
         blocks.append(("list", [f"{k}: {v}" for k, v in sorted(runs.errors.items())]))
+    if not any(cell.usable for cell in runs.cells):
+        blocks.append(("p", "**No usable run**: every run diverged, failed the criterion or did not finish, so "
+                            "every analysis below except the failure counts is empty."))
     return blocks
 
 
@@ -354,10 +357,16 @@ def write_study_report(out_dir: Path, target: Path) -> Path:
               "Statistics: docs/studies.md."),
         ("h2", "Runs"), *_status_blocks(runs)]
     numbers: dict[str, Any] = {}
+    usable = any(cell.usable for cell in runs.cells)
     for name in ORDER:
         if name not in runs.analyses:
             continue
         title, build = SECTIONS[name]
+        if not usable and name != "failures":  # all-diverged is a result: its counts are above
+            blocks += [("h2", title), ("p", "Empty: no run completed without failing, so there is nothing to "
+                                            "estimate.")]
+            numbers[name] = None
+            continue
         section, numbers[name] = build(runs, runs.analyses[name], figs)
         blocks += [("h2", title), *section]
     if runs.chosen_analyses:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_text
@@ -52,20 +52,33 @@ class RunTask:
 # ---------------------------------------------------------------------------------------------
 
 
-def plan(study: Study, out: Path) -> tuple[list[RunTask], dict[str, dict[str, Any]]]:
-    """(runs to train, in replicate-major order; results of the finished runs by key). Each run
-    folder is judged as `train --resume` judges it (`runfolder.inspect_start`)."""
+class Plan(NamedTuple):
+    tasks: list[RunTask]  # to train, in replicate-major order
+    finished: dict[str, dict[str, Any]]  # results of the finished runs by key
+    unreadable: dict[str, str]  # runs whose checkpoint cannot be read: the line that says how to restart
+
+
+def plan(study: Study, out: Path) -> Plan:
+    """What the sweep does with each run. Each run folder is judged as `train --resume` judges it
+    (`runfolder.inspect_start`); a run whose checkpoint is unreadable (truncated by a crash) is
+    set apart, so the others go on; a folder of another experiment stops the sweep."""
     from biasbench.runfolder import inspect_start, run_paths
 
     todo: list[tuple[int, RunTask]] = []
     finished: dict[str, dict[str, Any]] = {}
+    unreadable: dict[str, str] = {}
     for index, cell in enumerate(study.cells):
         recipe = with_output_dir(cell, out)
         for replicate, seed in cell.seeds():
-            key = run_key(cell.name, seed)
+            key, paths = run_key(cell.name, seed), run_paths(recipe, seed)
             try:
-                start = inspect_start(run_paths(recipe, seed), recipe, seed, resume=True, overwrite=False)
+                start = inspect_start(paths, recipe, seed, resume=True, overwrite=False)
             except UserError as e:
+                problem = checkpoint_problem(paths.checkpoint)
+                if problem:
+                    unreadable[key] = (f"{problem}; to train this run again from epoch 1, remove its folder "
+                                       f"`{paths.dir}` and run the sweep again")
+                    continue
                 text = str(e).split("; resume with")[0]  # a sweep has no --overwrite to offer
                 raise UserError(f"{text}; run the study that wrote it, or give this one another --out") from None
             if start.action == "skip":
@@ -73,7 +86,20 @@ def plan(study: Study, out: Path) -> tuple[list[RunTask], dict[str, dict[str, An
                 continue
             task = RunTask(key, cell.name, replicate, seed, recipe, start.epoch)
             todo.append((replicate * len(study.cells) + index, task))
-    return [t for _, t in sorted(todo, key=lambda p: p[0])], finished
+    return Plan([t for _, t in sorted(todo, key=lambda p: p[0])], finished, unreadable)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be resumed from (None: absent, or readable)."""
+    from biasbench.checkpoint import load_checkpoint
+
+    if not path.exists():
+        return None
+    try:
+        load_checkpoint(path)
+    except UserError as e:
+        return str(e).split("; give a checkpoint.pt")[0]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +136,17 @@ class Sweep:
             if run["status"] != doc["status"] or run.get("failed") is None:
                 self.manifest.update(key, status=doc["status"], failed=self.judge(doc), error=None)
             self.manifest.attempt_from_results(key, doc)
+
+    def set_apart(self, unreadable: dict[str, str]) -> None:
+        """Runs the plan could not resume (an unreadable checkpoint): errored, with the line that
+        says how to restart them, beside the run and in the manifest; the others go on."""
+        for key, message in unreadable.items():
+            attempts = self.manifest.runs[key]["attempts"]
+            if attempts and "ended" not in attempts[-1]:  # a killed sweep's attempt: it wrote the bad file
+                self.manifest.end_attempt(key, "lost", error=message)
+            self.manifest.update(key, status=ERROR, error=message)
+            atomic_write_text(self.out / key / "error.txt", f"{message}\n")
+            self.errors.append(f"{key}: {message}")
 
     def started(self, task: RunTask, **where: Any) -> None:
         self.manifest.update(task.key, status=RUNNING, error=None)
@@ -212,7 +249,7 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
     console = console or Console(quiet=True)
     with StudyLock(out):
         manifest = Manifest.for_study(study, out, backend)
-        tasks, finished = plan(study, out)
+        tasks, finished, unreadable = plan(study, out)
         queued: dict[str, str] = {}
         if backend == "slurm":
             from biasbench.study.slurm import still_queued
@@ -220,11 +257,14 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
             queued = still_queued(manifest, tasks)  # submitted by an earlier sweep: follow, not resubmit
         _reset_stale(manifest, [t for t in tasks if t.key not in queued])
         sweep = Sweep(study, out, manifest, progress=None)
+        if manifest.rebuilt:
+            sweep.notes.append(manifest.rebuilt)
         sweep.record_finished(finished)
         sweep.done_before = len(finished)
+        sweep.set_apart(unreadable)
         failed_before = sum(1 for doc in finished.values() if doc["status"] != COMPLETED or sweep.judge(doc))
-        progress = sweep.progress = StudyProgress(console, study.name, study.run_count(), len(finished),
-                                                  failed_before)
+        progress = sweep.progress = StudyProgress(console, study.name, study.run_count(),
+                                                  len(finished) + len(unreadable), failed_before + len(unreadable))
         manifest.save(force=True)
         try:
             with progress:
