@@ -293,6 +293,7 @@ def _clear(paths: RunPaths) -> None:
     for stale in paths.written_files():
         stale.unlink(missing_ok=True)
     shutil.rmtree(paths.tensorboard, ignore_errors=True)
+    shutil.rmtree(paths.kept_checkpoints, ignore_errors=True)
 
 
 def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progress | None,

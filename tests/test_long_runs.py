@@ -1,0 +1,170 @@
+"""Long runs: gradient accumulation, model EMA, early stopping, kept checkpoints, mid-epoch
+checkpoints and the exact resume from one; the recipe keys that ask for them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from biasbench import trainer
+from biasbench.checkpoint import load_checkpoint
+from biasbench.early_stop import early_stop_due
+from biasbench.ema import ModelEma
+from biasbench.recipe import EarlyStopConfig, load_recipe
+from tests.conftest import run_cli, tiny_recipe, write_recipe
+
+CPU = torch.device("cpu")
+
+
+def _train(tmp_path, name: str, **sections):
+    path = write_recipe(tmp_path / f"{name}.yaml", tiny_recipe(tmp_path / name, **sections))
+    (doc,) = trainer.train_recipe(load_recipe(path), CPU)
+    return doc, tmp_path / name / "runs" / name / "seed0"
+
+
+def _strip(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# -- gradient accumulation --------------------------------------------------------------------
+
+
+def test_accumulating_4_batches_of_32_equals_one_step_of_128(tmp_path):
+    # No BN (batch statistics would differ by batch) and no dropout: the gradients must agree.
+    common = dict(model={"options": {"depth": 2, "width": 32, "bn": False}}, data={"augment": "none"},
+                  optim={"momentum": 0.9, "l2": 1e-4}, train={"epochs": 2})
+    big, big_dir = _train(tmp_path, "big", **{**common, "train": {"epochs": 2, "batch_size": 128}})
+    small, small_dir = _train(tmp_path, "acc", **{**common, "train": {"epochs": 2, "batch_size": 32, "accumulate": 4}})
+    one, _ = _train(tmp_path, "small", **{**common, "train": {"epochs": 2, "batch_size": 32}})
+    w_big = load_checkpoint(big_dir / "checkpoint.pt")["model"]
+    w_acc = load_checkpoint(small_dir / "checkpoint.pt")["model"]
+    for name, w in w_big.items():
+        assert torch.allclose(w, w_acc[name], rtol=0, atol=1e-6), name
+    for a, b in zip(big["history"], small["history"], strict=True):
+        assert a["lr"] == b["lr"]  # the schedule counts optimiser steps, not batches
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-6 and abs(a["test_loss"] - b["test_loss"]) < 1e-6
+    # and it is not the run with 4x the steps of 32
+    assert abs(one["history"][-1]["test_loss"] - big["history"][-1]["test_loss"]) > 1e-3
+
+
+# -- EMA ----------------------------------------------------------------------------------------
+
+
+def test_model_ema_updates_like_timm_model_ema_v3_with_buffers_and_counters():
+    from timm.utils import ModelEmaV3
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    ours, theirs = ModelEma(net, 0.9), ModelEmaV3(net, decay=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    expected = {k: v.clone() for k, v in net.state_dict().items()}
+    for _ in range(5):
+        opt.zero_grad()
+        net(torch.randn(8, 5)).square().mean().backward()
+        opt.step()
+        ours.update(net)
+        theirs.update(net)
+        for k, v in net.state_dict().items():  # the formula, by hand
+            expected[k] = 0.9 * expected[k] + 0.1 * v if v.is_floating_point() else v.clone()
+    mine, timm_state = ours.module.state_dict(), theirs.module.state_dict()
+    for k, v in mine.items():
+        assert torch.allclose(v.float(), expected[k].float(), atol=1e-6), k
+        assert torch.allclose(v.float(), timm_state[k].float(), atol=1e-6), k
+    assert mine["1.num_batches_tracked"].item() == 5  # copied, not averaged
+    assert not torch.allclose(mine["0.weight"], net.state_dict()["0.weight"])
+
+
+def test_ema_is_evaluated_beside_the_raw_weights_and_checkpointed(tmp_path):
+    doc, run = _train(tmp_path, "ema", train={"epochs": 3, "ema": {"decay": 0.5}})
+    row = doc["history"][-1]
+    for key in ("ema_val_loss", "ema_val_acc", "ema_test_loss", "ema_test_acc"):
+        assert key in row
+    assert row["ema_test_loss"] != row["test_loss"]
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    built = trainer.build_run(load_recipe(tmp_path / "ema.yaml"), 0, 0, CPU)
+    assert ckpt["ema"]["updates"] == 3 * len(built.train_loader)  # one update per optimiser step
+    # the saved EMA weights give the recorded EMA test loss
+    built.model.load_state_dict(ckpt["ema"]["module"])
+    loss = trainer.evaluate(built.model, built.eval_loaders["test"], built.criterion)["loss"]
+    assert loss == pytest.approx(row["ema_test_loss"], rel=1e-6)
+
+
+# -- early stopping -----------------------------------------------------------------------------
+
+
+def _rows(metric, values):
+    return [{"epoch": i + 1, metric: v} for i, v in enumerate(values)]
+
+
+def test_early_stop_rule_waits_patience_epochs_without_an_improvement_over_min_delta():
+    falls = EarlyStopConfig(metric="val_loss", patience=2, min_delta=0.05)
+    # 1.0 -> 0.9 improves; 0.88 and 0.87 are within min_delta of 0.9: two epochs without improvement
+    assert early_stop_due(_rows("val_loss", [1.0, 0.9, 0.88]), falls) is None
+    due = early_stop_due(_rows("val_loss", [1.0, 0.9, 0.88, 0.87]), falls)
+    assert due is not None and due["best_epoch"] == 2 and due["best"] == 0.9 and due["stopped_after"] == 4
+    assert early_stop_due(_rows("val_loss", [1.0, 0.9, 0.88, 0.84]), falls) is None  # 0.06 better than 0.9
+    rises = EarlyStopConfig(metric="val_acc", patience=1, min_delta=0.0)
+    assert early_stop_due(_rows("val_acc", [0.5, 0.6]), rises) is None
+    assert early_stop_due(_rows("val_acc", [0.5, 0.6, 0.6]), rises)["best_epoch"] == 2  # equal is no gain
+    assert early_stop_due(_rows("val_acc", [0.5, 0.6, 0.6]), None) is None
+
+
+def test_early_stopped_run_records_why_and_resume_honours_it(tmp_path):
+    # a min_delta no epoch can beat: the run stops `patience` epochs after the first
+    stop = {"early_stop": {"metric": "train_loss", "patience": 2, "min_delta": 100.0}, "epochs": 8}
+    doc, run = _train(tmp_path, "es", train=stop)
+    assert doc["status"] == "completed" and doc["stop_reason"] == "early_stop"
+    assert doc["epochs_completed"] == 3 and doc["early_stop"]["best_epoch"] == 1
+    code, out, err = run_cli(["train", str(tmp_path / "es.yaml"), "--resume", "--device", "cpu"])
+    assert code == 0 and "skipped" in out + err
+    # killed after epoch 3's checkpoint but before its results: resume stops there too, untrained
+    (run / "results.json").unlink()
+    code, out, err = run_cli(["train", str(tmp_path / "es.yaml"), "--resume", "--device", "cpu"])
+    assert code == 0, err
+    again = json.loads((run / "results.json").read_text())
+    assert again["stop_reason"] == "early_stop" and _strip(again["history"]) == _strip(doc["history"])
+    plain, _ = _train(tmp_path, "plain", train={"epochs": 3})
+    assert plain["stop_reason"] == "epochs" and plain["early_stop"] is None
+
+
+# -- kept checkpoints, mid-epoch checkpoints ------------------------------------------------------
+
+
+def test_keep_k_holds_the_k_newest_checkpoints_and_the_best(tmp_path):
+    doc, run = _train(tmp_path, "keep", train={"epochs": 3}, output={"keep": 3, "checkpoint_every": "8 steps"})
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    # 15 steps per epoch (ceil(936/64)); saves after steps 8 (epoch 1), 15 (end), 16, 24, 30 (end), 32, 40, 45 (end)
+    steps = len(trainer.build_run(load_recipe(tmp_path / "keep.yaml"), 0, 0, CPU).train_loader)
+    assert len(kept) == 3 and kept[-1] == "epoch00003.pt"
+    newest = [load_checkpoint(run / "checkpoints" / k) for k in kept]
+    progress = [(c["epoch"], c["partial"]["loader"]["batch"] if c["partial"] else steps) for c in newest]
+    assert progress == sorted(progress) and progress[-1] == (3, steps)
+    assert progress[0][0] == 2 and 0 < progress[0][1] < steps  # mid-epoch copies kept among them
+    assert (run / "checkpoint_best.pt").exists()
+    assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == doc["best"]["epoch"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_resume_from_a_mid_epoch_checkpoint_ends_with_the_uninterrupted_numbers(tmp_path, model):
+    """Data order, augmentation random numbers, dropout RNG, schedule, EMA and the epoch's running
+    sums: a run restarted from any kept mid-epoch checkpoint ends bit for bit like the straight run."""
+    sections = dict(train={"epochs": 2, "accumulate": 2, "ema": {"decay": 0.9}},
+                    output={"keep": 50, "checkpoint_every": "3 steps"})
+    if model == "cnn":
+        sections.update(model={"name": "cnn", "options": {"width": 4}}, data={"augment": "crop_flip"})
+    straight, run = _train(tmp_path, "mid", **sections)
+    middle = [p for p in sorted((run / "checkpoints").iterdir()) if "batch" in p.name]
+    assert len(middle) >= 3
+    for i, ckpt in enumerate(middle[::2]):
+        resumed_dir = tmp_path / f"resumed{i}" / "runs" / "mid" / "seed0"
+        resumed_dir.mkdir(parents=True)
+        shutil.copy(ckpt, resumed_dir / "checkpoint.pt")
+        recipe = load_recipe(tmp_path / "mid.yaml", [f"output.dir={tmp_path / f'resumed{i}' / 'runs'}"])
+        (doc,) = trainer.train_recipe(recipe, CPU, resume=True)
+        assert _strip(doc["history"]) == _strip(straight["history"]), ckpt.name
+        assert doc["final"]["ema_test_loss"] == straight["final"]["ema_test_loss"]
+        a, b = load_checkpoint(resumed_dir / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
+        assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
