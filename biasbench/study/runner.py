@@ -165,12 +165,17 @@ def worker_threads(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str) -> None:
-    """The local backend: a pool of `jobs` workers; raises KeyboardInterrupt when stopped."""
+def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str,
+              slots: list[dict[str, str]] | None = None) -> None:
+    """The local backend: a pool of `jobs` workers (with `slots`: one per environment, each
+    pinned to its GPU, biasbench.study.gpus); raises KeyboardInterrupt when stopped."""
     from biasbench.pool import WorkerPool
 
     by_key = {t.key: t for t in tasks}
-    with WorkerPool(min(jobs, max(1, len(tasks))), threads=worker_threads(jobs)) as pool:
+    if slots is not None:
+        jobs = len(slots)
+    workers = min(jobs, max(1, len(tasks)))
+    with WorkerPool(workers, threads=worker_threads(jobs), slots=slots[:workers] if slots else None) as pool:
         # resume=True always: the trainer continues from a checkpoint when there is one, else starts.
         work = [(t.key, (*t.args, device, True)) for t in tasks]
         for event in pool.run(train_one, work):
@@ -179,7 +184,8 @@ def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str) -> Non
                 continue
             task = by_key[event.key]
             if event.kind == "started":
-                sweep.started(task, worker=event.pid)
+                pinned = {"gpu": pool.slots[event.slot]["CUDA_VISIBLE_DEVICES"]} if slots else {}
+                sweep.started(task, worker=event.pid, **pinned)
             elif event.kind == "finished":
                 sweep.finished(task, event.result)
             else:
@@ -195,7 +201,7 @@ def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str) -> Non
 
 
 def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1, device: str = "cpu",
-              launcher: Any = None, console: Any = None) -> Sweep:
+              launcher: Any = None, console: Any = None, slots: list[dict[str, str]] | None = None) -> Sweep:
     """Lock DIR, reconcile the manifest with the run folders, train what is missing.
 
     Raises KeyboardInterrupt when stopped (every busy run checkpointed, the manifest written),
@@ -229,7 +235,7 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
 
                     run_slurm(sweep, tasks, launcher, device, queued)
                 elif tasks:
-                    run_local(sweep, tasks, jobs, device)
+                    run_local(sweep, tasks, jobs, device, slots)
         finally:
             manifest.save(force=True)
         if sweep.user_error is not None:
