@@ -19,6 +19,7 @@ BACKENDS = ("local", "slurm")
 
 @app.command(epilog="Examples:\n\n  biasbench sweep studies/dac_sgemm.yaml --smoke --dry-run\n\n"
                     "  biasbench sweep studies/dac_sgemm.yaml --smoke --jobs 2\n\n"
+                    "  biasbench sweep studies/dac_vgg_cifar.yaml --gpus 0,1,2,3 --workers-per-gpu 2\n\n"
                     "  biasbench sweep studies/dac_vgg_cifar.yaml --backend slurm --gpus 1\n\n"
                     "  biasbench report runs/studies/dac_sgemm_smoke --out report/\n\n"
                     "Run the same command again to finish a stopped sweep: finished runs are "
