@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_text
@@ -20,15 +20,26 @@ from biasbench.recipe import Recipe
 from biasbench.study.manifest import COMPLETED, ERROR, INTERRUPTED, PENDING, RUNNING, Manifest, run_key
 from biasbench.study.schema import Study, with_output_dir
 
+if TYPE_CHECKING:
+    from biasbench.distributed import DistContext
 
-def train_one(recipe: Recipe, seed: int, replicate: int, device: str, resume: bool) -> dict[str, Any]:
-    """Train (or resume) one run and return its results document, also when it was interrupted."""
+
+def train_one(recipe: Recipe, seed: int, replicate: int, device: str, resume: bool,
+              ctx: DistContext | None = None) -> dict[str, Any]:
+    """Train (or resume) one run and return its results document, also when it was interrupted.
+    `ctx`: this process's rank of a data-parallel run (a Slurm task of several); on CUDA each
+    rank trains on the device of its local rank."""
+    import torch
+
     from biasbench import trainer
     from biasbench.env import resolve_device
     from biasbench.results import load_results
 
+    dev = resolve_device(device)
+    if ctx is not None and ctx.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", ctx.local_rank)
     try:
-        return trainer.train_run(recipe, seed, replicate, resolve_device(device), resume=resume)
+        return trainer.train_run(recipe, seed, replicate, dev, resume=resume, ctx=ctx)
     except trainer.Interrupted as e:
         return e.doc if e.doc is not None else load_results(trainer.run_paths(recipe, seed).results)
 
