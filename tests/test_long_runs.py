@@ -168,3 +168,33 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_with_the_uninterrupted_numbers(
         assert doc["final"]["ema_test_loss"] == straight["final"]["ema_test_loss"]
         a, b = load_checkpoint(resumed_dir / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
         assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_resume_from_a_mid_epoch_checkpoint_like_one_process(tmp_path):
+    """With DDP the mid-epoch sums are summed over ranks into the checkpoint, and only rank 0
+    takes them back: 2 ranks resumed mid-epoch end like one process trained straight."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    doc = tiny_recipe(tmp_path, model={"options": {"depth": 2, "width": 32, "bn": False}},
+                      train={"epochs": 2, "batch_size": 64, "accumulate": 2},
+                      output={"keep": 50, "checkpoint_every": "3 steps"})
+    recipe = write_recipe(tmp_path / "r.yaml", doc)
+    (one,) = trainer.train_recipe(load_recipe(recipe, [f"output.dir={tmp_path / 'one'}"]), CPU)
+    middle = [p for p in sorted((tmp_path / "one" / "r" / "seed0" / "checkpoints").iterdir()) if "batch" in p.name]
+    resumed_dir = tmp_path / "two" / "r" / "seed0"
+    resumed_dir.mkdir(parents=True)
+    shutil.copy(middle[len(middle) // 2], resumed_dir / "checkpoint.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           "-m", "biasbench", "train", str(recipe), "--out", str(tmp_path / "two"), "--resume", "-q",
+                           "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads((resumed_dir / "results.json").read_text())
+    assert two["environment"]["world_size"] == 2
+    flat = lambda h: [r[k] for r in h for k in ("train_loss", "train_acc", "test_loss", "test_acc")]  # noqa: E731
+    assert flat(two["history"]) == pytest.approx(flat(one["history"]), rel=1e-5, abs=1e-6)
