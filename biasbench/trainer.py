@@ -362,7 +362,7 @@ def _save(run: Run, state: TrainingState, wall: float, best: bool) -> None:
 
 def _early_stop_line(early: dict[str, Any]) -> str:
     return (f"early stop after epoch {early['stopped_after']}: {early['metric']} has not improved by more than "
-            f"{early['min_delta']:g} for {early['patience']} epochs (best {early['best']:.4g} at epoch "
+            f"{early['min_delta']:g} for {early['patience']} epoch{'s' if early['patience'] != 1 else ''} (best {early['best']:.4g} at epoch "
             f"{early['best_epoch']})")
 
 
