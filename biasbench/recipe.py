@@ -136,7 +136,7 @@ class OutputConfig:
     tensorboard: bool = False  # event files in RUN/tensorboard/ (pip install 'biasbench[tensorboard]')
     # Checkpoints within an epoch too: every "N steps" (optimiser steps) or every "N min" / "N s" /
     # "N h" of training; null: after each epoch only.
-    checkpoint_every: str | None = None
+    checkpoint_every: str | int | None = None  # (a bare number is refused, saying which units)
     keep: int = 1  # the K newest checkpoints kept in RUN/checkpoints/ (1: checkpoint.pt alone)
 
 
@@ -193,7 +193,7 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("data.workers", lambda v: v is None or v >= 0, "must be 0 or more (or null for one per core)"),
     ("train.accumulate", lambda v: v >= 1, "must be at least 1 (1: a step per batch)"),
     ("output.keep", lambda v: v >= 1, "must be at least 1 (1: checkpoint.pt alone)"),
-    ("output.checkpoint_every", lambda v: v is None or parse_every(v) is not None,
+    ("output.checkpoint_every", lambda v: v is None or (isinstance(v, str) and parse_every(v) is not None),
      "must be a number of steps or a time, e.g. `500 steps`, `10 min`, `90 s`, `2 h` (or null)"),
 ]
 

@@ -14,7 +14,7 @@ from biasbench.checkpoint import load_checkpoint
 from biasbench.early_stop import early_stop_due
 from biasbench.ema import ModelEma
 from biasbench.recipe import EarlyStopConfig, load_recipe
-from tests.conftest import run_cli, tiny_recipe, write_recipe
+from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
 
 CPU = torch.device("cpu")
 
@@ -198,3 +198,43 @@ def test_two_gloo_ranks_resume_from_a_mid_epoch_checkpoint_like_one_process(tmp_
     assert two["environment"]["world_size"] == 2
     flat = lambda h: [r[k] for r in h for k in ("train_loss", "train_acc", "test_loss", "test_acc")]  # noqa: E731
     assert flat(two["history"]) == pytest.approx(flat(one["history"]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("train.accumulate=0", "train.accumulate` must be at least 1"),
+    ("train.accumulate=two", "train.accumulate` must be an integer"),
+    ("train.ema.decay=1.5", "train.ema.decay` must be in (0, 1)"),
+    ("train.ema.decya=0.9", "unknown recipe key `train.ema.decya` (did you mean `train.ema.decay`?)"),
+    ("train.ema=0.99", "train.ema` must be a mapping"),
+    ("train.early_stop.metric=test_acc", "stopping on the test set"),
+    ("train.early_stop.metric=val_f1", "must be val_loss, val_acc"),
+    ("train.early_stop.metric=ema_val_acc", "there is no EMA"),
+    ("train.early_stop.patience=0", "patience` must be at least 1"),
+    ("train.early_stop.min_delta=-1", "min_delta` must be non-negative"),
+    ("output.checkpoint_every=500", "output.checkpoint_every` must be a number of steps or a time"),
+    ("output.checkpoint_every=0 steps", "output.checkpoint_every` must be"),
+    ("output.keep=0", "output.keep` must be at least 1"),
+])
+def test_long_run_keys_are_validated_in_one_line(tmp_path, setting, words):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
+    code, out, err = run_cli(["recipe", "show", str(path), "--set", setting])
+    one_line_error(code, err, words)
+
+
+def test_long_run_keys_appear_in_recipe_show_and_read_back(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(
+        tmp_path, train={"accumulate": 4, "ema": {"decay": 0.99}, "early_stop": {"metric": "val_acc", "patience": 3}},
+        output={"checkpoint_every": "10 min", "keep": 2}))
+    code, out, err = run_cli(["recipe", "show", str(path)])
+    assert code == 0, err
+    shown = write_recipe(tmp_path / "shown.yaml", __import__("yaml").safe_load(out))
+    recipe = load_recipe(shown)
+    assert recipe.train.accumulate == 4 and recipe.train.ema.decay == 0.99 and recipe.output.keep == 2
+    assert recipe.train.early_stop == EarlyStopConfig(metric="val_acc", patience=3, min_delta=0.0)
+    assert recipe.output.checkpoint_every == "10 min"
+    # needs that only the data can tell are refused before anything is written
+    no_val = write_recipe(tmp_path / "nv.yaml", tiny_recipe(tmp_path, data={"val_fraction": 0.0},
+                                                            train={"early_stop": {"metric": "val_loss"}}))
+    code, out, err = run_cli(["train", str(no_val), "--device", "cpu"])
+    one_line_error(code, err, "no validation split")
+    assert not (tmp_path / "runs" / "nv").exists()
