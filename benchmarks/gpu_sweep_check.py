@@ -49,7 +49,8 @@ def main() -> int:
         device = json.loads(results.read_text())["environment"]["device"]
         if not device.startswith("cuda"):
             problems.append(f"{results.parent}: trained on {device}")
-    problems += [f"worker {pid} used devices {sorted(map(str, d))}" for pid, d in devices_of_worker.items() if len(d) > 1]
+    problems += [f"worker {pid} used devices {sorted(map(str, d))}"
+                 for pid, d in devices_of_worker.items() if len(d) > 1]
     visible = [str(i) for i in range(torch.cuda.device_count())]
     if len(manifest["runs"]) >= len(visible) * args.per_gpu:
         problems += [f"device {d} got no run" for d in visible if runs_on.get(d, 0) == 0]

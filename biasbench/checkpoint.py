@@ -7,11 +7,15 @@ A checkpoint is a zip-format `torch.save` of one dict, written atomically after 
 | `format`, `version`                   | "biasbench-checkpoint", VERSION; other versions refused   |
 | `recipe`, `seed`, `replicate`         | the resolved recipe (as `Recipe.to_dict()`) and the run   |
 | `epoch`                               | epochs completed                                          |
-| `partial`                             | None after an epoch; within one (`output.checkpoint_every`): the loader's position, the epoch's running sums, its learning rate and seconds so far |
-| `model`, `optimizer`, `scheduler`, `criterion`, `scaler`, `ema` | each part's `state_dict()` (`scaler`: None without fp16; `ema`: None without train.ema) |
+| `partial`                             | None after an epoch; within one: position, sums, lr, seconds (*) |
+| `model`, `optimizer`, `scheduler`, `criterion`, `scaler`, `ema` | each part's `state_dict()` (**) |
 | `rng`                                 | torch, Python (and CUDA) random states when it was written |
 | `history`, `predictions`              | per-epoch metrics; the `PredictionLog` of test predictions |
 | `train_time`, `train_samples`, `wall_time` | the clocks, so a resumed run reports the whole run's cost |
+
+(*) `output.checkpoint_every`: the loader's position in the epoch, the epoch's running loss and
+accuracy sums (over all ranks), its learning rate and seconds so far. (**) `scaler`: None without
+fp16; `ema`: None without train.ema.
 
 Everything is a tensor or a plain container, so `load_checkpoint` reads it with
 `weights_only=True`: a checkpoint never runs code.
@@ -139,7 +143,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                         f"{expected}")
     if doc.get("version") not in READABLE:
         raise UserError(f"`{path}` is a biasbench checkpoint of format version {doc.get('version')!r}; this "
-                        f"biasbench reads versions {', '.join(map(str, READABLE))}: re-run the training, or use the release that wrote it")
+                        f"biasbench reads versions {', '.join(map(str, READABLE))}: re-run the training, or use "
+                        "the release that wrote it")
     return doc
 
 

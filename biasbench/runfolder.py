@@ -6,7 +6,7 @@ A replicate's folder is `output.dir / output.name / seedS`, holding
 |----------------------|--------------------------------------------------------------------|
 | `checkpoint.pt`      | after every epoch (atomically): everything needed to resume         |
 | `checkpoint_best.pt` | when the validation metric improves: the same content at that epoch |
-| `checkpoints/`       | with `output.keep: K` > 1: the K newest checkpoints, `epochE.pt` after epoch E, `epochE-batchB.pt` after batch B of epoch E |
+| `checkpoints/`       | `output.keep: K` > 1: the K newest, `epochE.pt`, mid-epoch `epochE-batchB.pt` |
 | `results.json`       | at the end, and when a run is interrupted                           |
 | `predictions.npz`    | with results.json: per-epoch test predictions                       |
 | `metrics.csv`        | after every epoch: the history so far, one row per epoch            |

@@ -361,9 +361,9 @@ def _save(run: Run, state: TrainingState, wall: float, best: bool) -> None:
 
 
 def _early_stop_line(early: dict[str, Any]) -> str:
+    epochs = f"{early['patience']} epoch{'s' if early['patience'] != 1 else ''}"
     return (f"early stop after epoch {early['stopped_after']}: {early['metric']} has not improved by more than "
-            f"{early['min_delta']:g} for {early['patience']} epoch{'s' if early['patience'] != 1 else ''} (best {early['best']:.4g} at epoch "
-            f"{early['best_epoch']})")
+            f"{early['min_delta']:g} for {epochs} (best {early['best']:.4g} at epoch {early['best_epoch']})")
 
 
 def _evaluated(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
