@@ -238,3 +238,49 @@ def test_long_run_keys_appear_in_recipe_show_and_read_back(tmp_path):
     code, out, err = run_cli(["train", str(no_val), "--device", "cpu"])
     one_line_error(code, err, "no validation split")
     assert not (tmp_path / "runs" / "nv").exists()
+
+
+# -- each loader starts mid-epoch where it left off -----------------------------------------------
+
+
+def _loaders():
+    from biasbench.data import DataBundle, Split, build_data
+    from biasbench.data.augment import AUGMENTS, crop_flip
+    from biasbench.data.graph import GraphLoader
+    from biasbench.data.loader import ImageLoader, TensorLoader
+    from biasbench.recipe import DataConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (21, 3, 16, 16), dtype=torch.uint8, generator=g)
+    y = torch.arange(21) % 4
+    images = DataBundle(Split(x, y), None, Split(x[:4], y[:4]), "classification", 4, (3, 16, 16),
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    graph = build_data(DataConfig(name="sbm_graph"))
+    return {
+        "tensor+crop_flip": TensorLoader(images, images.train, 4, CPU, shuffle=True, augment=crop_flip, seed=3),
+        "image (vit, per-image seeds)": ImageLoader(images, images.train, 4, CPU, AUGMENTS.get("vit"), seed=3,
+                                                    workers=0),
+        "graph": GraphLoader(graph.train, 64, CPU, shuffle=True, seed=3),
+    }
+
+
+@pytest.mark.parametrize("kind", ["tensor+crop_flip", "image (vit, per-image seeds)", "graph"])
+def test_every_training_loader_resumes_mid_epoch_with_the_same_batches(kind):
+    loader = _loaders()[kind]
+    loader.set_epoch(2)
+    straight, positions = [], []
+    for x, y in loader:
+        straight.append((x.x if hasattr(x, "x") and not isinstance(x, torch.Tensor) else x,
+                         getattr(x, "nodes", None), y))
+        positions.append(loader.position())
+    assert len(straight) >= 3
+    for k in (1, len(straight) - 2):
+        fresh = _loaders()[kind]  # a new process: nothing but the saved position
+        fresh.set_epoch(2, positions[k - 1])
+        rest = [(x.x if hasattr(x, "x") and not isinstance(x, torch.Tensor) else x, getattr(x, "nodes", None), y)
+                for x, y in fresh]
+        assert len(rest) == len(straight) - k
+        for (a, an, ay), (b, bn, by) in zip(rest, straight[k:], strict=True):
+            assert torch.equal(a, b) and torch.equal(ay, by) and (an is None or torch.equal(an, bn))
+        fresh.set_epoch(3)  # a position applies to one pass only: the next epoch starts at batch 0
+        assert len(list(fresh)) == len(straight)
