@@ -284,3 +284,16 @@ def test_every_training_loader_resumes_mid_epoch_with_the_same_batches(kind):
             assert torch.equal(a, b) and torch.equal(ay, by) and (an is None or torch.equal(an, bn))
         fresh.set_epoch(3)  # a position applies to one pass only: the next epoch starts at batch 0
         assert len(list(fresh)) == len(straight)
+
+
+def test_checkpoint_every_minutes_saves_when_the_time_has_passed(tmp_path, monkeypatch):
+    """A clock that moves 40 s per reading: every step is past `0.5 min` of the last save, so
+    each step but an epoch's last writes a mid-epoch checkpoint; the numbers do not change."""
+    plain, _ = _train(tmp_path, "plain", train={"epochs": 2})
+    ticks = iter(range(0, 10**9, 40))
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(ticks)))
+    timed, run = _train(tmp_path, "timed", train={"epochs": 2}, output={"checkpoint_every": "0.5 min", "keep": 1000})
+    steps = len(trainer.build_run(load_recipe(tmp_path / "timed.yaml"), 0, 0, CPU).train_loader)
+    middle = [p.name for p in (run / "checkpoints").iterdir() if "batch" in p.name]
+    assert len(middle) == 2 * (steps - 1)  # after every step of both epochs but their last
+    assert _strip(timed["history"]) == _strip(plain["history"])
