@@ -14,6 +14,11 @@ def seen_device(x: int) -> tuple[int, int, str | None, bool]:
 
 
 def die_on(x: int, victim: int) -> tuple[int, int, str | None, bool]:
+    """Task `victim` kills its worker; the others take a while, so that the surviving worker is
+    busy when the pool sees the death and must start a replacement for the next task."""
+    import time
+
     if x == victim:
         os._exit(3)
+    time.sleep(0.5)
     return seen_device(x)
