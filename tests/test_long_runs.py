@@ -145,6 +145,11 @@ def test_keep_k_holds_the_k_newest_checkpoints_and_the_best(tmp_path):
     assert progress[0][0] == 2 and 0 < progress[0][1] < steps  # mid-epoch copies kept among them
     assert (run / "checkpoint_best.pt").exists()
     assert load_checkpoint(run / "checkpoint_best.pt")["epoch"] == doc["best"]["epoch"]
+    # eval says where a mid-epoch checkpoint stands, in words and in JSON
+    code, out, err = run_cli(["eval", str(run / "checkpoints" / kept[0])])
+    assert code == 0 and f"epoch 2 and {progress[0][1]} batches of epoch 3" in " ".join(out.split()), out + err
+    code, out, err = run_cli(["eval", str(run / "checkpoints" / kept[0]), "--json"])
+    assert json.loads(out)["batch"] == progress[0][1] and json.loads(out)["epoch"] == 2
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
