@@ -76,3 +76,29 @@ def test_sweep_gpu_options_are_refused_in_one_line(args, words, monkeypatch):
         monkeypatch.setattr(runner, "check_slurm", lambda: None)
     code, out, err = run_cli(["sweep", str(REPO / "studies" / "dac_sgemm.yaml"), "--smoke", *args])
     one_line_error(code, err, words)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_pinned_workers_records_each_runs_gpu(tmp_path):
+    """run_sweep with two device places (trained on the CPU here: no GPU needed to check who ran
+    where): every attempt names its worker's device, each worker one device, both used."""
+    import json
+
+    import yaml
+
+    from biasbench.study import load_study
+    from biasbench.study.runner import run_sweep
+    from tests.conftest import tiny_recipe, write_recipe
+
+    write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "r.yaml", "grid": {"optim.lr": [0.05, 0.1]}, "replicates": 2}))
+    out = tmp_path / "out"
+    run_sweep(load_study(path), out, device="cpu", slots=gpu_slots([0, 1], 1))
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    attempts = [a for r in runs.values() for a in r["attempts"]]
+    assert len(attempts) == 4 and {r["status"] for r in runs.values()} == {"completed"}
+    devices_of: dict[int, set[str]] = {}
+    for a in attempts:
+        devices_of.setdefault(a["worker"], set()).add(a["gpu"])
+    assert all(len(d) == 1 for d in devices_of.values()) and set().union(*devices_of.values()) == {"0", "1"}
