@@ -8,8 +8,11 @@ and record (history, test predictions, metrics.csv, TensorBoard, checkpoint, bes
 at the end, or when stopped, the results file and predictions.npz. A run stopped after epoch k
 and resumed ends bit for bit like an uninterrupted one on the CPU: data order and augmentation
 depend only on (seed, epoch), and the checkpoint (`biasbench.checkpoint`) holds every part's
-state and the RNG states. `train_recipe` runs every replicate (seed + r), here or in worker
-processes that end with their parent.
+state and the RNG states; with `output.checkpoint_every` the same holds from within an epoch
+(the loader's position and the epoch's running sums are saved too). An optimiser step takes
+`train.accumulate` batches; `train.ema` keeps an averaged copy evaluated beside the weights;
+`train.early_stop` ends a run from its history (docs/long_runs.md). `train_recipe` runs every
+replicate (seed + r), here or in worker processes that end with their parent.
 """
 
 from __future__ import annotations
