@@ -282,6 +282,8 @@ def _claim_folder(run: Run, resume: bool, fresh: bool, console: Console):
         if start.note and start.action != "skip":
             say(console, start.note)
         orphans = remove_orphans(paths.dir, [p.name for p in paths.written_files()])
+        if paths.kept_checkpoints.is_dir():  # output.keep's copies, named by progress
+            orphans += remove_orphans(paths.kept_checkpoints, ["epoch*"])
         if orphans:
             say(console, f"{paths.dir}: removed {len(orphans)} temporary file(s) left by a killed run")
         if start.action == "restart":

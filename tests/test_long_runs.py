@@ -139,6 +139,7 @@ def test_keep_k_holds_the_k_newest_checkpoints_and_the_best(tmp_path):
     # 15 steps per epoch (ceil(936/64)); saves after steps 8 (epoch 1), 15 (end), 16, 24, 30 (end), 32, 40, 45 (end)
     steps = len(trainer.build_run(load_recipe(tmp_path / "keep.yaml"), 0, 0, CPU).train_loader)
     assert len(kept) == 3 and kept[-1] == "epoch00003.pt"
+    assert not list((run / "checkpoints").glob(".*"))  # no temporary file left behind
     newest = [load_checkpoint(run / "checkpoints" / k) for k in kept]
     progress = [(c["epoch"], c["partial"]["loader"]["batch"] if c["partial"] else steps) for c in newest]
     assert progress == sorted(progress) and progress[-1] == (3, steps)
@@ -302,3 +303,15 @@ def test_checkpoint_every_minutes_saves_when_the_time_has_passed(tmp_path, monke
     middle = [p.name for p in (run / "checkpoints").iterdir() if "batch" in p.name]
     assert len(middle) == 2 * (steps - 1)  # after every step of both epochs but their last
     assert _strip(timed["history"]) == _strip(plain["history"])
+
+
+def test_a_kept_copy_a_killed_write_left_half_done_is_removed_on_resume(tmp_path):
+    path = write_recipe(tmp_path / "k.yaml", tiny_recipe(tmp_path, train={"epochs": 2}, output={"keep": 2}))
+    (stopped,) = trainer.train_recipe(load_recipe(path), CPU, stop_after=1)
+    kept = tmp_path / "runs" / "k" / "seed0" / "checkpoints"
+    orphan = kept / ".epoch00002.pt.x1y2z3.tmp"  # what a kill between link and rename leaves
+    orphan.write_bytes(b"half")
+    code, out, err = run_cli(["train", str(path), "--resume", "--device", "cpu"])
+    assert code == 0, err
+    assert not orphan.exists() and sorted(p.name for p in kept.iterdir()) == ["epoch00001.pt", "epoch00002.pt"]
+    assert "removed 1 temporary file(s)" in " ".join((out + err).split())
