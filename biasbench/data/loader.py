@@ -71,13 +71,15 @@ class TensorLoader:
         self.mean = torch.tensor(bundle.mean, device=device).view(shape) if bundle.mean else None
         self.std = torch.tensor(bundle.std, device=device).view(shape) if bundle.std else None
         self._start: dict[str, Any] | None = None
-        self._at: dict[str, Any] = {"batch": 0}
+        self._at, self._g = 0, None  # batches of this pass handed out; its augmentation generator
 
     def set_epoch(self, epoch: int, position: dict[str, Any] | None = None) -> None:
         self.epoch, self._start = epoch, position
 
     def position(self) -> dict[str, Any]:
-        return dict(self._at)
+        """Where the last batch handed out left the epoch; read before the next is asked for (the
+        generator is lazy: it has drawn nothing for a batch not yet asked for)."""
+        return {"batch": self._at, "augment_rng": self._g.get_state() if self._g is not None else None}
 
     def __len__(self) -> int:
         return num_batches(len(self.y), self.batch_size, self.shuffle)
@@ -107,15 +109,15 @@ class TensorLoader:
         first = int(start.get("batch", 0))
         if first and g is not None:  # the augmentation's generator as it was after batch `first`
             g.set_state(start["augment_rng"])
+        self._g = g
         for b in range(first, len(self)):
             lo, hi = b * self.batch_size, min(n, (b + 1) * self.batch_size)
+            self._at = b + 1
             if order is not None:
                 idx = order[lo:hi]
-                x, y = self._prepare(self.x.index_select(0, idx), g), self.y.index_select(0, idx)
+                yield self._prepare(self.x.index_select(0, idx), g), self.y.index_select(0, idx)
             else:
-                x, y = self._prepare(self.x[lo:hi], g), self.y[lo:hi]
-            self._at = {"batch": b + 1, "augment_rng": g.get_state() if g is not None else None}
-            yield x, y
+                yield self._prepare(self.x[lo:hi], g), self.y[lo:hi]
 
 
 @contextlib.contextmanager
