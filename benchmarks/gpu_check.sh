@@ -7,16 +7,19 @@
 #      autocast, channels_last (target: DAC at most 1.5x the baseline step);
 #   3. benchmarks/trainer_overhead.py --device cuda: the trainer against a bare loop (target
 #      at most 1.05x);
-#   4. variant_step.py again with torch.compile, for the baseline, DAC and DNRT variants.
+#   4. variant_step.py again with torch.compile, for the baseline, DAC and DNRT variants;
+#   5. benchmarks/gpu_sweep_check.py: `sweep --gpus all --workers-per-gpu 2` on the DAC SGEMM
+#      smoke study: every run on CUDA, each worker on one device, every device used.
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh      # default folder: gpu_check_out
 #     PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 #
-# Every part runs under its own time limit (seconds: TESTS_S, EAGER_S, TRAINER_S, COMPILE_S) and
+# Every part runs under its own time limit (seconds: TESTS_S, EAGER_S, TRAINER_S, COMPILE_S, SWEEP_S) and
 # the script goes on after a part fails or runs out of time, saying so; the exit code is the
 # number of parts that failed. Outputs (at most 8 files, as the device tool returns them):
 # summary.txt, tests.txt, variant_step_cuda.{txt,json}, variant_step_compile.{txt,json},
-# trainer_overhead_cuda.{txt,json}. Without a CUDA device every part is skipped with a line
+# trainer_overhead_cuda.{txt,json} (the sweep part's log stays in /tmp: its tail is in
+# summary.txt). Without a CUDA device every part is skipped with a line
 # saying so, and the exit code is 0.
 #
 # On a machine whose python lacks some of biasbench's dependencies (the device image of
@@ -40,7 +43,8 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 
 if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  for part in "CUDA tests" "variant steps (bf16)" "trainer vs bare loop" "variant steps (compiled)"; do
+  for part in "CUDA tests" "variant steps (bf16)" "trainer vs bare loop" "variant steps (compiled)" \
+    "sweep pinned to GPUs"; do
     say "skipped (torch sees no CUDA device): $part"
   done
   exit 0
@@ -82,5 +86,7 @@ run "variant steps (compiled)" "${COMPILE_S:-140}" "$OUT/variant_step_compile.tx
   "$PYTHON" benchmarks/variant_step.py --device cuda --amp bf16 --channels-last --compile --no-memory \
   --model resnet20_v1,vit_tiny_patch4 --variants baseline,dac,dnrt --batch 128 --reps 10 \
   --json "$OUT/variant_step_compile.json"
+run "sweep pinned to GPUs" "${SWEEP_S:-120}" "${TMPDIR:-/tmp}/gpu_check_sweep.txt" \
+  "$PYTHON" benchmarks/gpu_sweep_check.py --study studies/dac_sgemm.yaml --per-gpu 2
 say "$failed part(s) failed; total ${SECONDS} s"
 exit $failed

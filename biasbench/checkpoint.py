@@ -7,10 +7,15 @@ A checkpoint is a zip-format `torch.save` of one dict, written atomically after 
 | `format`, `version`                   | "biasbench-checkpoint", VERSION; other versions refused   |
 | `recipe`, `seed`, `replicate`         | the resolved recipe (as `Recipe.to_dict()`) and the run   |
 | `epoch`                               | epochs completed                                          |
-| `model`, `optimizer`, `scheduler`, `criterion`, `scaler` | each part's `state_dict()` (`scaler`: None without fp16) |
-| `rng`                                 | torch, Python (and CUDA) random states after the epoch    |
+| `partial`                             | None after an epoch; within one: position, sums, lr, seconds (*) |
+| `model`, `optimizer`, `scheduler`, `criterion`, `scaler`, `ema` | each part's `state_dict()` (**) |
+| `rng`                                 | torch, Python (and CUDA) random states when it was written |
 | `history`, `predictions`              | per-epoch metrics; the `PredictionLog` of test predictions |
 | `train_time`, `train_samples`, `wall_time` | the clocks, so a resumed run reports the whole run's cost |
+
+(*) `output.checkpoint_every`: the loader's position in the epoch, the epoch's running loss and
+accuracy sums (over all ranks), its learning rate and seconds so far. (**) `scaler`: None without
+fp16; `ema`: None without train.ema.
 
 Everything is a tensor or a plain container, so `load_checkpoint` reads it with
 `weights_only=True`: a checkpoint never runs code.
@@ -34,8 +39,9 @@ from biasbench.fsutil import atomic_write
 from biasbench.predictions import PredictionLog
 
 FORMAT = "biasbench-checkpoint"
-VERSION = 2  # 2: test predictions, gradient scaler, and the best-validation copy
-PARTS = ("model", "optimizer", "scheduler", "criterion", "scaler")
+VERSION = 3  # 2: test predictions, gradient scaler, best-validation copy; 3: mid-epoch position, EMA
+READABLE = (2, 3)  # a version-2 file is a version-3 file after an epoch, without EMA
+PARTS = ("model", "optimizer", "scheduler", "criterion", "scaler", "ema")
 
 
 class Stateful(Protocol):
@@ -54,6 +60,8 @@ class TrainingState:
     train_time: float = 0.0  # seconds inside training steps (for images_per_second)
     train_samples: int = 0
     wall_time: float = 0.0  # seconds of training and evaluation in earlier processes
+    # Within epoch `epoch` + 1 (a mid-epoch checkpoint): loader position, running sums, lr, seconds.
+    partial: dict[str, Any] | None = None
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,17 +83,18 @@ def _as_tuple(x: Any) -> Any:
 
 
 def save_checkpoint(path: Path, *, recipe: dict[str, Any], seed: int, replicate: int, state: TrainingState,
-                    parts: Mapping[str, Stateful | None], wall_time: float, best: Path | None = None) -> None:
-    """Write the checkpoint of `state` (after `state.epoch` epochs); `best`: also (first) as the
-    best-validation checkpoint, sharing the file's content."""
+                    parts: Mapping[str, Stateful | None], wall_time: float, also: list[Path] | None = None) -> None:
+    """Write the checkpoint of `state` (after `state.epoch` epochs, and `state.partial` of the
+    next); `also`: more names (written first) for the same content: the best-validation
+    checkpoint, a kept copy (output.keep)."""
     doc = {"format": FORMAT, "version": VERSION, "recipe": recipe, "seed": seed, "replicate": replicate,
            "epoch": state.epoch, "rng": rng_state(), "history": state.history,
            "predictions": state.predictions.state_dict(), "train_time": state.train_time,
-           "train_samples": state.train_samples, "wall_time": wall_time}
+           "train_samples": state.train_samples, "wall_time": wall_time, "partial": state.partial}
     for name in PARTS:
         part = parts.get(name)
         doc[name] = part.state_dict() if part is not None else None
-    atomic_write(path, lambda f: torch.save(doc, f), also=[best] if best is not None else [])
+    atomic_write(path, lambda f: torch.save(doc, f), also=also or [])
 
 
 def restore(ckpt: dict[str, Any], parts: Mapping[str, Stateful | None]) -> TrainingState:
@@ -99,7 +108,7 @@ def restore(ckpt: dict[str, Any], parts: Mapping[str, Stateful | None]) -> Train
     log.truncate(ckpt["epoch"])
     return TrainingState(predictions=log, epoch=int(ckpt["epoch"]), history=list(ckpt["history"]),
                          train_time=float(ckpt["train_time"]), train_samples=int(ckpt["train_samples"]),
-                         wall_time=float(ckpt["wall_time"]))
+                         wall_time=float(ckpt["wall_time"]), partial=ckpt.get("partial"))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -132,9 +141,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UserError(f"`{path}` is a PyTorch file but not a biasbench checkpoint (a plain state_dict?); "
                         f"{expected}")
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READABLE:
         raise UserError(f"`{path}` is a biasbench checkpoint of format version {doc.get('version')!r}; this "
-                        f"biasbench reads version {VERSION}: re-run the training, or use the release that wrote it")
+                        f"biasbench reads versions {', '.join(map(str, READABLE))}: re-run the training, or use "
+                        "the release that wrote it")
     return doc
 
 

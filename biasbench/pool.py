@@ -19,6 +19,10 @@ results `interrupted`); the worker then reports and exits.
 
 In the parent, `run` turns SIGINT, SIGTERM and SIGUSR1 into a stop: no new tasks, busy workers
 are interrupted, their results are still yielded, then `run` raises KeyboardInterrupt.
+
+`slots`: one environment per worker place (`CUDA_VISIBLE_DEVICES` for `sweep --gpus`), set in
+the worker before anything else runs there, so CUDA, initialised later, sees only its device. A
+worker that dies is replaced in its own place.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Event:
     kind: str
     key: Any
     pid: int
+    slot: int = 0  # the worker's place (its environment: `WorkerPool.slots[slot]`)
     result: Any = None
     error: str = ""
     traceback: str = ""
@@ -73,7 +78,8 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _worker_main(conn: Connection, parent_pid: int, threads: int | None) -> None:
+def _worker_main(conn: Connection, parent_pid: int, threads: int | None, env: dict[str, str]) -> None:
+    os.environ.update(env)  # first: CUDA reads CUDA_VISIBLE_DEVICES when it initialises
     die_with_parent(parent_pid)
     for s in STOP_SIGNALS:
         signal.signal(s, _interrupt_once)
@@ -132,16 +138,21 @@ def _failure(e: BaseException) -> tuple[str, str, BaseException | None]:
 class _Worker:
     process: Any
     conn: Connection
+    slot: int = 0  # its place among the pool's `slots`
     key: Any = None  # the task it was given
     busy: bool = False  # it has a task
     running: bool = False  # the task has started (the worker said so)
 
 
 class WorkerPool:
-    def __init__(self, jobs: int, threads: int | None = None, start_method: str = "spawn"):
+    def __init__(self, jobs: int, threads: int | None = None, start_method: str = "spawn",
+                 slots: list[dict[str, str]] | None = None):
         if jobs < 1:
             raise ValueError("a pool needs at least one worker")
+        if slots is not None and len(slots) != jobs:
+            raise ValueError(f"{len(slots)} worker environments for {jobs} workers")
         self.jobs, self.threads = jobs, threads
+        self.slots = slots if slots is not None else [{} for _ in range(jobs)]
         self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = []
         self._stopping = False
@@ -153,15 +164,18 @@ class WorkerPool:
         self.close()
 
     def _start_worker(self) -> _Worker:
+        taken = {w.slot for w in self._workers if w.process.is_alive()}
+        slot = min(set(range(self.jobs)) - taken)  # a dead worker's place is free again
         parent_conn, child_conn = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child_conn, os.getpid(), self.threads),
+        process = self._ctx.Process(target=_worker_main,
+                                    args=(child_conn, os.getpid(), self.threads, self.slots[slot]),
                                     name="biasbench-worker", daemon=True)
         # The child starts with SIGINT ignored (inherited), so a Ctrl-C while it boots cannot kill
         # it half-way; it installs its own handler once it is ready to run tasks.
         with _sigint_ignored():
             process.start()
         child_conn.close()
-        worker = _Worker(process, parent_conn)
+        worker = _Worker(process, parent_conn, slot)
         self._workers.append(worker)
         return worker
 
@@ -227,14 +241,14 @@ class WorkerPool:
                     w.running = True
                     if self._stopping:  # stopped while this worker was on its way to the task
                         os.kill(pid, signal.SIGINT)
-                    yield Event("started", key, pid)
+                    yield Event("started", key, pid, w.slot)
                     continue
                 w.busy, w.running, w.key = False, False, None
                 if kind == "finished":
-                    yield Event("finished", key, pid, result=payload)
+                    yield Event("finished", key, pid, w.slot, result=payload)
                 else:
                     line, text, exc = payload
-                    yield Event("failed", key, pid, error=line, traceback=text, exception=exc)
+                    yield Event("failed", key, pid, w.slot, error=line, traceback=text, exception=exc)
                 return
         except (EOFError, ConnectionResetError, OSError):
             pass
@@ -245,7 +259,7 @@ class WorkerPool:
             key = w.key
             w.busy, w.running, w.key = False, False, None
             self._workers.remove(w)
-            yield Event("crashed", key, pid, error=f"worker process died ({how})")
+            yield Event("crashed", key, pid, w.slot, error=f"worker process died ({how})")
         elif not w.busy and not w.process.is_alive():
             self._workers.remove(w)  # it finished its last task and left (after an interrupt)
 

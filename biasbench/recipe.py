@@ -87,6 +87,22 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """Stop when `metric` has not improved by more than `min_delta` for `patience` epochs."""
+
+    metric: str = "val_loss"  # a validation (or training) metric of the history: *_loss falls, *_acc rises
+    patience: int = 10  # epochs without improvement before stopping
+    min_delta: float = 0.0  # smaller changes are no improvement
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (timm's ModelEmaV3, no warm-up)."""
+
+    decay: float = 0.9998  # ema = decay * ema + (1 - decay) * weights, after every optimiser step
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
@@ -106,6 +122,11 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
     compile: bool = False
+    # Long runs: gradients of N batches of batch_size summed before each optimiser step (one step
+    # of N * batch_size), early stopping on a metric, and an EMA of the weights evaluated beside them.
+    accumulate: int = 1
+    early_stop: EarlyStopConfig | None = None
+    ema: EmaConfig | None = None
 
 
 @dataclass
@@ -117,6 +138,10 @@ class OutputConfig:
     # MLflow and W&B runs (pip install 'biasbench[tensorboard|mlflow|wandb]').
     loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = field(default_factory=lambda: ["csv"])
     tags: dict[str, str] = field(default_factory=dict)  # tags of the trackers' runs (a study adds its cell)
+    # Checkpoints within an epoch too: every "N steps" (optimiser steps) or every "N min" / "N s" /
+    # "N h" of training; null: after each epoch only.
+    checkpoint_every: str | int | None = None  # (a bare number is refused, saying which units)
+    keep: int = 1  # the K newest checkpoints kept in RUN/checkpoints/ (1: checkpoint.pt alone)
 
 
 @dataclass
@@ -176,6 +201,10 @@ _CHECKS: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("output.name", lambda v: _one_folder_name(v),
      "must be one folder name, without `/` or `\\` and not `..` (it names the run's folder inside output.dir; "
      "choose where runs go with --out)"),
+    ("train.accumulate", lambda v: v >= 1, "must be at least 1 (1: a step per batch)"),
+    ("output.keep", lambda v: v >= 1, "must be at least 1 (1: checkpoint.pt alone)"),
+    ("output.checkpoint_every", lambda v: v is None or (isinstance(v, str) and parse_every(v) is not None),
+     "must be a number of steps or a time, e.g. `500 steps`, `10 min`, `90 s`, `2 h` (or null)"),
 ]
 
 # Keys that were renamed: refused with the new spelling, where they would mean something.
@@ -196,6 +225,50 @@ def _refuse_renamed(raw: dict[str, Any], origin: str = "recipe") -> dict[str, An
 def _one_folder_name(name: str | None) -> bool:
     """`output.name` stays inside output.dir: `../../x` or `/abs/x` would write anywhere."""
     return name is None or (name not in ("", ".", "..") and not any(c in name for c in "/\\\0"))
+
+
+_EVERY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(steps?|s|sec|min|h)\s*$")
+_SECONDS = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_every(text: str) -> tuple[str, float] | None:
+    """`500 steps` -> ("steps", 500); `10 min` -> ("seconds", 600); None when unreadable or zero."""
+    match = _EVERY.match(text)
+    if match is None or float(match[1]) <= 0:
+        return None
+    number, unit = float(match[1]), match[2]
+    if unit.startswith("step"):
+        return ("steps", number) if number.is_integer() else None
+    return "seconds", number * _SECONDS[unit]
+
+
+_STOP_METRIC = re.compile(r"^(ema_)?(val|train)_(loss|acc)$")
+
+
+def _check_long_runs(recipe: Recipe) -> None:
+    """The nested `train.early_stop` and `train.ema` mappings, and what they need of the rest."""
+    stop, ema, out = recipe.train.early_stop, recipe.train.ema, recipe.output
+    if stop is not None:
+        if stop.metric.startswith(("test_", "ema_test_")):
+            raise UserError(f"recipe key `train.early_stop.metric` is {stop.metric!r}: stopping on the test set "
+                            "lets it choose the result; use a validation metric such as val_loss or val_acc")
+        if not _STOP_METRIC.match(stop.metric):
+            raise UserError(f"recipe key `train.early_stop.metric` must be val_loss, val_acc, train_loss or "
+                            f"train_acc (ema_ before one of them with train.ema), got {stop.metric!r}")
+        if stop.metric.startswith("ema_") and ema is None:
+            raise UserError(f"recipe key `train.early_stop.metric` is {stop.metric!r}, but there is no EMA: "
+                            "set train.ema.decay, or stop on the raw weights' metric")
+        if stop.patience < 1:
+            raise UserError(f"recipe key `train.early_stop.patience` must be at least 1, got {stop.patience!r}")
+        if stop.min_delta < 0:
+            raise UserError(f"recipe key `train.early_stop.min_delta` must be non-negative, got {stop.min_delta!r}")
+    if ema is not None and not 0 < ema.decay < 1:
+        raise UserError(f"recipe key `train.ema.decay` must be in (0, 1), got {ema.decay!r}")
+    if not out.checkpoint:
+        for key, value, default in (("checkpoint_every", out.checkpoint_every, None), ("keep", out.keep, 1)):
+            if value != default:
+                raise UserError(f"recipe key `output.{key}` needs checkpoints, but output.checkpoint is false; "
+                                f"drop output.{key} or set output.checkpoint: true")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +296,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        section = _optional_section(tp)
+        if section is not None and value is not None:  # a mapping's own messages name its keys
+            return _convert(value, section, path)
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, path)
@@ -275,6 +351,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"unsupported recipe type {tp} at {path}")
 
 
+def _optional_section(tp: Any) -> type | None:
+    """The dataclass of an optional section (`EmaConfig | None`), else None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     """{field: resolved type} of a schema dataclass. Resolving type hints is slow (ms per
@@ -299,8 +381,9 @@ def _all_paths(cls: type, prefix: str = "") -> tuple[str, ...]:
     for name, tp in _field_types(cls).items():
         p = f"{prefix}.{name}" if prefix else name
         out.append(p)
-        if dataclasses.is_dataclass(tp):
-            out.extend(_all_paths(tp, p))
+        section = tp if dataclasses.is_dataclass(tp) else _optional_section(tp)
+        if section is not None:
+            out.extend(_all_paths(section, p))
     return tuple(out)
 
 
@@ -549,6 +632,7 @@ def from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
         value = getattr(getattr(recipe, section), key)
         if not ok(value):
             raise UserError(f"recipe key `{path}` {msg}, got {value!r}")
+    _check_long_runs(recipe)
     if recipe.schedule.name == "timm_cosine" and recipe.schedule.per != "step":
         raise UserError("schedule `timm_cosine` moves every optimiser step (timm's t_in_epochs=False, as the DNRT "
                         "authors); set schedule.per: step")

@@ -3,10 +3,13 @@
 Schema (version 2), top-level keys:
   schema_version, kind="biasbench-run", name, status (completed | diverged | interrupted),
   interrupted_by (null, or what stopped the run: SIGINT, SIGTERM, SIGUSR1, --stop-after),
+  stop_reason and early_stop (optional: why the run ended, epochs | early_stop | diverged |
+  interrupted, and the early-stopping rule's figures; files written before lack them),
   checkpoint_epoch (the epoch checkpoint.pt held when the file was written; null: none),
   seed, replicate, recipe (resolved), recipe_path, task (classification | regression),
-  epochs_completed, history (one dict per epoch), final (the last epoch's row), best (the
-  epoch with the best validation metric and its metrics, and the best test metric over epochs),
+  epochs_completed, history (one dict per epoch; `ema_*` columns with train.ema), final (the
+  last epoch's row), best (the epoch with the best validation metric and its metrics, and the
+  best test metric over epochs),
   params (total/trainable, by role), complexity (MACs/FLOPs, where counted), conversion (only
   for a model `convert` built: what it converted and left), wall_time_s,
   images_per_second (training samples per second, kernel builds excluded), peak_memory_mb

@@ -6,6 +6,7 @@ A replicate's folder is `output.dir / output.name / seedS`, holding
 |----------------------|--------------------------------------------------------------------|
 | `checkpoint.pt`      | after every epoch (atomically): everything needed to resume         |
 | `checkpoint_best.pt` | when the validation metric improves: the same content at that epoch |
+| `checkpoints/`       | `output.keep: K` > 1: the K newest, `epochE.pt`, mid-epoch `epochE-batchB.pt` |
 | `results.json`       | at the end, and when a run is interrupted                           |
 | `predictions.npz`    | with results.json: per-epoch test predictions                       |
 | `metrics.csv`        | after every epoch: the history so far (`output.loggers` has `csv`)  |
@@ -51,6 +52,17 @@ class RunPaths:
     @property
     def best_checkpoint(self) -> Path:
         return self.dir / "checkpoint_best.pt"
+
+    @property
+    def kept_checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def kept_checkpoint(self, epochs_done: int, batch: int | None) -> Path:
+        """The name of a kept copy, zero-padded so that names sort by progress: `epochE.pt` after
+        epoch E, `epochE-batchB.pt` after batch B of epoch E (which sorts before `epochE.pt`)."""
+        if batch:
+            return self.kept_checkpoints / f"epoch{epochs_done + 1:05d}-batch{batch:07d}.pt"
+        return self.kept_checkpoints / f"epoch{epochs_done:05d}.pt"
 
     @property
     def results(self) -> Path:
@@ -235,6 +247,8 @@ def inspect_start(paths: RunPaths, recipe: Recipe, seed: int, *, resume: bool, o
         ckpt = load_checkpoint(paths.checkpoint)
         check_same_experiment(paths.checkpoint, ckpt["recipe"], ckpt["seed"], recipe, seed)
         note = f"resuming {where} after epoch {ckpt['epoch']}"
+        if ckpt.get("partial"):
+            note += f" and {ckpt['partial']['loader']['batch']} batches of epoch {ckpt['epoch'] + 1}"
         if problem:
             note += f" (its results.json was unreadable: {problem}; it will be rewritten)"
         return Start("resume", note, epoch=int(ckpt["epoch"]))

@@ -8,14 +8,18 @@ and record (history, test predictions, metrics.csv, TensorBoard, checkpoint, bes
 at the end, or when stopped, the results file and predictions.npz. A run stopped after epoch k
 and resumed ends bit for bit like an uninterrupted one on the CPU: data order and augmentation
 depend only on (seed, epoch), and the checkpoint (`biasbench.checkpoint`) holds every part's
-state and the RNG states. `train_recipe` runs every replicate (seed + r), here or in worker
-processes that end with their parent.
+state and the RNG states; with `output.checkpoint_every` the same holds from within an epoch
+(the loader's position and the epoch's running sums are saved too). An optimiser step takes
+`train.accumulate` batches; `train.ema` keeps an averaged copy evaluated beside the weights;
+`train.early_stop` ends a run from its history (docs/long_runs.md). `train_recipe` runs every
+replicate (seed + r), here or in worker processes that end with their parent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import math
 import random
@@ -32,6 +36,8 @@ from biasbench.checkpoint import TrainingState, load_checkpoint, restore, save_c
 from biasbench.data import DataBundle, build_data
 from biasbench.data.loader import TensorLoader, make_eval_loader, make_train_loader
 from biasbench.distributed import DistContext, wrap_model
+from biasbench.early_stop import early_stop_due, needs
+from biasbench.ema import ModelEma
 from biasbench.env import environment, peak_memory_mb, reset_peak_memory
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, check_writable, ensure_dir, hold_lock, refuse_if_locked, remove_orphans
@@ -42,7 +48,7 @@ from biasbench.models.convert import conversion
 from biasbench.optim import L2Penalty, build_optimizer, build_scheduler
 from biasbench.params import count_by_role
 from biasbench.predictions import PredictionLog, describe, save_predictions
-from biasbench.recipe import Recipe
+from biasbench.recipe import Recipe, parse_every
 from biasbench.results import KIND, SCHEMA_VERSION, best_epoch
 from biasbench.runfolder import RunPaths, Start, inspect_start, run_paths
 from biasbench.runlog import epoch_line, say
@@ -128,11 +134,12 @@ class Run:
     precision: str  # fp32, bf16 or fp16: what autocast runs in
     precision_note: str | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
+    ema: ModelEma | None = None  # train.ema
 
     def parts(self) -> dict[str, Any]:
         """The stateful parts a checkpoint saves (see biasbench.checkpoint.PARTS)."""
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
-                "criterion": self.criterion, "scaler": self.scaler}
+                "criterion": self.criterion, "scaler": self.scaler, "ema": self.ema}
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -159,19 +166,23 @@ def build_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, c
         # Each rank would update the running means from its shard alone: not what one process does.
         raise UserError(f"variant `{recipe.model.variant}` keeps per-class running means in its loss, which "
                         "data-parallel training does not synchronise yet; train it in one process")
+    if why := needs(recipe.train.early_stop, bundle.val is not None, bundle.task):
+        raise UserError(why)
     train_loader = make_train_loader(bundle, recipe.data, recipe.train.batch_size, device, seed)
     optimizer, l2 = build_optimizer(model, recipe.optim)
+    steps_per_epoch = math.ceil(len(train_loader) / recipe.train.accumulate)  # optimiser steps
     precision, note = resolve_precision(recipe.train.amp, device)
     return Run(
         recipe=recipe, seed=seed, replicate=replicate, device=device, ctx=ctx, paths=run_paths(recipe, seed),
         bundle=bundle, model=model, step_model=_lean(model, recipe, device, ctx), criterion=criterion,
         optimizer=optimizer, l2=l2,
-        scheduler=build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, len(train_loader), recipe.train.epochs),
+        scheduler=build_scheduler(optimizer, recipe.schedule, recipe.optim.lr, steps_per_epoch, recipe.train.epochs),
         train_loader=train_loader,
         eval_loaders={name: make_eval_loader(bundle, split, recipe.data, recipe.train.eval_batch_size, device)
                       for name, split in (("val", bundle.val), ("test", bundle.test)) if split is not None},
         precision=precision, precision_note=note,
-        scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None)
+        scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
+        ema=ModelEma(model, recipe.train.ema.decay) if recipe.train.ema is not None else None)
 
 
 def _lean(model: torch.nn.Module, recipe: Recipe, device: torch.device, ctx: DistContext) -> torch.nn.Module:
@@ -213,16 +224,26 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
         reset_peak_memory(run.device)
         warmup_s = warm_up(run, console)
         loggers = _open_loggers(run, state, fresh=start.action != "resume") if ctx.is_main else None
-        status, stopped_by, signum = "completed", None, None
+        status, stopped_by, signum, early = "completed", None, None, None
         saved_epoch = state.epoch if start.action == "resume" else None  # what checkpoint.pt holds
         wall_before, started = state.wall_time, time.perf_counter()
+
+        def save_within_epoch() -> None:  # output.checkpoint_every: rank 0 writes, after a step
+            nonlocal saved_epoch
+            _save(run, state, wall_before + time.perf_counter() - started, best=False)
+            saved_epoch = state.epoch
+
+        within = WithinEpoch.of(recipe, save_within_epoch)
         try:
             with _progress_bar(console, (epochs - state.epoch) * len(run.train_loader), state.epoch, epochs) as bar:
                 for epoch in range(state.epoch, epochs):
+                    if (early := early_stop_due(state.history, recipe.train.early_stop)) is not None:
+                        say(console, _early_stop_line(early))
+                        break
                     if stop_after is not None and epoch >= stop_after:
                         status, stopped_by = "interrupted", "--stop-after"
                         break
-                    row = _train_and_evaluate(run, state, epoch, bar)
+                    row = _train_and_evaluate(run, state, epoch, bar, within)
                     if not math.isfinite(row["train_loss"]):
                         status = "diverged"
                         say(console, f"epoch {epoch + 1}: loss is {row['train_loss']}; run diverged", "red")
@@ -238,7 +259,7 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                 loggers.close()
             raise
         wall = wall_before + time.perf_counter() - started
-        doc = _results_doc(run, status, stopped_by, state, wall, warmup_s, saved_epoch)
+        doc = _results_doc(run, status, stopped_by, state, wall, warmup_s, saved_epoch, early)
         if ctx.is_main:
             if state.predictions.epochs:
                 save_predictions(paths.predictions, state.predictions.freeze())
@@ -267,6 +288,8 @@ def _claim_folder(run: Run, resume: bool, fresh: bool, console: Console):
         if start.note and start.action != "skip":
             say(console, start.note)
         orphans = remove_orphans(paths.dir, [p.name for p in paths.written_files()])
+        if paths.kept_checkpoints.is_dir():  # output.keep's copies, named by progress
+            orphans += remove_orphans(paths.kept_checkpoints, ["epoch*"])
         if orphans:
             say(console, f"{paths.dir}: removed {len(orphans)} temporary file(s) left by a killed run")
         if start.action == "restart":
@@ -281,15 +304,20 @@ def _clear(paths: RunPaths) -> None:
     for stale in paths.written_files():
         stale.unlink(missing_ok=True)
     shutil.rmtree(paths.tensorboard, ignore_errors=True)
+    shutil.rmtree(paths.kept_checkpoints, ignore_errors=True)
 
 
-def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progress | None) -> dict[str, Any]:
-    """One epoch: train, then (unless the loss diverged) evaluate validation and test sets and
-    add the epoch to the history and the test predictions. Returns the history row."""
-    lr = run.optimizer.param_groups[0]["lr"]  # the epoch's (first step's) learning rate
+def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progress | None,
+                        within: WithinEpoch | None) -> dict[str, Any]:
+    """One epoch (or the rest of one, after a mid-epoch checkpoint): train, then (unless the loss
+    diverged) evaluate validation and test sets, with the EMA weights too, and add the epoch to
+    the history and the test predictions. Returns the history row."""
+    resumed = state.partial or {}
+    lr = resumed.get("lr", run.optimizer.param_groups[0]["lr"])  # the epoch's (first step's) learning rate
     t0 = time.perf_counter()
-    train_metrics = _train_epoch(run, epoch, bar, f"epoch {epoch + 1}/{run.recipe.train.epochs}")
-    seconds = time.perf_counter() - t0
+    train_metrics = _train_epoch(run, state, epoch, bar, f"epoch {epoch + 1}/{run.recipe.train.epochs}", within, lr)
+    seconds = resumed.get("seconds", 0.0) + time.perf_counter() - t0
+    state.partial = None
     state.train_time += seconds
     state.train_samples += len(run.train_loader.y)
     if not math.isfinite(train_metrics["loss"]):
@@ -298,6 +326,9 @@ def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progres
     kept: list[torch.Tensor] = []
     evals = {name: evaluate(run.model, loader, run.criterion, keep=kept if name == "test" else None)
              for name, loader in run.eval_loaders.items()}
+    if run.ema is not None:  # the averaged weights, beside the raw ones (ema_val_acc, ema_test_loss, ...)
+        evals.update({f"ema_{name}": evaluate(run.ema.module, loader, run.criterion)
+                      for name, loader in run.eval_loaders.items()})
     per_example = torch.cat(kept)
     state.history.append(_epoch_row(epoch, lr, train_metrics, evals, seconds))
     state.predictions.add(epoch + 1, per_example, run.eval_loaders["test"].y,
@@ -332,15 +363,35 @@ def _record_epoch(run: Run, state: TrainingState, row: dict[str, Any], loggers: 
     checkpoint was written."""
     if not run.ctx.is_main or loggers is None:
         return False
-    paths = run.paths
     loggers.epoch(row, state.history)
     if run.recipe.output.checkpoint:
         best = best_epoch(_evaluated(state.history), run.bundle.task)
-        save_checkpoint(paths.checkpoint, recipe=_recorded_recipe(run.recipe), seed=run.seed,
-                        replicate=run.replicate, state=state, parts=run.parts(), wall_time=wall,
-                        best=paths.best_checkpoint if best.get("epoch") == row["epoch"] else None)
+        _save(run, state, wall, best=best.get("epoch") == row["epoch"])
         return True
     return False
+
+
+def _save(run: Run, state: TrainingState, wall: float, best: bool) -> None:
+    """checkpoint.pt (rank 0), also as checkpoint_best.pt when `best`, and, with output.keep K >
+    1, as a kept copy in checkpoints/ of which the K newest stay."""
+    if not run.ctx.is_main:
+        return
+    paths, keep = run.paths, run.recipe.output.keep
+    also = [paths.best_checkpoint] if best else []
+    if keep > 1:
+        ensure_dir(paths.kept_checkpoints)
+        also.append(paths.kept_checkpoint(state.epoch, state.partial["loader"]["batch"] if state.partial else None))
+    save_checkpoint(paths.checkpoint, recipe=_recorded_recipe(run.recipe), seed=run.seed, replicate=run.replicate,
+                    state=state, parts=run.parts(), wall_time=wall, also=also)
+    if keep > 1:
+        for old in sorted(paths.kept_checkpoints.glob("epoch*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)
+
+
+def _early_stop_line(early: dict[str, Any]) -> str:
+    epochs = f"{early['patience']} epoch{'s' if early['patience'] != 1 else ''}"
+    return (f"early stop after epoch {early['stopped_after']}: {early['metric']} has not improved by more than "
+            f"{early['min_delta']:g} for {epochs} (best {early['best']:.4g} at epoch {early['best_epoch']})")
 
 
 def _evaluated(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -352,51 +403,131 @@ def _evaluated(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -> dict[str, float]:
-    """One pass over the training data. Sums stay on the device: no host sync per step."""
+class WithinEpoch:
+    """`output.checkpoint_every`: when a mid-epoch checkpoint is due, after an optimiser step.
+    Every N steps counts the run's steps (the scheduler's count, so it survives a resume); every
+    N seconds counts from this process's start or its last save. With several ranks the ranks
+    agree (a time is rank 0's decision, shared), since each must add its sums to the checkpoint."""
+
+    def __init__(self, steps: int | None, seconds: float | None, save: Any):
+        self.steps, self.seconds, self.save, self.last = steps, seconds, save, time.perf_counter()
+
+    @classmethod
+    def of(cls, recipe: Recipe, save: Any) -> WithinEpoch | None:
+        if recipe.output.checkpoint_every is None:
+            return None
+        unit, amount = parse_every(recipe.output.checkpoint_every)  # type: ignore[misc]  # validated
+        return cls(int(amount), None, save) if unit == "steps" else cls(None, amount, save)
+
+    def due(self, run: Run) -> bool:
+        if self.steps is not None:
+            return run.scheduler.last_epoch % self.steps == 0
+        late = time.perf_counter() - self.last >= self.seconds
+        if run.ctx.enabled:
+            (late_on_main,) = run.ctx.sum(torch.tensor(float(late and run.ctx.is_main), device=run.device))
+            late = bool(late_on_main.item())
+        return late
+
+    def saved(self) -> None:
+        self.last = time.perf_counter()
+
+
+@dataclass
+class _EpochSums:
+    """An epoch's running training sums, kept on the device (no host sync per step)."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    n: int
+
+    @classmethod
+    def start(cls, saved: dict[str, Any] | None, device: torch.device, ctx: DistContext) -> _EpochSums:
+        """Zero, or what a mid-epoch checkpoint saved: sums over all ranks, so only rank 0 takes them."""
+        if saved is None or not ctx.is_main:
+            return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0)
+        return cls(saved["loss_sum"].to(device).clone(), saved["correct"].to(device).clone(), int(saved["n"]))
+
+    def over_ranks(self, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor, int]:
+        loss, correct, n = ctx.sum(self.loss, self.correct, torch.tensor(self.n, device=self.loss.device))
+        return loss, correct, int(n.item())
+
+
+def _train_epoch(run: Run, state: TrainingState, epoch: int, bar: Progress | None, description: str,
+                 within: WithinEpoch | None, lr: float) -> dict[str, float]:
+    """One pass over the training data (the rest of one after a mid-epoch checkpoint), in
+    optimiser steps of `train.accumulate` batches each; `lr`: the epoch's, for the checkpoint."""
     model, loader, criterion, ctx = run.step_model, run.train_loader, run.criterion, run.ctx
     model.train()
-    loader.set_epoch(epoch)
-    loss_sum = torch.zeros((), device=loader.device)
-    correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    n = 0
-    to_format = torch.channels_last if run.recipe.train.channels_last else torch.contiguous_format
+    resumed = state.partial
+    loader.set_epoch(epoch, resumed["loader"] if resumed else None)
+    sums = _EpochSums.start(resumed, loader.device, ctx)
     t0 = time.perf_counter()
     if bar is not None:
         bar.update(bar.task_ids[0], description=description)
-    for x, y in loader:
-        if len(y) < ctx.world:  # a last batch smaller than the ranks: every rank skips it alike
-            continue
-        x, y, share = ctx.shard(x, y)
-        if isinstance(x, torch.Tensor) and x.dim() == 4:  # (not a graph batch)
-            x = x.contiguous(memory_format=to_format)
-        with run.autocast():
-            out = model(x)
-            loss = criterion(out, y)
-        _optimizer_step(run, loss * share if share != 1.0 else loss)
-        loss_sum.add_(loss.detach(), alpha=len(y))
-        if criterion.task == "classification":
-            correct += (out.detach().argmax(1) == y).sum()
-        n += len(y)
+    batches = iter(loader)
+    while group := list(itertools.islice(batches, run.recipe.train.accumulate)):
+        # a last batch smaller than the ranks: every rank skips it alike
+        used = [(x, y) for x, y in group if len(y) >= ctx.world]
+        if used:
+            _accumulated_step(run, used, sums)
+            if within is not None and loader.position()["batch"] < len(loader) and within.due(run):
+                _save_within_epoch(run, state, sums, t0, lr, resumed, within)
         if bar is not None:  # no per-step work for a bar nobody sees
-            rate = n * ctx.world / max(time.perf_counter() - t0, 1e-9)
-            bar.update(bar.task_ids[0], advance=1, rate=f"{rate:,.0f}/s")
-    loss_sum, correct, total = ctx.sum(loss_sum, correct, torch.tensor(n, device=loader.device))
-    count = max(int(total.item()), 1)
+            rate = sums.n * ctx.world / max(time.perf_counter() - t0, 1e-9)
+            bar.update(bar.task_ids[0], advance=len(group), rate=f"{rate:,.0f}/s")
+    loss_sum, correct, count = sums.over_ranks(ctx)
+    count = max(count, 1)
     metrics = {"loss": loss_sum.item() / count}
     if criterion.task == "classification":
         metrics["acc"] = correct.item() / count
     return metrics
 
 
-def _optimizer_step(run: Run, loss: torch.Tensor) -> None:
-    """Backward, L2 penalty, clipping, optimiser and schedule step; through the gradient scaler
-    with fp16, unscaling first so that L2 and clipping act on the true gradients."""
+def _accumulated_step(run: Run, batches: list[tuple[Any, torch.Tensor]], sums: _EpochSums) -> None:
+    """One optimiser step on the gradient of the mean loss over `batches` (their samples
+    together, as one batch of them all would give): each batch's mean loss is weighted by its
+    share of the samples."""
+    total = sum(len(y) for _, y in batches)
+    to_format = torch.channels_last if run.recipe.train.channels_last else torch.contiguous_format
     run.optimizer.zero_grad(set_to_none=True)
-    if run.scaler is None:
-        loss.backward()
-    else:
-        run.scaler.scale(loss).backward()
+    for x, y in batches:
+        weight = len(y) / total
+        x, y, share = run.ctx.shard(x, y)
+        if isinstance(x, torch.Tensor) and x.dim() == 4:  # (not a graph batch)
+            x = x.contiguous(memory_format=to_format)
+        with run.autocast():
+            out = run.step_model(x)
+            loss = run.criterion(out, y)
+        scaled = loss * (share * weight) if share * weight != 1.0 else loss
+        (scaled if run.scaler is None else run.scaler.scale(scaled)).backward()
+        sums.loss.add_(loss.detach(), alpha=len(y))
+        if run.criterion.task == "classification":
+            sums.correct += (out.detach().argmax(1) == y).sum()
+        sums.n += len(y)
+    _optimizer_step(run)
+
+
+def _save_within_epoch(run: Run, state: TrainingState, sums: _EpochSums, t0: float, lr: float,
+                       resumed: dict[str, Any] | None, within: WithinEpoch) -> None:
+    """A mid-epoch checkpoint: where the loader is, the epoch's sums over all ranks, its learning
+    rate and seconds so far. The RNG states are saved as they are now, after the step."""
+    loss_sum, correct, n = sums.over_ranks(run.ctx)
+    earlier = resumed or {}
+    state.partial = {"loader": run.train_loader.position(), "loss_sum": loss_sum.cpu(), "correct": correct.cpu(),
+                     "n": n, "lr": lr,
+                     "seconds": earlier.get("seconds", 0.0) + time.perf_counter() - t0}
+    try:
+        within.save()
+    finally:
+        state.partial = resumed  # the epoch's start is still what _train_and_evaluate reads
+    within.saved()
+
+
+def _optimizer_step(run: Run) -> None:
+    """L2 penalty, clipping, optimiser and schedule step, and the EMA update, on the gradients
+    the batches left; through the gradient scaler with fp16, unscaling first so that L2 and
+    clipping act on the true gradients."""
+    if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
     run.l2.apply()
     if run.recipe.train.grad_clip is not None:
@@ -407,6 +538,8 @@ def _optimizer_step(run: Run, loss: torch.Tensor) -> None:
         run.scaler.step(run.optimizer)
         run.scaler.update()
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
 
 
 @torch.no_grad()
@@ -532,7 +665,7 @@ def _complexity(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[st
 
 
 def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingState, wall: float,
-                 warmup_s: float, checkpoint_epoch: int | None) -> dict[str, Any]:
+                 warmup_s: float, checkpoint_epoch: int | None, early: dict[str, Any] | None) -> dict[str, Any]:
     history = state.history
     rate = state.train_samples / state.train_time if state.train_time > 0 else 0.0
     precision = {"precision": run.precision, **({"precision_note": run.precision_note} if run.precision_note else {})}
@@ -542,6 +675,9 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
         "name": run.recipe.output.name,
         "status": status,
         "interrupted_by": stopped_by,
+        # why the run ended: epochs (all of them), early_stop (with `early_stop` saying why), diverged, interrupted
+        "stop_reason": "early_stop" if early is not None else {"completed": "epochs"}.get(status, status),
+        "early_stop": early,
         "checkpoint_epoch": checkpoint_epoch,
         "seed": run.seed,
         "replicate": run.replicate,

@@ -21,6 +21,6 @@ def test_gpu_check_skips_every_cuda_part_without_a_gpu(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 4 and all(line.startswith("gpu_check: skipped (torch sees no CUDA device)") for line in lines)
+    assert len(lines) == 5 and all(line.startswith("gpu_check: skipped (torch sees no CUDA device)") for line in lines)
     assert all(len(line) <= 80 for line in lines)
     assert (tmp_path / "out" / "summary.txt").read_text().strip().splitlines() == lines

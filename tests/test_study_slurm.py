@@ -141,3 +141,55 @@ def test_a_stopped_sweep_follows_its_queued_jobs_instead_of_submitting_twice(tmp
     assert len(list((out / "slurm").rglob("*_submitted.pkl"))) == 2
     runs = json.loads((out / "study.json").read_text())["runs"]
     assert {r["status"] for r in runs.values()} == {"completed"}
+
+
+def _two_task_study(tmp_path: Path, epochs: int) -> Path:
+    # No BatchNorm: gloo has no SyncBatchNorm, so BN statistics would be per rank.
+    write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, model={"options": {"depth": 2, "width": 32, "bn": False}},
+                                                  optim={"l2": 1e-4}, train={"epochs": epochs, "batch_size": 64}))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "r.yaml", "grid": {"model.variant": ["baseline"]},
+                                    "launcher": {"tasks_per_node": 2, "cpus_per_task": 1, "time": 10}}))
+    return path
+
+
+def _flat(histories: dict) -> dict:
+    return {k: [r[m] for r in h for m in ("train_loss", "test_loss", "test_acc")] for k, h in histories.items()}
+
+
+def test_a_run_on_two_slurm_tasks_equals_one_process(tmp_path, slurm_env):
+    """`launcher.tasks_per_node: 2`: one run, two Slurm tasks joined through submitit's
+    distributed environment (gloo), rank 0 writing; the numbers of one process on the same
+    global batch."""
+    path = _two_task_study(tmp_path, epochs=3)
+    out = tmp_path / "out"
+    sweep = _sweep(path, out, slurm_env)
+    text, _ = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, text
+    (results,) = out.rglob("results.json")
+    doc = json.loads(results.read_text())
+    assert doc["status"] == "completed" and doc["environment"]["world_size"] == 2
+    job = json.loads((out / "study.json").read_text())["runs"]["variant=baseline/seed0"]["job"]
+    logs = sorted((out / "slurm").rglob(f"{job}_*_log.out"))
+    assert len(logs) == 2  # two tasks ran the run
+    assert "starts at epoch 0 on 2 tasks" in "".join(p.read_text() for p in logs)
+    reference, ours = _flat(_local_reference(path, tmp_path / "local")), _flat(_histories(out))
+    assert ours.keys() == reference.keys()
+    for key, values in reference.items():
+        assert ours[key] == pytest.approx(values, rel=1e-5, abs=1e-6)
+
+
+def test_a_requeued_two_task_run_resumes_from_its_checkpoint(tmp_path, slurm_env):
+    path, out = _two_task_study(tmp_path, epochs=40), tmp_path / "out"
+    sweep = _sweep(path, out, slurm_env)
+    cell = "variant=baseline"
+    _wait_for(lambda: _job(out, cell) and _checkpoint_epoch(out, cell) >= 2)
+    job = _job(out, cell)
+    subprocess.run(["scontrol", "requeue", job], env=slurm_env, check=True)
+    text, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, text
+    starts = _starts(out, job)  # rank 0 says where each attempt started
+    assert len(starts) >= 2 and starts[0] == 0 and starts[-1] >= 2, starts
+    reference, ours = _flat(_local_reference(path, tmp_path / "local")), _flat(_histories(out))
+    for key, values in reference.items():
+        assert ours[key] == pytest.approx(values, rel=1e-5, abs=1e-6)

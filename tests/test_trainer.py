@@ -493,19 +493,21 @@ def test_jobs_workers_end_with_their_parent_even_on_sigkill(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _kill_repeatedly(tmp_path, kills: int, seed: int) -> list[str]:
+def _kill_repeatedly(tmp_path, kills: int, seed: int, output: dict | None = None) -> list[str]:
     """Train with `--resume` in a subprocess, SIGKILL it after a random delay, `kills` times, then
-    resume to the end in this process; the run must equal an uninterrupted one. Returns where
-    each kill landed, for the test log."""
+    resume to the end in this process; the run must equal an uninterrupted one (trained without
+    mid-epoch checkpoints). Returns where each kill landed, and (with output.checkpoint_every)
+    whether checkpoint.pt was then a mid-epoch one, for the test log."""
     import random
 
     from biasbench.predictions import load_predictions
     from tests.conftest import run_cli
 
     # wide enough that checkpoint writes (two parts of ~1 MB, fsync) are a real share of an epoch
-    doc = tiny_recipe(tmp_path, model={"options": {"depth": 3, "width": 256}}, train={"epochs": 12})
+    doc = tiny_recipe(tmp_path, model={"options": {"depth": 3, "width": 256}}, train={"epochs": 12},
+                      output=output or {})
     path = write_recipe(tmp_path / "r.yaml", doc)
-    (straight,) = _train(path, tmp_path / "straight")
+    (straight,) = _train(path, tmp_path / "straight", "output.checkpoint_every=null", "output.keep=1")
     epoch_s = straight["wall_time_s"] / 12  # training, evaluation and writes of one epoch
     run = tmp_path / "runs" / "r" / "seed0"
     rng, landed = random.Random(seed), []
@@ -517,6 +519,11 @@ def _kill_repeatedly(tmp_path, kills: int, seed: int) -> list[str]:
         proc.wait()
         assert proc.returncode == -signal.SIGKILL  # it did not finish before the kill
         landed.append("during a write" if list(run.glob(".*.tmp")) else "in steps or evaluation")
+        if output and (run / "checkpoint.pt").exists():
+            from biasbench.checkpoint import load_checkpoint
+
+            landed.append("mid-epoch checkpoint" if load_checkpoint(run / "checkpoint.pt")["partial"] else
+                          "epoch checkpoint")
     code, out, err = run_cli(["train", str(path), "--resume", "--device", "cpu"])
     assert code == 0, err
     resumed = json.loads((run / "results.json").read_text())
@@ -530,6 +537,11 @@ def _kill_repeatedly(tmp_path, kills: int, seed: int) -> list[str]:
 
 def test_three_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run(tmp_path):
     _kill_repeatedly(tmp_path, kills=3, seed=0)
+
+
+def test_kill_9_mid_epoch_with_checkpoints_every_2_steps_then_resume_equals_the_uninterrupted_run(tmp_path):
+    landed = _kill_repeatedly(tmp_path, kills=3, seed=2, output={"checkpoint_every": "2 steps", "keep": 3})
+    assert "mid-epoch checkpoint" in landed, landed  # a resume started in the middle of an epoch
 
 
 @pytest.mark.slow

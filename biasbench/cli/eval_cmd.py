@@ -46,11 +46,14 @@ def eval_(
         raise UserError("this run has no validation split (data.val_fraction was 0); use --split test")
     metrics = evaluate(model, make_eval_loader(bundle, data, recipe.data, recipe.train.eval_batch_size, dev),
                        build_criterion(recipe, bundle, model).to(dev))
-    out = {"checkpoint": str(checkpoint), "split": split, "epoch": ckpt["epoch"], "samples": len(data), **metrics}
+    batch = ckpt["partial"]["loader"]["batch"] if ckpt.get("partial") else None  # a mid-epoch checkpoint
+    out = {"checkpoint": str(checkpoint), "split": split, "epoch": ckpt["epoch"], "batch": batch, "samples": len(data),
+           **metrics}
     if as_json:
         print(json.dumps(out, indent=1))
         return
-    title = f"{recipe.output.name}, seed {ckpt['seed']}, epoch {ckpt['epoch']} ({checkpoint.name}), {split} split"
+    when = f"epoch {ckpt['epoch']}" + (f" and {batch} batches of epoch {ckpt['epoch'] + 1}" if batch else "")
+    title = f"{recipe.output.name}, seed {ckpt['seed']}, {when} ({checkpoint.name}), {split} split"
     rows = [["samples", str(len(data))]] + [[k, f"{100 * v:.2f}%" if k.startswith("acc") else f"{v:.4f}"]
                                            for k, v in metrics.items()]
     print_table(title, ["metric", "value"], rows)  # one row per metric: fits 80

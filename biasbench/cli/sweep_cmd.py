@@ -19,6 +19,7 @@ BACKENDS = ("local", "slurm")
 
 @app.command(epilog="Examples:\n\n  biasbench sweep studies/dac_sgemm.yaml --smoke --dry-run\n\n"
                     "  biasbench sweep studies/dac_sgemm.yaml --smoke --jobs 2\n\n"
+                    "  biasbench sweep studies/dac_vgg_cifar.yaml --gpus 0,1,2,3 --workers-per-gpu 2\n\n"
                     "  biasbench sweep studies/dac_vgg_cifar.yaml --backend slurm --gpus 1\n\n"
                     "  biasbench report runs/studies/dac_sgemm_smoke --out report/\n\n"
                     "Run the same command again to finish a stopped sweep: finished runs are "
@@ -35,7 +36,10 @@ def sweep(
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (in each run)."),
     partition: str | None = typer.Option(None, "--partition", help="Slurm partition (launcher.partition)."),
     time_limit: str | None = typer.Option(None, "--time", help="Slurm time per job: minutes or HH:MM:SS."),
-    gpus: int | None = typer.Option(None, "--gpus", min=0, help="Slurm GPUs per job (launcher.gpus_per_node)."),
+    gpus: str | None = typer.Option(None, "--gpus", help="Local: devices 0,1,2,3 or all, one worker each "
+                                    "(CUDA_VISIBLE_DEVICES); Slurm: GPUs per job (launcher.gpus_per_node)."),
+    workers_per_gpu: int | None = typer.Option(None, "--workers-per-gpu", min=1,
+                                               help="Local with --gpus: workers sharing each GPU (default 1)."),
     cpus: int | None = typer.Option(None, "--cpus", min=1, help="Slurm CPUs per job (launcher.cpus_per_task)."),
     mem_gb: float | None = typer.Option(None, "--mem-gb", min=0, help="Slurm memory per job in GB."),
     array_parallelism: int | None = typer.Option(None, "--array-parallelism", min=1,
@@ -50,8 +54,9 @@ def sweep(
 
     if backend not in BACKENDS:
         raise UserError(f"--backend must be local or slurm, got `{backend}`")
-    cluster = {"partition": partition, "time": time_limit, "gpus_per_node": gpus, "cpus_per_task": cpus,
-               "mem_gb": mem_gb, "array_parallelism": array_parallelism}
+    slots, device = _local_gpus(backend, gpus, workers_per_gpu, jobs, device)
+    cluster = {"partition": partition, "time": time_limit, "gpus_per_node": _slurm_gpus(gpus) if backend == "slurm"
+               else None, "cpus_per_task": cpus, "mem_gb": mem_gb, "array_parallelism": array_parallelism}
     given = {k: v for k, v in cluster.items() if v is not None}
     if backend == "local" and given:
         raise UserError(f"--{next(iter(given)).split('_')[0]}... are Slurm options; add --backend slurm")
@@ -69,7 +74,34 @@ def sweep(
     if dry_run:
         _print_plan(study, out, console, as_json)
         return
-    _run(study, out, backend, jobs, device, launcher, console, as_json)
+    _run(study, out, backend, len(slots) if slots else jobs, device, launcher, console, as_json, slots)
+
+
+def _local_gpus(backend: str, gpus: str | None, per_gpu: int | None, jobs: int, device: str
+                ) -> tuple[list[dict[str, str]] | None, str]:
+    """The local backend's worker environments for --gpus (None without), and the device runs use."""
+    if backend != "local" or gpus is None:
+        if per_gpu is not None:
+            raise UserError("--workers-per-gpu shares the devices of --gpus among local workers; add --gpus "
+                            "0,1,... (local backend)")
+        return None, device
+    if jobs != 1:
+        raise UserError("--jobs and --gpus both set the number of local workers; with --gpus there are "
+                        "(devices x --workers-per-gpu) workers: drop --jobs")
+    if device == "cpu":
+        raise UserError("--gpus pins each worker to a CUDA device, but --device is cpu; drop one of them")
+    from biasbench.study.gpus import slots_for
+
+    return slots_for(gpus, per_gpu or 1), "cuda"
+
+
+def _slurm_gpus(gpus: str | None) -> int | None:
+    if gpus is None:
+        return None
+    if not gpus.strip().isdigit():
+        raise UserError(f"--gpus with --backend slurm is a number of GPUs per job, got `{gpus}` (device lists "
+                        "are for --backend local)")
+    return int(gpus)
 
 
 def _check_datas(study: Any) -> None:
@@ -89,7 +121,7 @@ def _check_datas(study: Any) -> None:
 
 
 def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: Any, console: Console,
-         as_json: bool) -> None:
+         as_json: bool, slots: list[dict[str, str]] | None = None) -> None:
     from biasbench.study.runner import run_sweep, worker_threads
 
     if out.exists() and not out.is_dir():
@@ -97,6 +129,8 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
     _check_datas(study)
     where = f"{jobs} worker{'s' if jobs > 1 else ''} x {worker_threads(jobs)} thread(s)" if backend == "local" \
         else "Slurm job array"
+    if slots:
+        where += f" on GPUs {','.join(dict.fromkeys(s['CUDA_VISIBLE_DEVICES'] for s in slots))}"
     if not as_json:
         console.print(f"study {escape(study.name)}: {study.run_count()} runs in {len(study.cells)} cells, "
                       f"{where}; folder {escape(str(out))}")
@@ -105,7 +139,7 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
             console.print(f"note: {jobs} workers on {cores} cores: they share the cores, one thread each")
     try:
         sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
-                          console=Console(highlight=False, quiet=as_json))
+                          console=Console(highlight=False, quiet=as_json), slots=slots)
     except KeyboardInterrupt:
         Console(stderr=True, highlight=False).print(
             "interrupted: every running run kept its last checkpoint"

@@ -91,9 +91,13 @@ class GraphLoader:
         self.nodes = split.nodes.to(device)
         self.y = split.y.to(device)
         self.batch_size, self.device, self.shuffle, self.seed, self.epoch = batch_size, device, shuffle, seed, 0
+        self._first, self._at = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, position: dict[str, Any] | None = None) -> None:
+        self.epoch, self._first = epoch, int((position or {}).get("batch", 0))
+
+    def position(self) -> dict[str, Any]:
+        return {"batch": self._at}
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -103,8 +107,10 @@ class GraphLoader:
 
         order = (torch.randperm(len(self.y), generator=epoch_generator(self.seed, self.epoch)).to(self.device)
                  if self.shuffle else torch.arange(len(self.y), device=self.device))
-        for lo in range(0, len(self.y), self.batch_size):
-            idx = order[lo:lo + self.batch_size]
+        first, self._first = self._first, 0  # a mid-epoch start applies to one pass
+        for b in range(first, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            self._at = b + 1
             yield GraphBatch(self.x, self.edge_index, self.nodes[idx]), self.y[idx]
 
 

@@ -9,7 +9,10 @@ processes, on in-memory images or on image files (`FileSplit`, decoded in the wo
 The order of epoch e, and every random number of its augmentation, depend only on (seed, e), so a
 run resumed at epoch e sees exactly the batches an uninterrupted run would have seen. For
 `ImageLoader` this holds whatever the number of workers: each image's transform runs with torch's,
-Python's and NumPy's generators seeded from (seed, epoch, position in the epoch).
+Python's and NumPy's generators seeded from (seed, epoch, position in the epoch). Within an
+epoch, `position()` says where the last batch handed out left the epoch (the batch index and,
+for `TensorLoader`'s batched augmentation, its generator's state), and `set_epoch(e, position)`
+starts there: a run resumed from a mid-epoch checkpoint sees the rest of the same epoch.
 """
 
 from __future__ import annotations
@@ -67,9 +70,16 @@ class TensorLoader:
         shape = (1, -1) + (1,) * (self.x.dim() - 2)
         self.mean = torch.tensor(bundle.mean, device=device).view(shape) if bundle.mean else None
         self.std = torch.tensor(bundle.std, device=device).view(shape) if bundle.std else None
+        self._start: dict[str, Any] | None = None
+        self._at, self._g = 0, None  # batches of this pass handed out; its augmentation generator
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, position: dict[str, Any] | None = None) -> None:
+        self.epoch, self._start = epoch, position
+
+    def position(self) -> dict[str, Any]:
+        """Where the last batch handed out left the epoch; read before the next is asked for (the
+        generator is lazy: it has drawn nothing for a batch not yet asked for)."""
+        return {"batch": self._at, "augment_rng": self._g.get_state() if self._g is not None else None}
 
     def __len__(self) -> int:
         return num_batches(len(self.y), self.batch_size, self.shuffle)
@@ -95,8 +105,14 @@ class TensorLoader:
             g = epoch_generator(self.seed, self.epoch, stream=1)
         else:
             order, g = None, None
-        for b in range(len(self)):
+        start, self._start = self._start or {}, None  # a position applies to one pass
+        first = int(start.get("batch", 0))
+        if first and g is not None:  # the augmentation's generator as it was after batch `first`
+            g.set_state(start["augment_rng"])
+        self._g = g
+        for b in range(first, len(self)):
             lo, hi = b * self.batch_size, min(n, (b + 1) * self.batch_size)
+            self._at = b + 1
             if order is not None:
                 idx = order[lo:hi]
                 yield self._prepare(self.x.index_select(0, idx), g), self.y.index_select(0, idx)
@@ -193,7 +209,7 @@ class _EpochBatches(Sampler):
     """Batches of (index, per-image seed) in the order of epoch `epoch`, as `TensorLoader` shuffles."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+        self.n, self.batch_size, self.seed, self.epoch, self.first = n, batch_size, seed, 0, 0
 
     def __len__(self) -> int:
         return num_batches(self.n, self.batch_size, shuffle=True)
@@ -202,7 +218,8 @@ class _EpochBatches(Sampler):
         order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()
         g = epoch_generator(self.seed, self.epoch, stream=2)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
-        for b in range(len(self)):
+        first, self.first = self.first, 0  # a mid-epoch start applies to one pass
+        for b in range(first, len(self)):
             lo, hi = b * self.batch_size, min(self.n, (b + 1) * self.batch_size)
             yield list(zip(order[lo:hi], seeds[lo:hi], strict=True))
 
@@ -226,20 +243,27 @@ class ImageLoader:
         self.workers = default_workers() if workers is None else workers
         transform = pipeline.train(shape, bundle.mean, bundle.std, dict(pipeline.options, **(options or {})))
         self._batches = _EpochBatches(len(split.y), batch_size, seed)
+        self._at = 0  # batches of the current epoch handed out
         self._loader = DataLoader(_SeededImages(images_of(split), split.y, transform), batch_sampler=self._batches,
                                   num_workers=self.workers, pin_memory=device.type == "cuda",
                                   persistent_workers=self.workers > 0,
                                   generator=torch.Generator().manual_seed(seed))  # not the global RNG
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, position: dict[str, Any] | None = None) -> None:
         self._batches.epoch = epoch  # sampling runs in the main process: workers need not know
+        self._batches.first = int((position or {}).get("batch", 0))  # per-image seeds need no state
+
+    def position(self) -> dict[str, Any]:
+        return {"batch": self._at}
 
     def __len__(self) -> int:
         return len(self._batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         pinned = self.device.type == "cuda"
+        self._at = self._batches.first
         for x, y in _worker_errors(iter(self._loader)):
+            self._at += 1
             yield x.to(self.device, non_blocking=pinned), y.to(self.device, non_blocking=pinned)
 
 

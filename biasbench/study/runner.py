@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_text
@@ -20,15 +20,26 @@ from biasbench.recipe import Recipe
 from biasbench.study.manifest import COMPLETED, ERROR, INTERRUPTED, PENDING, RUNNING, Manifest, run_key
 from biasbench.study.schema import Study, with_output_dir
 
+if TYPE_CHECKING:
+    from biasbench.distributed import DistContext
 
-def train_one(recipe: Recipe, seed: int, replicate: int, device: str, resume: bool) -> dict[str, Any]:
-    """Train (or resume) one run and return its results document, also when it was interrupted."""
+
+def train_one(recipe: Recipe, seed: int, replicate: int, device: str, resume: bool,
+              ctx: DistContext | None = None) -> dict[str, Any]:
+    """Train (or resume) one run and return its results document, also when it was interrupted.
+    `ctx`: this process's rank of a data-parallel run (a Slurm task of several); on CUDA each
+    rank trains on the device of its local rank."""
+    import torch
+
     from biasbench import trainer
     from biasbench.env import resolve_device
     from biasbench.results import load_results
 
+    dev = resolve_device(device)
+    if ctx is not None and ctx.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", ctx.local_rank)
     try:
-        return trainer.train_run(recipe, seed, replicate, resolve_device(device), resume=resume)
+        return trainer.train_run(recipe, seed, replicate, dev, resume=resume, ctx=ctx)
     except trainer.Interrupted as e:
         return e.doc if e.doc is not None else load_results(trainer.run_paths(recipe, seed).results)
 
@@ -206,12 +217,17 @@ def worker_threads(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str) -> None:
-    """The local backend: a pool of `jobs` workers; raises KeyboardInterrupt when stopped."""
+def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str,
+              slots: list[dict[str, str]] | None = None) -> None:
+    """The local backend: a pool of `jobs` workers (with `slots`: one per environment, each
+    pinned to its GPU, biasbench.study.gpus); raises KeyboardInterrupt when stopped."""
     from biasbench.pool import WorkerPool
 
     by_key = {t.key: t for t in tasks}
-    with WorkerPool(min(jobs, max(1, len(tasks))), threads=worker_threads(jobs)) as pool:
+    if slots is not None:
+        jobs = len(slots)
+    workers = min(jobs, max(1, len(tasks)))
+    with WorkerPool(workers, threads=worker_threads(jobs), slots=slots[:workers] if slots else None) as pool:
         # resume=True always: the trainer continues from a checkpoint when there is one, else starts.
         work = [(t.key, (*t.args, device, True)) for t in tasks]
         for event in pool.run(train_one, work):
@@ -220,7 +236,8 @@ def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str) -> Non
                 continue
             task = by_key[event.key]
             if event.kind == "started":
-                sweep.started(task, worker=event.pid)
+                pinned = {"gpu": pool.slots[event.slot]["CUDA_VISIBLE_DEVICES"]} if slots else {}
+                sweep.started(task, worker=event.pid, **pinned)
             elif event.kind == "finished":
                 sweep.finished(task, event.result)
             else:
@@ -236,7 +253,7 @@ def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str) -> Non
 
 
 def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1, device: str = "cpu",
-              launcher: Any = None, console: Any = None) -> Sweep:
+              launcher: Any = None, console: Any = None, slots: list[dict[str, str]] | None = None) -> Sweep:
     """Lock DIR, reconcile the manifest with the run folders, train what is missing.
 
     Raises KeyboardInterrupt when stopped (every busy run checkpointed, the manifest written),
@@ -273,7 +290,7 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
 
                     run_slurm(sweep, tasks, launcher, device, queued)
                 elif tasks:
-                    run_local(sweep, tasks, jobs, device)
+                    run_local(sweep, tasks, jobs, device, slots)
         finally:
             manifest.save(force=True)
         if sweep.user_error is not None:

@@ -33,7 +33,7 @@ from typing import Any
 from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
 from biasbench.study.naming import MAX_NAME, cell_name
-from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, read_spec, spec_keys, time_minutes
+from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, read_spec, spec_keys, tasks_per_run, time_minutes
 
 TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "failure", "analysis", "launcher", "smoke")
 RECIPE_KEY = "recipe"  # a grid/zip key naming each cell's base recipe
@@ -296,6 +296,7 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
         failure.check("failure")
     launcher = read_spec(LauncherSpec, doc.get("launcher"), "launcher")
     time_minutes(launcher.time)
+    tasks_per_run(launcher)
     return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
                  launcher, labels)
 

@@ -27,13 +27,15 @@ import submitit
 from biasbench.errors import UserError
 from biasbench.study.manifest import FINISHED, INTERRUPTED, QUEUED, RUNNING, Manifest
 from biasbench.study.runner import RunTask, Sweep, train_one
-from biasbench.study.specs import LauncherSpec, time_minutes
+from biasbench.study.specs import LauncherSpec, tasks_per_run, time_minutes
 
 POLL_S = 5.0
 
 
 class SlurmRun(submitit.helpers.Checkpointable):
-    """One array task. `checkpoint()` (inherited) resubmits the same call: the trainer resumes."""
+    """One array task: one run, on one Slurm task or on several (`launcher.nodes` x
+    `tasks_per_node`: the ranks of one data-parallel run). `checkpoint()` (inherited; submitit
+    calls it in task 0 only) resubmits the same call: every rank resumes from the checkpoint."""
 
     def __call__(self, recipe: Any, seed: int, replicate: int, device: str, threads: int | None) -> dict[str, Any]:
         import torch
@@ -42,10 +44,27 @@ class SlurmRun(submitit.helpers.Checkpointable):
 
         if threads:
             torch.set_num_threads(threads)
-        ckpt = run_paths(recipe, seed).checkpoint
-        start = _checkpoint_epoch(ckpt) if ckpt.exists() else 0
-        print(f"biasbench: {recipe.output.name}/seed{seed} starts at epoch {start}", flush=True)
-        return train_one(recipe, seed, replicate, device, True)
+        ctx = _join_ranks(device)
+        if ctx is None or ctx.is_main:
+            ckpt = run_paths(recipe, seed).checkpoint
+            start = _checkpoint_epoch(ckpt) if ckpt.exists() else 0
+            ranks = f" on {ctx.world} tasks" if ctx is not None else ""
+            print(f"biasbench: {recipe.output.name}/seed{seed} starts at epoch {start}{ranks}", flush=True)
+        return train_one(recipe, seed, replicate, device, True, ctx)
+
+
+def _join_ranks(device: str) -> Any:
+    """With several tasks in this job: the rendezvous submitit describes (MASTER_ADDR/PORT,
+    RANK, WORLD_SIZE, LOCAL_RANK from Slurm's variables, `TorchDistributedEnvironment`), joined
+    like torchrun's; None for a one-task job. Devices stay as Slurm gave them: rank r of a node
+    uses its GPU `LOCAL_RANK`."""
+    from biasbench.distributed import from_environment
+    from biasbench.env import resolve_device
+
+    if submitit.JobEnvironment().num_tasks <= 1:
+        return None
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return from_environment(resolve_device(device).type)
 
 
 def _checkpoint_epoch(path: Path) -> int:
@@ -57,6 +76,9 @@ def _checkpoint_epoch(path: Path) -> int:
 def executor_for(launcher: LauncherSpec, folder: Path, name: str) -> submitit.SlurmExecutor:
     executor = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=launcher.max_num_timeout)
     params: dict[str, Any] = {"job_name": name, "time": time_minutes(launcher.time)}  # None: the partition's
+    nodes, tasks = tasks_per_run(launcher)
+    if nodes > 1 or tasks > 1:  # one run's ranks: one task per device, or as many as asked
+        params.update(nodes=nodes, ntasks_per_node=tasks)
     for key in ("partition", "gpus_per_node", "cpus_per_task", "account", "qos", "constraint",
                 "array_parallelism"):
         value = getattr(launcher, key)

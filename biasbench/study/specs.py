@@ -244,6 +244,10 @@ def spec_keys(spec: Any) -> list[str]:
 class LauncherSpec:
     partition: str | None = None
     time: int | str | None = None  # minutes, or Slurm's "HH:MM:SS" / "D-HH:MM:SS"
+    # One run on several tasks (data-parallel ranks, biasbench.distributed): `nodes` x
+    # `tasks_per_node`, which defaults to `gpus_per_node` (one task per device).
+    nodes: int | None = None
+    tasks_per_node: int | None = None
     gpus_per_node: int | None = None
     cpus_per_task: int | None = None
     mem_gb: float | None = None
@@ -254,6 +258,15 @@ class LauncherSpec:
     constraint: str | None = None
     setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load ...)
     additional: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {exclusive: true}
+
+
+def tasks_per_run(launcher: LauncherSpec) -> tuple[int, int]:
+    """(nodes, tasks per node) of one run: one task per GPU unless `tasks_per_node` says."""
+    for key, least in (("nodes", 1), ("tasks_per_node", 1), ("gpus_per_node", 0), ("cpus_per_task", 1)):
+        value = getattr(launcher, key)
+        if value is not None and value < least:
+            raise UserError(f"`launcher.{key}` must be at least {least}, got {value}")
+    return launcher.nodes or 1, launcher.tasks_per_node or launcher.gpus_per_node or 1
 
 
 def time_minutes(value: int | str | None) -> int | None:
