@@ -26,3 +26,23 @@ def test_an_empty_study_file_is_still_refused(tmp_path):
     path.write_text("")
     code, _, err = run_cli(["sweep", str(path), "--dry-run"])
     one_line_error(code, err, "is empty")
+
+
+def test_train_json_path_is_checked_before_any_training(tmp_path):
+    from tests.conftest import tiny_recipe, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    (tmp_path / "a_file").write_text("x")
+    for bad, words in ((tmp_path, ("--json", "is a folder")),
+                       (tmp_path / "a_file" / "t.json", ("--json", "which is a file"))):
+        code, _, err = run_cli(["train", str(recipe), "--json", str(bad)])
+        one_line_error(code, err, *words)
+        assert not (tmp_path / "runs").exists(), "trained before refusing the --json path"
+
+
+def test_compare_and_report_json_paths_are_checked_first(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    for command in (["compare", str(tmp_path / "nothing_here")],
+                    ["report", str(tmp_path / "nothing_here"), "--out", str(tmp_path / "r")]):
+        code, _, err = run_cli([*command, "--json", str(tmp_path / "a_file" / "c.json")])
+        one_line_error(code, err, "--json", "which is a file")

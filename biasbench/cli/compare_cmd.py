@@ -46,6 +46,10 @@ def compare(
 ) -> None:
     from biasbench.compare import load_runs, summarize_runs
 
+    if json_out is not None and str(json_out) != "-":
+        from biasbench.fsutil import check_output_file
+
+        check_output_file(json_out, "--json")  # before reading and computing
     if gate is not None:
         given = [name for name, value in (("--baseline", baseline), ("--metric", metric),
                                           ("--estimator", estimator)) if value is not None]

@@ -69,6 +69,10 @@ def train(
         raise UserError("--json writes the table of trained runs and --dry-run trains nothing; drop one of them")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out `{out}` is a file; give a folder")
+    if json_out is not None and str(json_out) != "-":
+        from biasbench.fsutil import check_output_file
+
+        check_output_file(json_out, "--json")  # before training, not after it
     recipe, notes = resolve_recipe(recipe_path, set_, seed=seed, replicates=replicates, out=out, smoke=smoke)
     if dry_run:
         print_dry_run(recipe, notes, resume, overwrite)
@@ -98,11 +102,9 @@ def train(
         return
     print_runs_table(rows, recipe, Console(highlight=False))
     if json_out is not None:
-        from biasbench.fsutil import atomic_write_json
+        from biasbench.cli.compare_cmd import write_json
 
-        if json_out.is_dir():
-            raise UserError(f"--json `{json_out}` is a folder; give a file name")
-        atomic_write_json(json_out, rows)
+        write_json(json_out, rows)
 
 
 def resolve_recipe(path: Path, sets: list[str], *, seed: int | None = None, replicates: int | None = None,
