@@ -69,10 +69,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_for_recipe(recipe: Recipe, replicate: int, device: torch.device) -> tuple[DataBundle, torch.nn.Module]:
+    from biasbench.memory import build_within_memory
+
     bundle = build_data(recipe.data, replicate=replicate)
-    model = build_model(recipe.model.name, recipe.model.variant, num_classes=bundle.num_outputs,
-                        in_channels=bundle.input_shape[0], input_shape=bundle.input_shape,
-                        variant_options=recipe.model.variant_options, **recipe.model.options)
+    model = build_within_memory(
+        lambda: build_model(recipe.model.name, recipe.model.variant, num_classes=bundle.num_outputs,
+                            in_channels=bundle.input_shape[0], input_shape=bundle.input_shape,
+                            variant_options=recipe.model.variant_options, **recipe.model.options),
+        device, f"model `{recipe.model.name}` ({recipe.model.variant}) with {recipe.model.options or 'its defaults'}")
     configure_parameters(model, recipe)
     return bundle, model.to(device)
 

@@ -92,3 +92,129 @@ def test_every_loader_output_with_nan_or_infinity_is_refused(tmp_path):
     np.savez(tmp_path / "dgraphfin.npz", **arrays)
     with pytest.raises(UserError, match="non-finite node features"):
         build_data(DataConfig(name="dgraphfin", root=str(tmp_path)))
+
+
+def test_a_model_too_large_for_memory_is_one_line_with_both_sizes(tmp_path):
+    import time
+
+    from tests.conftest import tiny_recipe, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
+    started = time.perf_counter()
+    code, _, err = run_cli(["train", str(recipe), "--set", "model.options.width=300000"])
+    # mlp depth 2 on digits (64 inputs, 10 classes): (64 + 300000 + 1 + 10) * 300000 + 10 float32 weights
+    need = ((64 + 1) * 300000 + (300000 + 1) * 300000 + (300000 + 1) * 10) * 4
+    one_line_error(code, err, f"needs {need / 2**30:,.1f} GiB for its weights alone", "GiB free", "model.options")
+    assert time.perf_counter() - started < 30  # nothing allocated, nothing initialised
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_memory_check_refuses_by_the_free_memory_and_draws_no_random_numbers(monkeypatch):
+    import pytest
+    import torch
+
+    from biasbench import memory
+    from biasbench.errors import UserError
+
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.BatchNorm1d(10))
+
+    torch.manual_seed(3)
+    plain = build()
+    torch.manual_seed(3)
+    checked = memory.build_within_memory(build, torch.device("cpu"), "model `m`")
+    for a, b in zip(plain.state_dict().values(), checked.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the meta build before it changed no weight
+    # 110 weights (440 bytes) + BatchNorm: 20 weights, 20 running statistics (160 bytes), one int64 count (8)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 600)
+    with pytest.raises(UserError, match="model `m` needs 608 bytes for its weights alone, and cpu memory has "
+                                        "600 bytes free"):
+        memory.build_within_memory(build, torch.device("cpu"), "model `m`")
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 608)
+    memory.build_within_memory(build, torch.device("cpu"), "model `m`")
+
+
+# --- item 11: sweep --dry-run of a large study --------------------------------------------------
+
+PLAN_STUDY = {
+    "grid": {"model.options.depth": [1, 2, 3], "optim.lr": [0.01, 0.02, 0.05], "train.epochs": [1, 2]},
+    "zip": [{"arm": ["base", "twin"], "model.variant": ["baseline", "dac"]}],
+    "exclude": [{"model.options.depth": 3, "arm": "twin"}],
+    "replicates": 2,
+}
+
+
+def test_a_counted_plan_equals_the_full_expansion(tmp_path):
+    from biasbench.study import load_study
+    from biasbench.study.cost import estimate, planned
+    from tests.test_study_schema import write_study
+
+    path = write_study(tmp_path, PLAN_STUDY)
+    full = load_study(path)
+    counted = load_study(path, plan_over=0)
+    assert counted.plan is not None and full.plan is None
+    assert counted.plan.names == [c.name for c in full.cells]
+    assert counted.plan.values == [c.values for c in full.cells]
+    assert counted.cell_count() == len(full.cells) == 30 and counted.run_count() == full.run_count() == 60
+    # built: the 10 model/data/train configurations (3 depths x 2 variants x 2 epochs, less depth 3
+    # of dac), and the first cells with lr 0.02 and 0.05 (lr is no cost key, so no configuration's
+    # first cell holds them)
+    assert len(counted.cells) == 12 < len(full.cells)
+    assert sorted({c.values["optim.lr"] for c in counted.cells}) == [0.01, 0.02, 0.05]
+    for mine, theirs in zip(planned(counted), estimate(full.cells), strict=True):
+        assert (mine.cell, mine.runs, mine.params, mine.flops, mine.samples, mine.epochs) == \
+            (theirs.cell, theirs.runs, theirs.params, theirs.flops, theirs.samples, theirs.epochs)
+
+
+def test_a_counted_plan_still_checks_every_value_and_every_folder_name(tmp_path):
+    import pytest
+
+    from biasbench.errors import UserError
+    from biasbench.study import load_study
+    from tests.test_study_schema import write_study
+
+    bad = {**PLAN_STUDY, "grid": {**PLAN_STUDY["grid"], "optim.lr": [0.01, 0.02, "fast"]}}
+    with pytest.raises(UserError, match="optim.lr"):
+        load_study(write_study(tmp_path, bad), plan_over=0)
+    clash = {"grid": {"optim.lr": [0.5, "0.5"], "train.epochs": [1, 2]}}
+    with pytest.raises(UserError, match="two cells map to one folder `lr=0.5,epochs=1`"):
+        load_study(write_study(tmp_path, clash), plan_over=0)
+
+
+def test_dry_run_prints_at_most_the_first_cells_then_counts_the_rest(tmp_path, monkeypatch):
+    from biasbench.cli import sweep_cmd
+    from tests.test_study_schema import write_study
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sweep_cmd, "SHOWN_CELLS", 7)
+    monkeypatch.setattr(sweep_cmd, "PLANNED_OVER", 20)
+    code, out, err = run_cli(["sweep", str(write_study(tmp_path, PLAN_STUDY)), "--dry-run"])
+    assert code == 0, err
+    assert "60 runs in 30 cells" in out
+    rows = [line for line in out.splitlines() if line.startswith(("1 ", "2 ", "3 "))]
+    assert len(rows) == 7, out  # one row per shown cell, depth first
+    assert "... and 23 more cells (the first 7 are shown; --json lists every cell)" in " ".join(out.split())
+    assert "12 of the 30 cells' recipes were built and checked" in " ".join(out.split())
+    code, out, err = run_cli(["sweep", str(write_study(tmp_path, PLAN_STUDY)), "--dry-run", "--json"])
+    assert code == 0 and len(__import__("json").loads(out)["cells"]) == 30
+
+
+def test_a_100000_cell_study_is_counted_in_under_5_cpu_seconds(tmp_path):
+    import time
+
+    from biasbench.cli.sweep_cmd import PLANNED_OVER
+    from biasbench.study import load_study
+    from biasbench.study.cost import planned, summary
+    from tests.test_study_schema import write_study
+
+    path = write_study(tmp_path, {"grid": {"model.options.depth": [1]}})
+    summary(planned(load_study(path, plan_over=PLANNED_OVER)))  # imports, data set, FLOP count: paid by any study
+    ten = list(range(10))
+    path = write_study(tmp_path, {"grid": {"optim.lr": [0.01 * (i + 1) for i in ten], "train.epochs": [1, 2, 3, 4, 5],
+                                           "optim.weight_decay": [1e-4 * i for i in ten], "train.seed": ten,
+                                           "label": list(range(20))}})
+    started = time.process_time()  # CPU time: the machine running the tests may be shared
+    total = summary(planned(load_study(path, plan_over=PLANNED_OVER)))
+    spent = time.process_time() - started
+    assert (total["cells"], total["runs"]) == (100_000, 100_000)
+    assert spent < 5, f"{spent:.1f} CPU seconds"

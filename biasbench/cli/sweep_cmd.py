@@ -62,7 +62,7 @@ def sweep(
         from biasbench.study.runner import check_slurm
 
         check_slurm()
-    study = load_study(study_path, smoke=smoke)
+    study = load_study(study_path, smoke=smoke, plan_over=PLANNED_OVER if dry_run else None)
     launcher = replace(study.launcher, **given)
     out = out if out is not None else Path("runs") / "studies" / study.name
     console = Console(highlight=False)
@@ -146,21 +146,33 @@ def _print_outcome(study: Any, out: Path, counts: dict[str, int], failed: int, s
     console.print(f"report: biasbench report {escape(str(out))} --out {escape(str(out / 'report'))}")
 
 
-def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
-    from biasbench.study.cost import estimate, si, summary
+SHOWN_CELLS = 100  # plan rows printed; the rest are counted (--json lists every cell)
+PLANNED_OVER = 2_000  # a study of more cells is counted for --dry-run, not built (load_study's plan_over)
 
-    costs = estimate(study.cells)
+
+def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
+    from biasbench.study.cost import planned, si, summary
+
+    costs = planned(study)
+    values = study.plan.values if study.plan is not None else [c.values for c in study.cells]
     total = summary(costs)
     if as_json:
-        cells = [{"cell": c.name, "values": c.values, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
-                  "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for c, k in zip(study.cells, costs)]
+        cells = [{"cell": k.cell, "values": v, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
+                  "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for v, k in zip(values, costs)]
         print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells}, indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
     console.print(f"study {escape(study.name)}: {total['runs']} runs in {total['cells']} cells "
                   f"(folder {escape(str(out))}; nothing is trained with --dry-run)")
-    for text, style in _plan_table(study, costs, si, console.width):
+    shown = min(len(costs), SHOWN_CELLS)
+    for text, style in _plan_table(study, values[:shown], costs[:shown], si, console.width):
         console.print(escape(text), style=style or None, overflow="ignore", crop=False, soft_wrap=True)
+    if len(costs) > shown:
+        console.print(f"... and {len(costs) - shown} more cells (the first {shown} are shown; --json lists "
+                      "every cell)")
+    if study.plan is not None:
+        console.print(f"{len(study.cells)} of the {len(costs)} cells' recipes were built and checked (one per "
+                      "distinct model, data and train setting and per grid value); the sweep checks every cell")
     cost = total["forward_flops_x_samples_x_epochs"]
     console.print(f"total: {total['runs']} runs, {si(cost, 'FLOP')} = forward FLOPs per sample x training samples x "
                   "epochs, summed over runs (a training step costs about 3 forward passes)"
@@ -170,7 +182,8 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
                       "not known without its files")
 
 
-def _plan_table(study: Any, costs: list[Any], si: Any, width: int) -> list[tuple[str, str]]:
+def _plan_table(study: Any, values: list[dict[str, Any]], costs: list[Any], si: Any,
+                width: int) -> list[tuple[str, str]]:
     """One column per varying key when that fits `width`, else one per cell name (the table's
     usual blocks below it when even that is too wide)."""
     from biasbench.study.naming import short_keys, tag_value
@@ -181,8 +194,8 @@ def _plan_table(study: Any, costs: list[Any], si: Any, width: int) -> list[tuple
     numbers = [[str(k.runs), si(k.params), si(k.flops), si(k.samples) + ("" if k.exact else "~"), str(k.epochs),
                 si(k.total)] for k in costs]
     by_key = TextTable([short[k] for k in study.varying] + heads,
-                       [[tag_value(c.values[k]) for k in study.varying] + n for c, n in zip(study.cells, numbers)],
+                       [[tag_value(v[k]) for k in study.varying] + n for v, n in zip(values, numbers)],
                        left=set(range(len(study.varying))))
     if fits(by_key, width):
         return render(by_key, width)
-    return render(TextTable(["cell"] + heads, [[c.name] + n for c, n in zip(study.cells, numbers)]), width)
+    return render(TextTable(["cell"] + heads, [[k.cell] + n for k, n in zip(costs, numbers)]), width)
