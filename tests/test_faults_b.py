@@ -333,3 +333,31 @@ def test_markdown_reports_escape_names_as_the_html_does(tmp_path):
     md = plain._markdown([("h1", hostile), ("p", hostile), ("list", [hostile]),
                           ("table", (["run"], [[hostile]]))])
     assert "<img" not in md and md.count("&lt;img") == 4
+
+
+# --- item 17: help, wrapping -----------------------------------------------------------------------
+
+
+def test_help_shows_no_type_placeholders_and_plain_argument_names(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    commands = [[], ["train"], ["eval"], ["count"], ["compare"], ["report"], ["sweep"], ["list"], ["recipe"],
+                ["recipe", "show"]]
+    for command in commands:
+        code, out, _ = run_cli([*command, "--help"])
+        assert code == 0
+        help_line = next(line for line in out.splitlines() if "--help" in line)
+        assert "<bool>" not in help_line, (command, help_line)
+        assert "<list[str]>" not in out and "{" not in out, (command, out)
+    code, out, _ = run_cli(["train", "--help"])
+    assert "Usage: biasbench train [OPTIONS] RECIPE.yaml" in out and "--set KEY=VALUE" in " ".join(out.split())
+
+
+def test_wrapped_sweep_lines_end_in_no_space(monkeypatch):
+    from tests.conftest import assert_fits
+
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_cli(["sweep", "studies/dac_sgemm.yaml", "--smoke", "--dry-run"])
+    assert code == 0, err
+    assert_fits(out)
+    assert [line for line in out.splitlines() if line.endswith(" ")] == []
+    assert "total: 40 runs" in out and "epochs, summed over runs" in out  # the long line, wrapped

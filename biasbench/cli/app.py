@@ -1,10 +1,46 @@
 """The Typer application object that every command module registers on."""
 
+from typing import Any
+
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 import biasbench
 
-app = typer.Typer(
+
+class _PlainHelp:
+    """What `--help` shows, for every command and the group: the help option takes no value (no
+    `<bool>` after it), and a required argument reads `RECIPE.yaml` in the usage line, as the
+    arguments table names it, not Typer's `{RECIPE.yaml}` (braces read as a set of choices)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [p[1:].replace("}", "", 1) if p.startswith("{") else p for p in pieces]
+
+
+class Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class App(typer.Typer):
+    """Every `@app.command` gets the plain help layout unless it names its own class."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or Command, **kwargs)
+
+
+app = App(
+    cls=Group,
     name="biasbench",
     help="Benchmark neural-network units that put their capacity into biases.\n\n"
          "Train recipes, evaluate checkpoints, count parameters and FLOPs, compare and report results.",

@@ -31,7 +31,8 @@ from biasbench.termtable import print_table
                     "(checkpoint and results kept: rerun with --resume).")
 def train(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="Recipe file (see recipes/)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable). "
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a recipe key: --set optim.lr=0.05 (repeatable). "
                                    "Keys that change the experiment name a subfolder: runs/NAME/lr=0.05/seed0."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the first replicate (train.seed)."),
     replicates: int | None = typer.Option(None, "--replicates", help="Number of replicates (train.replicates)."),

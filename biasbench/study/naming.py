@@ -76,6 +76,4 @@ def cell_names(points: list[Mapping[str, Any]], naming: list[str]) -> list[str]:
             got = tags[key, id(value)] = f"{_UNSAFE.sub('_', short[key])}={tag_value(value)}"
         return got
 
-    names = [",".join([part(k, values[k]) for k in naming]) for values in points]
-    del tags  # (ids are only meaningful while the values live: never keep the table)
-    return names
+    return [",".join([part(k, values[k]) for k in naming]) for values in points]  # (the table dies here)
