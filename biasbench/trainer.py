@@ -454,6 +454,9 @@ def _progress_bar(console: Console, total_steps: int, done: int, epochs: int
     return bar
 
 
+_ANNOUNCED: set[tuple[str, ...]] = set()  # kernels warm_up has said it builds, in this command
+
+
 def warm_up(run: Run, console: Console) -> float:
     """Build the fused kernels a model's DAC or RAA layers call before the clock starts: the first
     run on a machine compiles them (10-20 s each on the CPU), which must not count as training
@@ -468,8 +471,10 @@ def warm_up(run: Run, console: Console) -> float:
     if not kinds:  # (RAA has no CUDA kernel: nothing to build there)
         return 0.0
     where = "Triton" if run.device.type == "cuda" else "C++"
-    say(console, f"{' and '.join(kinds)} layers: building the fused {where} kernels before timing (the first "
-                 "run on a machine compiles them, 10-20 s each; later runs load them from the cache)")
+    if (where, *kinds) not in _ANNOUNCED:  # once per command (train_recipe clears it), not per replicate
+        _ANNOUNCED.add((where, *kinds))
+        say(console, f"{' and '.join(kinds)} layers: building the fused {where} kernels before timing (the first "
+                     "run on a machine compiles them, 10-20 s each; later runs load them from the cache)")
     t0 = time.perf_counter()
     x = next(iter(run.eval_loaders["test"]))[0][:2]  # whatever loader the split has: its first batch
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
@@ -556,6 +561,7 @@ def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, 
     """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes."""
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
+    _ANNOUNCED.clear()  # the kernel-build line: once per command, whatever the replicates
     todo, done = plan_replicates(recipe, resume, overwrite, console, check=ctx.is_main)
     if jobs > 1 and len(todo) > 1:
         from biasbench.replicates import train_parallel

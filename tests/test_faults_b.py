@@ -361,3 +361,48 @@ def test_wrapped_sweep_lines_end_in_no_space(monkeypatch):
     assert_fits(out)
     assert [line for line in out.splitlines() if line.endswith(" ")] == []
     assert "total: 40 runs" in out and "epochs, summed over runs" in out  # the long line, wrapped
+
+
+def test_a_crashed_worker_leaves_the_error_txt_the_outcome_points_to(tmp_path):
+    from types import SimpleNamespace
+
+    from biasbench.study import load_study
+    from biasbench.study.manifest import Manifest
+    from biasbench.study.runner import Sweep, plan
+    from tests.test_study_schema import write_study
+
+    study = load_study(write_study(tmp_path, {"grid": {"optim.lr": [0.1, 0.2]}}))
+    out = tmp_path / "out"
+    sweep = Sweep(study, out, Manifest.for_study(study, out, "local"), SimpleNamespace(finished=lambda *a, **k: None))
+    task = plan(study, out)[0][0]
+    sweep.errored(task, "worker process died (killed by signal 9)", "", None)  # a crash: no traceback
+    text = (out / task.key / "error.txt").read_text()
+    assert text.startswith("worker process died (killed by signal 9)\nno traceback:")
+    assert sweep.errors == [f"{task.key}: worker process died (killed by signal 9)"]
+
+
+def test_the_kernel_build_line_prints_once_per_command_not_per_replicate(tmp_path, monkeypatch):
+    from tests.conftest import tiny_recipe, write_recipe
+
+    monkeypatch.setenv("COLUMNS", "80")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, model={"variant": "dac"},
+                                                          train={"epochs": 1, "replicates": 2}))
+    for _ in range(2):  # a second command says it again
+        code, out, err = run_cli(["train", str(path), "--device", "cpu", "--overwrite"])
+        assert code == 0, err
+        text = " ".join(out.split())
+        assert text.count("building the fused C++ kernels") == 1, out
+        assert text.count("replicate 2/2") == 1
+
+
+def test_a_run_with_output_checkpoint_false_names_no_checkpoint_folder(tmp_path, monkeypatch):
+    from tests.conftest import tiny_recipe, write_recipe
+
+    monkeypatch.setenv("COLUMNS", "80")
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    code, out, err = run_cli(["train", str(path), "--quiet", "--set", "output.checkpoint=false"])
+    assert code == 0, err
+    assert "results and checkpoints" not in out and "results (output.checkpoint: false)" in " ".join(out.split())
+    assert not list((tmp_path / "runs").rglob("*.pt"))
+    code, out, err = run_cli(["train", str(path), "--quiet", "--overwrite"])
+    assert code == 0 and "results and checkpoints" in " ".join(out.split())

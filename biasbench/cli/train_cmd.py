@@ -214,5 +214,6 @@ def print_runs_table(rows: list[dict[str, Any]], recipe: Recipe, console: Consol
     if rows:
         spent, where = sum(r["wall_time_s"] for r in rows), run_paths(recipe, rows[0]["seed"]).dir.parent
         runs = f"summed over {len(rows)} runs" if len(rows) > 1 else "one run"
-        say(console, f"training time {spent:.1f} s ({runs}); results and checkpoints: {where}/seed*/")
+        kept = "results and checkpoints" if recipe.output.checkpoint else "results (output.checkpoint: false)"
+        say(console, f"training time {spent:.1f} s ({runs}); {kept}: {where}/seed*/")
     sys.stdout.flush()
