@@ -205,7 +205,8 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
     with _claim_folder(run, resume, fresh, console) as start:
         if start.action == "skip":
             return start.results
-        state = restore(load_checkpoint(paths.checkpoint), run.parts()) if start.action == "resume" else run.new_state()
+        state = restore(_same_threads(load_checkpoint(paths.checkpoint), paths.checkpoint, device), run.parts()) \
+            if start.action == "resume" else run.new_state()
         if run.precision_note:
             say(console, run.precision_note)
         if (converted := conversion(run.model)) is not None:  # a timm: / torchvision: model
@@ -452,6 +453,20 @@ def _progress_bar(console: Console, total_steps: int, done: int, epochs: int
                    console=console, transient=True)
     bar.add_task(f"epoch {done + 1}/{epochs}", total=total_steps, rate="")
     return bar
+
+
+def _same_threads(ckpt: dict[str, Any], path: Path, device: torch.device) -> dict[str, Any]:
+    """On the CPU a run's numbers depend on the thread count (how matrix products split their
+    sums), so a run resumes only with the thread count its checkpoint was written with: the
+    result is then the one an uninterrupted run gives. (Checkpoints from before the count was
+    recorded hold none and resume as they did.)"""
+    saved, now = ckpt.get("threads"), torch.get_num_threads()
+    if device.type == "cpu" and saved is not None and saved != now:
+        raise UserError(f"`{path}` was trained on {saved} CPU thread(s) and this process has {now}: on the CPU "
+                        f"the numbers depend on the thread count, so the run would not continue exactly; resume "
+                        f"it with {saved} thread(s) (train: OMP_NUM_THREADS={saved}; a sweep: the --jobs it ran "
+                        "with), or pass --overwrite to start it again")
+    return ckpt
 
 
 _ANNOUNCED: set[tuple[str, ...]] = set()  # kernels warm_up has said it builds, in this command

@@ -406,3 +406,56 @@ def test_a_run_with_output_checkpoint_false_names_no_checkpoint_folder(tmp_path,
     assert not list((tmp_path / "runs").rglob("*.pt"))
     code, out, err = run_cli(["train", str(path), "--quiet", "--overwrite"])
     assert code == 0 and "results and checkpoints" in " ".join(out.split())
+
+
+# --- item 15: the thread count --------------------------------------------------------------------
+
+
+def test_a_run_resumes_only_on_the_thread_count_its_checkpoint_was_written_with(tmp_path):
+    import json
+
+    import torch
+
+    from biasbench.checkpoint import load_checkpoint
+    from tests.conftest import tiny_recipe, write_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 2}))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        code, _, err = run_cli(["train", str(path), "--device", "cpu", "--stop-after", "1"])
+        assert code == 0, err
+        run = tmp_path / "runs" / "r" / "seed0"
+        assert load_checkpoint(run / "checkpoint.pt")["threads"] == 1
+        torch.set_num_threads(2)
+        code, _, err = run_cli(["train", str(path), "--device", "cpu", "--resume"])
+        one_line_error(code, err, "trained on 1 CPU thread(s) and this process has 2", "OMP_NUM_THREADS=1",
+                       "--overwrite")
+        assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 1  # nothing trained on the other count
+        torch.set_num_threads(1)
+        code, _, err = run_cli(["train", str(path), "--device", "cpu", "--resume"])
+        assert code == 0, err
+        doc = json.loads((run / "results.json").read_text())
+        assert doc["epochs_completed"] == 2 and doc["environment"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_compare_says_when_cpu_runs_trained_on_different_thread_counts(tmp_path):
+    import json
+
+    from tests.conftest import tiny_recipe, write_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1, "replicates": 2}))
+    code, _, err = run_cli(["train", str(path), "--device", "cpu"])
+    assert code == 0, err
+    code, out, _ = run_cli(["compare", str(tmp_path / "runs"), "--json", "-"])
+    assert not [n for n in json.loads(out)["notes"] if "thread" in n]  # one count: nothing to say
+    results = tmp_path / "runs" / "r" / "seed1" / "results.json"
+    doc = json.loads(results.read_text())
+    doc["environment"]["threads"] = doc["environment"]["threads"] + 1  # as a run of another thread count
+    results.write_text(json.dumps(doc))
+    code, out, _ = run_cli(["compare", str(tmp_path / "runs"), "--json", "-"])
+    notes = [n for n in json.loads(out)["notes"] if "thread" in n]
+    assert len(notes) == 1 and "different thread counts (1 run(s) on 1 thread(s), 1 run(s) on 2 thread(s))" \
+        in notes[0]

@@ -361,6 +361,11 @@ def _status_blocks(runs: an.StudyRuns) -> list[Block]:
                                    "other analysis; runs not finished are left out everywhere.")]
     if runs.errors:
         blocks.append(("list", [f"{k}: {v}" for k, v in sorted(runs.errors.items())]))
+    threads = sorted({str((d.get("environment") or {}).get("threads")) for c in runs.cells for d in c.docs
+                      if str((d.get("environment") or {}).get("device", "")).startswith("cpu")})
+    if len(threads) > 1:  # README, Reproducibility: a seed fixes a CPU run at one thread count
+        blocks.append(("p", f"The CPU runs trained on different thread counts ({', '.join(threads)}): on the CPU "
+                            "a seed's numbers depend on the thread count, so compare cells knowing it."))
     return blocks
 
 
