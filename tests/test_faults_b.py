@@ -459,3 +459,29 @@ def test_compare_says_when_cpu_runs_trained_on_different_thread_counts(tmp_path)
     notes = [n for n in json.loads(out)["notes"] if "thread" in n]
     assert len(notes) == 1 and "different thread counts (1 run(s) on 1 thread(s), 1 run(s) on 2 thread(s))" \
         in notes[0]
+
+
+def test_the_shipped_studies_table_gives_each_studys_run_counts():
+    import re
+    from pathlib import Path
+
+    from biasbench.study import load_study
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "studies.md").read_text()
+    rows = re.findall(r"^\| `(studies/\w+\.yaml)` \|.*\| (\d+) \((\d+)\) \|$", text, flags=re.M)
+    assert {p for p, _, _ in rows} == {f"studies/{p.name}" for p in (REPO / "studies").glob("*.yaml")}
+    for path, full, smoke in rows:
+        study = Path(REPO / path)
+        assert (load_study(study).run_count(), load_study(study, smoke=True).run_count()) == \
+            (int(full), int(smoke)), path
+    assert "have ReLU and GELU today" not in text  # every activation of DNRT Tables 1-2 is in the study
+
+
+def test_the_readme_states_its_times_as_measured_not_as_seconds():
+    from tests.conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    two_commands = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    assert "(seconds)" not in two_commands  # the quick start trains 15 epochs: 45 s on an idle 2-core VM
+    assert "Measured times" in two_commands and "9 min" in two_commands and "load average" in two_commands
