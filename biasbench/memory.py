@@ -55,13 +55,15 @@ def build_within_memory(build: Callable[[], nn.Module], device: torch.device, wh
     """`build()` (a model on the CPU, then moved to `device`), refused in one line when its
     weights alone exceed the memory free on the CPU or on `device`. `what` names the model."""
     state = random.getstate()
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the real build draws the same numbers
-        probe = build()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the real build draws the same numbers
+            need: int | None = model_bytes(build())
+    except (NotImplementedError, RuntimeError):  # an op with no meta kernel (a library model's init):
+        need = None  # no estimate first; an allocation that fails is still caught below
     random.setstate(state)
-    need = model_bytes(probe)
     for where in dict.fromkeys([torch.device("cpu"), device]):
         free = free_bytes(where)
-        if free is not None and need > free:
+        if need is not None and free is not None and need > free:
             raise _too_large(what, need, where, free)
     try:
         return build()
@@ -73,7 +75,8 @@ def build_within_memory(build: Callable[[], nn.Module], device: torch.device, wh
         raise _too_large(what, need, torch.device("cpu"), free_bytes(torch.device("cpu"))) from None
 
 
-def _too_large(what: str, need: int, where: torch.device, free: int | None) -> UserError:
+def _too_large(what: str, need: int | None, where: torch.device, free: int | None) -> UserError:
     free_text = f"has {size_text(free)} free" if free is not None else "could not hold them"
-    return UserError(f"{what} needs {size_text(need)} for its weights alone, and {where.type} memory {free_text}; "
+    size = size_text(need) if need is not None else "more memory than is free"
+    return UserError(f"{what} needs {size} for its weights alone, and {where.type} memory {free_text}; "
                      "make the model smaller (model.options)")

@@ -485,3 +485,22 @@ def test_the_readme_states_its_times_as_measured_not_as_seconds():
     two_commands = text.split("## Two commands", 1)[1].split("\n## ", 1)[0]
     assert "(seconds)" not in two_commands  # the quick start trains 15 epochs: 45 s on an idle 2-core VM
     assert "Measured times" in two_commands and "9 min" in two_commands and "load average" in two_commands
+
+
+def test_an_allocation_that_fails_after_the_check_is_still_one_line(monkeypatch):
+    import pytest
+    import torch
+
+    from biasbench import memory
+    from biasbench.errors import UserError
+
+    def build():
+        if torch.empty(0).device.type != "meta":  # the real build: as the allocator fails under overcommit
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                               "360000000000 bytes. Error code 12 (Cannot allocate memory)")
+        return torch.nn.Linear(300000, 300000)
+
+    monkeypatch.setattr(memory, "free_bytes", lambda device: None)  # the free memory cannot be told
+    with pytest.raises(UserError, match=r"model `m` needs 335.3 GiB for its weights alone, and cpu memory "
+                                        "could not hold them"):
+        memory.build_within_memory(build, torch.device("cpu"), "model `m`")
