@@ -348,8 +348,13 @@ def test_help_shows_no_type_placeholders_and_plain_argument_names(monkeypatch):
         help_line = next(line for line in out.splitlines() if "--help" in line)
         assert "<bool>" not in help_line, (command, help_line)
         assert "<list[str]>" not in out and "{" not in out, (command, out)
+        assert [line for line in out.splitlines() if line.endswith(" ")] == [], command  # rich pads to the width
     code, out, _ = run_cli(["train", "--help"])
     assert "Usage: biasbench train [OPTIONS] RECIPE.yaml" in out and "--set KEY=VALUE" in " ".join(out.split())
+    usages = {c: next(line.strip() for line in run_cli([c, "--help"])[1].splitlines() if "Usage:" in line)
+              for c in ("list", "compare")}
+    assert usages == {"list": "Usage: biasbench list [OPTIONS] [KIND]",
+                      "compare": "Usage: biasbench compare [OPTIONS] RESULTS..."}
 
 
 def test_wrapped_sweep_lines_end_in_no_space(monkeypatch):
