@@ -90,7 +90,8 @@ def save_checkpoint(path: Path, *, recipe: dict[str, Any], seed: int, replicate:
     doc = {"format": FORMAT, "version": VERSION, "recipe": recipe, "seed": seed, "replicate": replicate,
            "epoch": state.epoch, "rng": rng_state(), "history": state.history,
            "predictions": state.predictions.state_dict(), "train_time": state.train_time,
-           "train_samples": state.train_samples, "wall_time": wall_time, "partial": state.partial}
+           "train_samples": state.train_samples, "wall_time": wall_time, "partial": state.partial,
+           "threads": torch.get_num_threads()}  # CPU numbers depend on it: a resume must match (trainer)
     for name in PARTS:
         part = parts.get(name)
         doc[name] = part.state_dict() if part is not None else None

@@ -505,6 +505,22 @@ def _group_notes(s: GroupSummary) -> list[str]:
     return notes
 
 
+def _thread_notes(runs: Sequence[Run]) -> list[str]:
+    """A seed fixes a CPU run only at one thread count (README, Reproducibility): say when the
+    CPU runs compared here trained on different counts (results' `environment.threads`)."""
+    counts: dict[Any, int] = {}
+    for r in runs:
+        env = r.doc.get("environment") or {}
+        if str(env.get("device", "")).startswith("cpu"):
+            counts[env.get("threads")] = counts.get(env.get("threads"), 0) + 1
+    if len(counts) < 2:
+        return []
+    spread = ", ".join(f"{n} run(s) on {t if t is not None else 'an unrecorded number of'} thread(s)"
+                       for t, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
+    return [f"CPU runs here trained on different thread counts ({spread}): on the CPU the numbers of a seed "
+            "depend on the thread count, so runs of one seed are not the same run at another count"]
+
+
 def summarize_runs(runs: Sequence[Run], *, metric: str | None = None, baseline: str | None = None,
                    estimator: str = "final", failure: Failure | None = None, alpha: float = stats.ALPHA
                    ) -> CompareResult:
@@ -529,6 +545,7 @@ def summarize_runs(runs: Sequence[Run], *, metric: str | None = None, baseline: 
                          f"the first group, {base_group.label}; name the reference with --baseline")
     for s in summaries:
         notes += _group_notes(s)
+    notes += _thread_notes(runs)
     single = [s.label for s in summaries if s.used == 1]
     if single:  # one line for all of them, not one per group
         notes.append(f"one replicate in the statistics of {', '.join(single)}: no standard error or confidence "

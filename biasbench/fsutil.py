@@ -92,6 +92,25 @@ def check_writable(folder: Path) -> None:
             from None
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """An output file an option names (`--json OUT`), checked before any work: not a folder, not
+    below a file, in a folder that takes a new file (a probe), so a long training never ends in
+    a refusal to write its last file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} `{path}` is a folder; give a file name")
+    where = nearest_existing(path.parent)
+    if not where.is_dir():
+        raise UserError(f"{option} `{path}` is below `{where}`, which is a file; give another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TMP_SUFFIX, dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{option} `{path}`: cannot write in `{where}`: {os_reason(e)}; give a path in a "
+                        "writable folder") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

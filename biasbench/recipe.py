@@ -533,10 +533,11 @@ def parse_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", plural: str = "recipes"
-                      ) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", plural: str = "recipes",
+                      empty_ok: bool = False) -> dict[str, Any]:
     """A YAML file (1.2 numbers, duplicate keys refused) that must hold a mapping; every problem is
-    one line naming the file as a `what` (a recipe, a study; `plural` for the shipped ones)."""
+    one line naming the file as a `what` (a recipe, a study; `plural` for the shipped ones). An
+    empty file (or one of comments only) is `{}` where `empty_ok` (a recipe: every default)."""
     if not path.exists():
         raise UserError(f"{what} `{path}` does not exist; the shipped {plural} are in `{home}`")
     if path.is_dir():
@@ -552,6 +553,8 @@ def read_yaml_mapping(path: Path, what: str = "recipe", home: str = "recipes/", 
         raise UserError(f"{what} `{path}` is not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise UserError(f"{what} `{path}` is not a text file") from None
+    if raw is None and empty_ok:
+        return {}
     if raw is None:
         raise UserError(f"{what} `{path}` is empty")
     if not isinstance(raw, dict):
@@ -575,7 +578,7 @@ def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if path.resolve() in _seen:
         raise UserError(f"recipe `{path}` extends itself through {' -> '.join(map(str, _seen))}")
-    raw = read_yaml_mapping(path)
+    raw = read_yaml_mapping(path, empty_ok=True)  # README: an empty recipe means the defaults
     base = raw.pop("extends", None)
     if base is None:
         return raw

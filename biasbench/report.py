@@ -449,22 +449,29 @@ def _sections(result: CompareResult, runs: Sequence[Run], figures: list[tuple[st
     return blocks
 
 
+def md_escape(text: str) -> str:
+    """Text for a Markdown file, HTML-escaped as the HTML report escapes it: Markdown renderers
+    pass raw HTML through, so a run named `<img onerror=...>` would run in a viewer."""
+    return html.escape(str(text), quote=False)
+
+
 def _markdown(blocks: list[Any]) -> str:
+    esc = md_escape
     parts = []
     for kind, payload in blocks:
         if kind in ("h1", "h2", "h3"):
-            parts.append(f"{'#' * int(kind[1])} {payload}")
+            parts.append(f"{'#' * int(kind[1])} {esc(payload)}")
         elif kind == "p":
-            parts.append(payload)
+            parts.append(esc(payload))
         elif kind == "table":
             headers, rows = payload  # labels hold `[key=value]`; `|` would end a cell
-            parts.append(tabulate([[c.replace("|", "\\|") for c in r] for r in rows], headers=headers,
-                                  tablefmt="github", disable_numparse=True))
+            parts.append(tabulate([[esc(c).replace("|", "\\|") for c in r] for r in rows],
+                                  headers=[esc(h) for h in headers], tablefmt="github", disable_numparse=True))
         elif kind == "list":
-            parts.append("\n".join(f"- {x}" for x in payload))
+            parts.append("\n".join(f"- {esc(x)}" for x in payload))
         elif kind == "img":
             title, rel, _ = payload
-            parts.append(f"![{title}]({Path(rel).as_posix()})")
+            parts.append(f"![{esc(title)}]({Path(rel).as_posix()})")
     return "\n\n".join(parts) + "\n"
 
 

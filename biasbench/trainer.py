@@ -80,10 +80,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_for_recipe(recipe: Recipe, replicate: int, device: torch.device) -> tuple[DataBundle, torch.nn.Module]:
+    from biasbench.memory import build_within_memory
+
     bundle = build_data(recipe.data, replicate=replicate)
-    model = build_model(recipe.model.name, recipe.model.variant, num_classes=bundle.num_outputs,
-                        in_channels=bundle.input_shape[0], input_shape=bundle.input_shape,
-                        variant_options=recipe.model.variant_options, **recipe.model.options)
+    model = build_within_memory(
+        lambda: build_model(recipe.model.name, recipe.model.variant, num_classes=bundle.num_outputs,
+                            in_channels=bundle.input_shape[0], input_shape=bundle.input_shape,
+                            variant_options=recipe.model.variant_options, **recipe.model.options),
+        device, f"model `{recipe.model.name}` ({recipe.model.variant}) with {recipe.model.options or 'its defaults'}")
     configure_parameters(model, recipe)
     return bundle, model.to(device)
 
@@ -216,7 +220,8 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
     with _claim_folder(run, resume, fresh, console) as start:
         if start.action == "skip":
             return start.results
-        state = restore(load_checkpoint(paths.checkpoint), run.parts()) if start.action == "resume" else run.new_state()
+        state = restore(_same_threads(load_checkpoint(paths.checkpoint), paths.checkpoint, device), run.parts()) \
+            if start.action == "resume" else run.new_state()
         if run.precision_note:
             say(console, run.precision_note)
         if (converted := conversion(run.model)) is not None:  # a timm: / torchvision: model
@@ -607,6 +612,23 @@ def _progress_bar(console: Console, total_steps: int, done: int, epochs: int
     return bar
 
 
+def _same_threads(ckpt: dict[str, Any], path: Path, device: torch.device) -> dict[str, Any]:
+    """On the CPU a run's numbers depend on the thread count (how matrix products split their
+    sums), so a run resumes only with the thread count its checkpoint was written with: the
+    result is then the one an uninterrupted run gives. (Checkpoints from before the count was
+    recorded hold none and resume as they did.)"""
+    saved, now = ckpt.get("threads"), torch.get_num_threads()
+    if device.type == "cpu" and saved is not None and saved != now:
+        raise UserError(f"`{path}` was trained on {saved} CPU thread(s) and this process has {now}: on the CPU "
+                        f"the numbers depend on the thread count, so the run would not continue exactly; resume "
+                        f"it with {saved} thread(s) (train: OMP_NUM_THREADS={saved}; a sweep: the --jobs it ran "
+                        "with), or pass --overwrite to start it again")
+    return ckpt
+
+
+_ANNOUNCED: set[tuple[str, ...]] = set()  # kernels warm_up has said it builds, in this command
+
+
 def warm_up(run: Run, console: Console) -> float:
     """Build the fused kernels a model's DAC or RAA layers call before the clock starts: the first
     run on a machine compiles them (10-20 s each on the CPU), which must not count as training
@@ -621,8 +643,10 @@ def warm_up(run: Run, console: Console) -> float:
     if not kinds:  # (RAA has no CUDA kernel: nothing to build there)
         return 0.0
     where = "Triton" if run.device.type == "cuda" else "C++"
-    say(console, f"{' and '.join(kinds)} layers: building the fused {where} kernels before timing (the first "
-                 "run on a machine compiles them, 10-20 s each; later runs load them from the cache)")
+    if (where, *kinds) not in _ANNOUNCED:  # once per command (train_recipe clears it), not per replicate
+        _ANNOUNCED.add((where, *kinds))
+        say(console, f"{' and '.join(kinds)} layers: building the fused {where} kernels before timing (the first "
+                     "run on a machine compiles them, 10-20 s each; later runs load them from the cache)")
     t0 = time.perf_counter()
     x = next(iter(run.eval_loaders["test"]))[0][:2]  # whatever loader the split has: its first batch
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
@@ -713,6 +737,7 @@ def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, 
     """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes."""
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
+    _ANNOUNCED.clear()  # the kernel-build line: once per command, whatever the replicates
     todo, done = plan_replicates(recipe, resume, overwrite, console, check=ctx.is_main)
     if jobs > 1 and len(todo) > 1:
         from biasbench.replicates import train_parallel

@@ -159,7 +159,7 @@ def test_pairs_give_each_comparison_its_test_and_holm_across_the_family(resnet):
     tested = [x for x in results if x.difference.p_value is not None]
     assert [x.p_holm for x in tested] == pytest.approx(
         list(multipletests([x.difference.p_value for x in tested], method="holm")[1]))
-    assert line.startswith("3 of 3 favour dac;")
+    assert line.startswith("3 of 3 favour dac, 0 favour baseline;")  # both directions counted
 
 
 def test_complexity_points_are_the_robust_error_at_each_model_size(resnet):

@@ -64,6 +64,10 @@ def compare(
     ci_files = {"--junit": junit, "--summary": summary, "--history": history}
     if gate is None and (needs := [k for k, v in ci_files.items() if v is not None]):
         raise UserError(f"{', '.join(needs)} report a gate: add --gate GATE.yaml (docs/ci.md)")
+    if json_out is not None and str(json_out) != "-":
+        from biasbench.fsutil import check_output_file
+
+        check_output_file(json_out, "--json")  # before reading and computing
     if gate is not None:
         given = [name for name, value in (("--baseline", baseline), ("--metric", metric),
                                           ("--estimator", estimator)) if value is not None]

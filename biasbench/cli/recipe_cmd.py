@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from biasbench.cli.app import app
+from biasbench.cli.app import App, Group, app
 
-recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True, rich_markup_mode="rich")
+recipe_app = App(cls=Group, help="Inspect recipes.", no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(recipe_app, name="recipe")
 
 
@@ -22,7 +22,8 @@ app.add_typer(recipe_app, name="recipe")
 )
 def show(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="Recipe file (see recipes/)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a recipe key: --set optim.lr=0.05 (repeatable)."),
     smoke: bool = typer.Option(False, "--smoke", metavar="", help="Apply the recipe's smoke-sized overrides first."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of YAML."),
 ) -> None:

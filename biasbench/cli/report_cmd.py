@@ -47,6 +47,10 @@ def report(
              "--json": json_out}
     if _study_report(results, out, history, [k for k, v in given.items() if v is not None]):
         return
+    if json_out is not None and str(json_out) != "-":
+        from biasbench.fsutil import check_output_file
+
+        check_output_file(json_out, "--json")  # before the report is written
     runs = load_runs(results)
     if history or out is None:
         if out is None and not history and len(runs) > 1:

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from biasbench.cli.app import app
 from biasbench.errors import UserError
+from biasbench.runlog import say
 
 BACKENDS = ("local", "slurm")
 
@@ -67,7 +68,7 @@ def sweep(
         from biasbench.study.runner import check_slurm
 
         check_slurm()
-    study = load_study(study_path, smoke=smoke)
+    study = load_study(study_path, smoke=smoke, plan_over=PLANNED_OVER if dry_run else None)
     launcher = replace(study.launcher, **given)
     out = out if out is not None else Path("runs") / "studies" / study.name
     console = Console(highlight=False)
@@ -132,11 +133,11 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
     if slots:
         where += f" on GPUs {','.join(dict.fromkeys(s['CUDA_VISIBLE_DEVICES'] for s in slots))}"
     if not as_json:
-        console.print(f"study {escape(study.name)}: {study.run_count()} runs in {len(study.cells)} cells, "
-                      f"{where}; folder {escape(str(out))}")
+        say(console, f"study {study.name}: {study.run_count()} runs in {len(study.cells)} cells, "
+                      f"{where}; folder {str(out)}")
         cores = worker_threads(1)
         if backend == "local" and jobs > cores:
-            console.print(f"note: {jobs} workers on {cores} cores: they share the cores, one thread each")
+            say(console, f"note: {jobs} workers on {cores} cores: they share the cores, one thread each")
     try:
         sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
                           console=Console(highlight=False, quiet=as_json), slots=slots)
@@ -164,47 +165,60 @@ def _print_outcome(study: Any, out: Path, counts: dict[str, int], failed: int, s
     parts += [f"{counts.get('diverged', 0)} diverged", f"{counts.get('error', 0)} errors"]
     left = {k: v for k, v in counts.items() if k not in ("completed", "diverged", "error")}
     parts += [f"{v} {k}" for k, v in left.items()]
-    console.print(f"{study.run_count()} runs: {', '.join(parts)}")
+    say(console, f"{study.run_count()} runs: {', '.join(parts)}")
     if sweep.done_before:
         now = study.run_count() - sweep.done_before
-        console.print(f"{sweep.done_before} of them were finished before this sweep and not trained again"
+        say(console, f"{sweep.done_before} of them were finished before this sweep and not trained again"
                       + ("" if now else "; nothing was left to train"))
     for note in sweep.notes:
-        console.print(f"note: {escape(note)}")
+        say(console, f"note: {note}")
     for line in sweep.errors[:5]:
-        console.print(f"error in {escape(line)}")
+        say(console, f"error in {line}")
     if len(sweep.errors) > 5:
-        console.print(f"... {len(sweep.errors) - 5} more errors in {escape(str(out / 'study.json'))}")
+        say(console, f"... {len(sweep.errors) - 5} more errors in {str(out / 'study.json')}")
     if sweep.errors:
-        console.print("tracebacks are in each run's error.txt; run the same command again to retry them")
-    console.print(f"report: biasbench report {escape(str(out))} --out {escape(str(out / 'report'))}")
+        say(console, "tracebacks are in each run's error.txt; run the same command again to retry them")
+    say(console, f"report: biasbench report {str(out)} --out {str(out / 'report')}")
+
+
+SHOWN_CELLS = 100  # plan rows printed; the rest are counted (--json lists every cell)
+PLANNED_OVER = 2_000  # a study of more cells is counted for --dry-run, not built (load_study's plan_over)
 
 
 def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
-    from biasbench.study.cost import estimate, si, summary
+    from biasbench.study.cost import planned, si, summary
 
-    costs = estimate(study.cells)
+    costs = planned(study)
+    values = study.plan.values if study.plan is not None else [c.values for c in study.cells]
     total = summary(costs)
     if as_json:
-        cells = [{"cell": c.name, "values": c.values, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
-                  "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for c, k in zip(study.cells, costs)]
+        cells = [{"cell": k.cell, "values": v, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
+                  "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for v, k in zip(values, costs)]
         print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells}, indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
-    console.print(f"study {escape(study.name)}: {total['runs']} runs in {total['cells']} cells "
-                  f"(folder {escape(str(out))}; nothing is trained with --dry-run)")
-    for text, style in _plan_table(study, costs, si, console.width):
+    say(console, f"study {study.name}: {total['runs']} runs in {total['cells']} cells "
+                  f"(folder {str(out)}; nothing is trained with --dry-run)")
+    shown = min(len(costs), SHOWN_CELLS)
+    for text, style in _plan_table(study, values[:shown], costs[:shown], si, console.width):
         console.print(escape(text), style=style or None, overflow="ignore", crop=False, soft_wrap=True)
+    if len(costs) > shown:
+        say(console, f"... and {len(costs) - shown} more cells (the first {shown} are shown; --json lists "
+                      "every cell)")
+    if study.plan is not None:
+        say(console, f"{len(study.cells)} of the {len(costs)} cells' recipes were built and checked (one per "
+                      "distinct model, data and train setting and per grid value); the sweep checks every cell")
     cost = total["forward_flops_x_samples_x_epochs"]
-    console.print(f"total: {total['runs']} runs, {si(cost, 'FLOP')} = forward FLOPs per sample x training samples x "
+    say(console, f"total: {total['runs']} runs, {si(cost, 'FLOP')} = forward FLOPs per sample x training samples x "
                   "epochs, summed over runs (a training step costs about 3 forward passes)"
                   + ("; ~ marks sample counts from the official data set size" if total["approximate"] else ""))
     if total["cells_without_estimate"]:
-        console.print(f"no estimate for {len(total['cells_without_estimate'])} cells: their data set's size is "
+        say(console, f"no estimate for {len(total['cells_without_estimate'])} cells: their data set's size is "
                       "not known without its files")
 
 
-def _plan_table(study: Any, costs: list[Any], si: Any, width: int) -> list[tuple[str, str]]:
+def _plan_table(study: Any, values: list[dict[str, Any]], costs: list[Any], si: Any,
+                width: int) -> list[tuple[str, str]]:
     """One column per varying key when that fits `width`, else one per cell name (the table's
     usual blocks below it when even that is too wide)."""
     from biasbench.study.naming import short_keys, tag_value
@@ -215,8 +229,8 @@ def _plan_table(study: Any, costs: list[Any], si: Any, width: int) -> list[tuple
     numbers = [[str(k.runs), si(k.params), si(k.flops), si(k.samples) + ("" if k.exact else "~"), str(k.epochs),
                 si(k.total)] for k in costs]
     by_key = TextTable([short[k] for k in study.varying] + heads,
-                       [[tag_value(c.values[k]) for k in study.varying] + n for c, n in zip(study.cells, numbers)],
+                       [[tag_value(v[k]) for k in study.varying] + n for v, n in zip(values, numbers)],
                        left=set(range(len(study.varying))))
     if fits(by_key, width):
         return render(by_key, width)
-    return render(TextTable(["cell"] + heads, [[c.name] + n for c, n in zip(study.cells, numbers)]), width)
+    return render(TextTable(["cell"] + heads, [[k.cell] + n for k, n in zip(costs, numbers)]), width)

@@ -31,7 +31,8 @@ from biasbench.termtable import print_table
                     "(checkpoint and results kept: rerun with --resume).")
 def train(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="Recipe file (see recipes/)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set optim.lr=0.05 (repeatable). "
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override a recipe key: --set optim.lr=0.05 (repeatable). "
                                    "Keys that change the experiment name a subfolder: runs/NAME/lr=0.05/seed0."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the first replicate (train.seed)."),
     replicates: int | None = typer.Option(None, "--replicates", help="Number of replicates (train.replicates)."),
@@ -69,6 +70,10 @@ def train(
         raise UserError("--json writes the table of trained runs and --dry-run trains nothing; drop one of them")
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out `{out}` is a file; give a folder")
+    if json_out is not None and str(json_out) != "-":
+        from biasbench.fsutil import check_output_file
+
+        check_output_file(json_out, "--json")  # before training, not after it
     recipe, notes = resolve_recipe(recipe_path, set_, seed=seed, replicates=replicates, out=out, smoke=smoke)
     if dry_run:
         print_dry_run(recipe, notes, resume, overwrite)
@@ -98,11 +103,9 @@ def train(
         return
     print_runs_table(rows, recipe, Console(highlight=False))
     if json_out is not None:
-        from biasbench.fsutil import atomic_write_json
+        from biasbench.cli.compare_cmd import write_json
 
-        if json_out.is_dir():
-            raise UserError(f"--json `{json_out}` is a folder; give a file name")
-        atomic_write_json(json_out, rows)
+        write_json(json_out, rows)
 
 
 def resolve_recipe(path: Path, sets: list[str], *, seed: int | None = None, replicates: int | None = None,
@@ -211,5 +214,6 @@ def print_runs_table(rows: list[dict[str, Any]], recipe: Recipe, console: Consol
     if rows:
         spent, where = sum(r["wall_time_s"] for r in rows), run_paths(recipe, rows[0]["seed"]).dir.parent
         runs = f"summed over {len(rows)} runs" if len(rows) > 1 else "one run"
-        say(console, f"training time {spent:.1f} s ({runs}); results and checkpoints: {where}/seed*/")
+        kept = "results and checkpoints" if recipe.output.checkpoint else "results (output.checkpoint: false)"
+        say(console, f"training time {spent:.1f} s ({runs}); {kept}: {where}/seed*/")
     sys.stdout.flush()

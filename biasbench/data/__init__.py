@@ -129,6 +129,7 @@ def build_data(cfg: Any, replicate: int = 0) -> DataBundle:
     aug = get_augment(cfg.augment)  # an unknown augmentation or option fails before any loading
     options = augment_options(cfg.augment, cfg.augment_options)
     bundle = builder(cfg, replicate=replicate)
+    refuse_non_finite(bundle, cfg.name)
     if len(bundle.train) == 0:
         raise UserError(f"data set `{cfg.name}` has an empty training split")
     if isinstance(bundle.train, FileSplit):
@@ -141,6 +142,30 @@ def build_data(cfg: Any, replicate: int = 0) -> DataBundle:
         check_image_batch(cfg.augment, bundle.train.x)
         bundle = apply_eval_transform(bundle, aug.eval(bundle.train.x.shape[-1], options), cfg.augment)
     return bundle
+
+
+def refuse_non_finite(bundle: DataBundle, name: str) -> None:
+    """NaN or infinity in a data set's numbers would train (and be judged a diverged run, or
+    skew every statistic), so every loader's output is refused in one line that names the split,
+    the first bad example and what to do. Images stored as integers cannot hold either."""
+    from biasbench.data.graph import GraphSplit
+
+    for part, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)):
+        if isinstance(split, GraphSplit):
+            tensors = {"node features": split.graph.x}
+        elif isinstance(split, Split):
+            tensors = {"inputs": split.x, "targets": split.y}
+        else:
+            continue
+        for what, t in tensors.items():
+            if not t.is_floating_point():
+                continue
+            bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
+            if bad.any():
+                row = int(bad.nonzero()[0])
+                raise UserError(f"data set `{name}`: {int(bad.sum())} example(s) of the {part} split have "
+                                f"non-finite {what} (NaN or infinity), the first at row {row} of that split; "
+                                f"fix or remove them in the data files")
 
 
 def apply_eval_transform(bundle: DataBundle, transform: Callable[[Any], torch.Tensor], name: str) -> DataBundle:

@@ -56,7 +56,13 @@ def read_sgemm_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def transform(inputs: np.ndarray, runs: np.ndarray, target: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """log2 of the non-binary inputs and of the target run time; the binary inputs unchanged."""
     n_log = len(LOG2_INPUTS)
-    if (inputs[:, :n_log] <= 0).any() or (runs <= 0).any() or not np.isfinite(inputs).all():
+    finite = np.isfinite(np.concatenate([inputs, runs], axis=1))
+    if not finite.all():  # NaN passes `<= 0`: it would train, and count as a diverged run
+        row, col = (int(i[0]) for i in np.nonzero(~finite))
+        column = (LOG2_INPUTS + BINARY_INPUTS + RUNS)[col]
+        raise UserError(f"`{path}` data row {row + 1} (after the header): column `{column}` is not a finite number "
+                        f"({(~finite).any(axis=1).sum()} such row(s)); fix or remove them")
+    if (inputs[:, :n_log] <= 0).any() or (runs <= 0).any():
         raise UserError(f"`{path}`: the kernel parameters {', '.join(LOG2_INPUTS)} and the run times must be "
                         "positive numbers (they are log2-transformed)")
     x = inputs.copy()

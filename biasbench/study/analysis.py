@@ -309,7 +309,9 @@ def _best_marks(ests: list[Estimate | None], columns: list[tuple[Any, ...]], met
     for idx in groups.values():
         vals = [(ests[i].value, i) for i in idx if ests[i] is not None and ests[i].value is not None]
         if len(vals) > 1:
-            marks[(min(vals) if lower else max(vals))[1]] = True
+            best = (min if lower else max)(v for v, _ in vals)
+            for v, i in vals:  # a tie bolds every tied column: bolding one would pick among equals
+                marks[i] = marks[i] or math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)
     return marks
 
 
@@ -513,16 +515,26 @@ def pairs(runs: StudyRuns, spec: Any) -> tuple[list[PairResult], str]:
 
 
 def _count_line(results: list[PairResult], spec: Any) -> str:
+    """How many comparisons favour each side, and how many of those are significant before and
+    after Holm: both directions, so the line agrees with the figure and the table."""
     variants = sorted({str(r.variant) for r in results})
     name = variants[0] if len(variants) == 1 else "the variant"
     compared = [r for r in results if r.difference is not None]
-    favour = sum(1 for r in compared if r.favours_variant)
-    raw = sum(1 for r in compared if r.favours_variant and r.difference.p_value is not None  # type: ignore[union-attr]
-              and r.difference.p_value < stats.ALPHA)  # type: ignore[union-attr]
-    adjusted = sum(1 for r in compared if r.favours_variant and r.p_holm is not None and r.p_holm < stats.ALPHA)
+    sides = {name: [r for r in compared if r.favours_variant],
+             str(spec.baseline): [r for r in compared if not r.favours_variant and r.difference.diff != 0]}  # type: ignore[union-attr]
+    ties = len(compared) - sum(len(v) for v in sides.values())
+
+    def significant(rs: list[PairResult], holm: bool) -> int:
+        return sum(1 for r in rs if (r.p_holm if holm else r.difference.p_value) is not None  # type: ignore[union-attr]
+                   and (r.p_holm if holm else r.difference.p_value) < stats.ALPHA)  # type: ignore[union-attr,operator]
+
     tested = sum(1 for r in compared if r.p_holm is not None)
-    line = (f"{favour} of {len(compared)} favour {name}; {raw} significant at p < {stats.ALPHA:g}, "
-            f"{adjusted} after Holm adjustment across the {tested} tested")
+    (v_name, v_runs), (b_name, b_runs) = sides.items()
+    line = (f"{len(v_runs)} of {len(compared)} favour {v_name}, {len(b_runs)} favour {b_name}"
+            + (f", {ties} tied" if ties else "")
+            + f"; significant at p < {stats.ALPHA:g}: {significant(v_runs, False)} for {v_name}, "
+              f"{significant(b_runs, False)} for {b_name}; after Holm adjustment across the {tested} tested: "
+              f"{significant(v_runs, True)} for {v_name}, {significant(b_runs, True)} for {b_name}")
     if len(results) > len(compared):
         line += f"; {len(results) - len(compared)} more without usable runs on a side"
     if len(compared) > tested:

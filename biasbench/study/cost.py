@@ -9,13 +9,14 @@ validation part the recipe carves out; those figures are marked approximate.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from biasbench.recipe import Recipe
-from biasbench.study.schema import Cell
+from biasbench.study.schema import Cell, Study
 
 # Training images of the paper sets before the validation split: the official training sets;
 # ISIC 2019 less its default 20% test part (it has no labelled official test set).
@@ -24,7 +25,7 @@ TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_
                "isic2019": round(25_331 * 0.8), "sgemm": 241_600}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a 100,000-cell plan makes as many, and frozen init is 5x slower
 class CellCost:
     cell: str
     runs: int
@@ -59,15 +60,20 @@ def _train_samples(recipe: Recipe) -> tuple[int | None, bool]:
 
 
 def estimate(cells: list[Cell]) -> list[CellCost]:
-    """One cost line per cell; models are built once per distinct configuration."""
+    """One cost line per cell; models are built once per distinct configuration, data sets
+    measured once per distinct `data` section."""
     from biasbench.count import complexity, data_shape
     from biasbench.models import build_model
 
     counted: dict[str, tuple[int, int]] = {}
+    by_data: dict[str, tuple[tuple[int, ...], int, int | None, bool]] = {}
     out = []
     for cell in cells:
         recipe = cell.recipe
-        shape, outputs = data_shape(recipe.data)
+        data_key = json.dumps(dataclasses.asdict(recipe.data), sort_keys=True, default=str)
+        if data_key not in by_data:  # a bundled set is built to count its samples: once, not per cell
+            by_data[data_key] = (*data_shape(recipe.data), *_train_samples(recipe))
+        shape, outputs, samples, exact = by_data[data_key]
         key = json.dumps([recipe.model.name, recipe.model.variant, recipe.model.options,
                           recipe.model.variant_options, list(shape), outputs], sort_keys=True, default=str)
         if key not in counted:
@@ -77,9 +83,18 @@ def estimate(cells: list[Cell]) -> list[CellCost]:
             counts = complexity(model, shape)
             counted[key] = (int(counts["params"]["total"]), int(counts["flops"]))
         params, flops = counted[key]
-        samples, exact = _train_samples(recipe)
         out.append(CellCost(cell.name, recipe.train.replicates, params, flops, samples, recipe.train.epochs, exact))
     return out
+
+
+def planned(study: Study) -> list[CellCost]:
+    """A cost line for every cell of `study`, also of one counted, not built (`Study.plan`):
+    each cell costs what its group's representative does."""
+    costs = estimate(study.cells)
+    if study.plan is None:
+        return costs
+    return [CellCost(name, c.runs, c.params, c.flops, c.samples, c.epochs, c.exact)
+            for name, c in zip(study.plan.names, (costs[g] for g in study.plan.group))]
 
 
 def si(value: float | None, unit: str = "") -> str:

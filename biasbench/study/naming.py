@@ -60,3 +60,20 @@ def cell_name(overrides: Mapping[str, Any]) -> str:
         return "default"
     short = short_keys(list(overrides))
     return ",".join(f"{_UNSAFE.sub('_', short[k])}={tag_value(v)}" for k, v in overrides.items())
+
+
+def cell_names(points: list[Mapping[str, Any]], naming: list[str]) -> list[str]:
+    """`cell_name` of each point's `naming` keys, the short keys worked out once for all of them
+    (a 100,000-cell study is named in about a second)."""
+    if not naming:
+        return ["default"] * len(points)
+    short = short_keys(naming)
+    tags: dict[tuple[str, int], str] = {}  # by value identity: points share their grid's value objects
+
+    def part(key: str, value: Any) -> str:
+        got = tags.get((key, id(value)))
+        if got is None:
+            got = tags[key, id(value)] = f"{_UNSAFE.sub('_', short[key])}={tag_value(value)}"
+        return got
+
+    return [",".join([part(k, values[k]) for k in naming]) for values in points]  # (the table dies here)

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from biasbench.fsutil import atomic_write, atomic_write_json, atomic_write_text, ensure_dir  # noqa: E402
-from biasbench.report import SPARE_COLORS, VARIANT_COLORS  # noqa: E402
+from biasbench.report import SPARE_COLORS, VARIANT_COLORS, md_escape  # noqa: E402
 from biasbench.study import analysis as an  # noqa: E402
 
 ORDER = ("table", "by_width", "efficiency", "failures", "pairs", "complexity")
@@ -129,6 +129,12 @@ def _table_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
     return blocks, tables
 
 
+def _mark_single(xs: list[float], ys: list[float], ax: Any, color: str) -> None:
+    """Points that rest on one value draw hollow: without an error bar they would look certain."""
+    if xs:
+        ax.scatter(xs, ys, s=64, facecolors="white", edgecolors=color, linewidths=1.5, zorder=3)
+
+
 def _by_width_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block], Any]:
     points = an.by_width(runs, spec)
     if not points:
@@ -146,6 +152,8 @@ def _by_width_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Bl
             if pts:
                 ax.errorbar([p.x for p in pts], [p.y * scale for p in pts], yerr=[(p.sd or 0.0) * scale for p in pts],
                             marker="o", capsize=4, color=palette[s], label=str(s))
+                _mark_single([p.x for p in pts if p.sd is None], [p.y * scale for p in pts if p.sd is None], ax,
+                             palette[s])
         _width_axis(ax, [p.x for p in points if p.shape == shape])
         if spec.shape:
             ax.set_title(f"{short(spec.shape)} = {shape}", fontsize=10)
@@ -153,17 +161,21 @@ def _by_width_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Bl
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, title=short(spec.series), title_fontsize=8)
     axes[0][0].set_ylabel(ylabel)
-    fig.suptitle(f"{ylabel} against width, averaged over {short(spec.depth)}; error bars: sample SD", fontsize=10)
+    single = sum(1 for p in points if p.sd is None)
+    fig.suptitle(f"{ylabel} against width, averaged over {short(spec.depth)}; error bars: sample SD"
+                 + ("; hollow: n = 1, no spread" if single else ""), fontsize=10)
     path = _save(fig, figs / "by_width.png")
     rows = [[str(p.shape), str(p.series), str(p.width), f"{p.x:.1f}", f"{p.y * scale:.4g}",
-             "-" if p.sd is None else f"{p.sd * scale:.3g}", str(p.cells)]
+             "n = 1" if p.sd is None else f"{p.sd * scale:.3g}", str(p.cells)]
             for p in sorted(points, key=lambda p: (str(p.shape), str(p.series), p.x))]
     averaged = (f" (shapes {', '.join(map(str, spec.average_width))}: sqrt(parameters / depth))"
                 if spec.average_width else " (the width value itself)")
     return [("p", f"Each point: the mean over {spec.depth} of the replicate-mean {ylabel} of the cells of one shape, "
                   f"{spec.series} and width ({ESTIMATOR_WORDS[spec.estimator]}); x is the equivalent width"
                   f"{averaged}. Error bars: the sample SD of the averaged cell values, or of the "
-                  "replicates for a point of one cell (DAC Figure 3)."),
+                  "replicates for a point of one cell (DAC Figure 3)."
+                  + (f" {single} point(s) rest on one value (n = 1: one cell of one usable run), so they have no "
+                     "spread: drawn hollow, SD `n = 1`." if single else "")),
             ("table", (["shape", "series", "width", "equivalent width", ylabel, "SD", "cells"], rows, None)),
             ("img", ("by width", path))], points
 
@@ -182,19 +194,23 @@ def _efficiency_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[
         if pts:
             ax.errorbar([p.x for p in pts], [p.mean for p in pts], yerr=[p.sd or 0.0 for p in pts], marker="o",
                         capsize=4, color=palette[arm], label=names[arm])
+            _mark_single([p.x for p in pts if p.sd is None], [p.mean for p in pts if p.sd is None], ax, palette[arm])
     ax.axhline(0.0, color="black", lw=0.8)
     _width_axis(ax, [p.x for p in points])
     ax.set_xlabel(f"{short(spec.x)} of the normal-size net ({spec.normal})")
     ax.set_ylabel(f"change of log {metric} (nats), doubled - normal")
-    ax.set_title(f"parameters doubled two ways; mean over {short(spec.over)}, error bars: sample SD", fontsize=9)
+    single = sum(1 for p in points if p.sd is None)
+    ax.set_title(f"parameters doubled two ways; mean over {short(spec.over)}, error bars: sample SD"
+                 + ("; hollow: n = 1" if single else ""), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = _save(fig, figs / "efficiency.png")
-    rows = [[str(p.x), names[p.arm], f"{p.mean:+.4f}", "-" if p.sd is None else f"{p.sd:.3g}", str(p.n)]
+    rows = [[str(p.x), names[p.arm], f"{p.mean:+.4f}", "n = 1" if p.sd is None else f"{p.sd:.3g}", str(p.n)]
             for p in points]
     return [("p", f"For each {spec.x}: the difference of replicate-mean log {metric} between the doubled model and "
                   f"the normal one (`{spec.normal}`), averaged over {spec.over}; negative is an improvement "
-                  "(DAC Figure 4)."),
+                  "(DAC Figure 4)." + (f" {single} point(s) rest on one {spec.over} value (n = 1), so they have no "
+                                       "spread: drawn hollow, SD `n = 1`." if single else "")),
             ("table", ([short(spec.x), "doubled by", "change (nats)", "SD", f"{short(spec.over)} values"], rows, None)),
             ("img", ("efficiency", path))], points
 
@@ -283,9 +299,14 @@ def _complexity_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[
     lines = sorted({p.line for p in points}, key=str)
     palette = colors(lines, spec.baseline)
     panels_text = ", ".join(f"`{p}`" for p in spec.panels) or "the study"
+    # A loss (MSE, cross-entropy) or an error rate is never negative: its interval is cut at 0.
+    clip = metric.endswith(("_loss", "_acc"))
+    clipped = [p for p in points if clip and p.ci > p.value]
+    cut = (f" {len(clipped)} interval(s) reaching below 0 are drawn cut at 0 (the {ylabel} cannot be negative; "
+           "the table gives the full ± half-width).") if clipped else ""
     blocks: list[Block] = [("p", f"{ylabel}: {ESTIMATOR_WORDS[spec.estimator]} with its 95% CI, one line per "
                                  f"`{spec.lines}` joining the values of `{spec.along}` (annotated), one panel per "
-                                 f"{panels_text} (DAC Figures 5-6).")]
+                                 f"{panels_text} (DAC Figures 5-6).{cut}")]
     for x, xlabel in (("flops", "FLOPs per forward pass"), ("params", "parameters")):
         fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
         for ax, panel in zip(axes[0], panels):
@@ -294,9 +315,10 @@ def _complexity_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[
                              key=lambda p: getattr(p, x))
                 if not pts:
                     continue
+                below = [min(p.ci, p.value) if clip else p.ci for p in pts]  # a loss or error is never < 0
                 ax.errorbar([getattr(p, x) for p in pts], [p.value * scale for p in pts],
-                            yerr=[p.ci * scale for p in pts], marker="o", capsize=4, color=palette[line],
-                            label=str(line))
+                            yerr=[[b * scale for b in below], [p.ci * scale for p in pts]], marker="o", capsize=4,
+                            color=palette[line], label=str(line))
                 for p in pts:
                     ax.annotate(str(p.along), (getattr(p, x), p.value * scale), textcoords="offset points",
                                 xytext=(4, 4), fontsize=7)
@@ -343,6 +365,11 @@ def _status_blocks(runs: an.StudyRuns) -> list[Block]:
     if not any(cell.usable for cell in runs.cells):
         blocks.append(("p", "**No usable run**: every run diverged, failed the criterion or did not finish, so "
                             "every analysis below except the failure counts is empty."))
+    threads = sorted({str((d.get("environment") or {}).get("threads")) for c in runs.cells for d in c.docs
+                      if str((d.get("environment") or {}).get("device", "")).startswith("cpu")})
+    if len(threads) > 1:  # README, Reproducibility: a seed fixes a CPU run at one thread count
+        blocks.append(("p", f"The CPU runs trained on different thread counts ({', '.join(threads)}): on the CPU "
+                            "a seed's numbers depend on the thread count, so compare cells knowing it."))
     return blocks
 
 
@@ -392,24 +419,26 @@ def _jsonable(x: Any) -> Any:
 
 
 def _markdown(blocks: list[Block], root: Path) -> str:
+    esc = md_escape  # as the HTML report escapes: names and values from the study are not markup
     parts = []
     for kind, payload in blocks:
         if kind in ("h1", "h2"):
-            parts.append(f"{'#' * int(kind[1])} {payload}")
+            parts.append(f"{'#' * int(kind[1])} {esc(payload)}")
         elif kind == "p":
-            parts.append(payload)
+            parts.append(esc(payload))
         elif kind == "list":
-            parts.append("\n".join(f"- {x}" for x in payload))
+            parts.append("\n".join(f"- {esc(x)}" for x in payload))
         elif kind == "table":
             headers, rows, bold = payload
-            cells = [[f"**{c}**" if bold and bold[i][j] else c for j, c in enumerate(r)] for i, r in enumerate(rows)]
-            lines = ["| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
+            cells = [[f"**{esc(c)}**" if bold and bold[i][j] else esc(c) for j, c in enumerate(r)]
+                     for i, r in enumerate(rows)]
+            lines = ["| " + " | ".join(esc(h).replace("|", "\\|") for h in headers) + " |",
                      "|" + "|".join("---" for _ in headers) + "|"]
             lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
             parts.append("\n".join(lines))
         elif kind == "img":
             title, path = payload
-            parts.append(f"![{title}]({Path(os.path.relpath(path, root)).as_posix()})")
+            parts.append(f"![{esc(title)}]({Path(os.path.relpath(path, root)).as_posix()})")
     return "\n\n".join(parts) + "\n"
 
 

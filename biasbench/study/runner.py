@@ -184,9 +184,12 @@ class Sweep:
         self.manifest.end_attempt(task.key, status, error=message)
         self.manifest.save()
         if status == ERROR:
-            if text:  # bad input needs its line, not a traceback
-                atomic_write_text(self.out / task.key / "error.txt",
-                                  f"{message}\n" if isinstance(exception, UserError) else text)
+            # Bad input needs its line, not a traceback; a worker that died raised nothing, so its
+            # file says how it ended (the outcome points every error at this file).
+            body = f"{message}\n" if isinstance(exception, UserError) else text or (
+                f"{message}\nno traceback: the worker process ended without raising (killed, out of memory, or a "
+                "crash in native code); run the same command again to resume this run from its checkpoint\n")
+            atomic_write_text(self.out / task.key / "error.txt", body)
             if isinstance(exception, UserError) and self.user_error is None:
                 self.user_error = exception
             self.errors.append(f"{task.key}: {message}")

@@ -32,7 +32,7 @@ from typing import Any
 
 from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
-from biasbench.study.naming import MAX_NAME, cell_name
+from biasbench.study.naming import MAX_NAME, cell_names
 from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, read_spec, spec_keys, tasks_per_run, time_minutes
 
 TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "failure", "analysis", "launcher", "smoke")
@@ -63,6 +63,17 @@ class Cell:
         return [(r, self.recipe.train.seed + r) for r in range(self.recipe.train.replicates)]
 
 
+@dataclass(frozen=True)
+class CellPlan:
+    """Every cell of a large study, counted without building each one's recipe (`--dry-run`):
+    cell i is named `names[i]`, has the study-key values `values[i]`, and its model, data and
+    train sections (what the cost reads) are those of `Study.cells[group[i]]`."""
+
+    names: list[str]
+    values: list[dict[str, Any]]
+    group: list[int]
+
+
 @dataclass
 class Study:
     path: Path
@@ -77,13 +88,19 @@ class Study:
     analyses: dict[str, Any]  # name -> spec (specs.ANALYSES)
     launcher: LauncherSpec
     labels: list[str] = field(default_factory=list)
+    plan: CellPlan | None = None  # set when `cells` holds only representatives (load_study's plan_over)
 
     @property
     def name(self) -> str:
         return self.path.stem + ("_smoke" if self.smoke else "")
 
     def run_count(self) -> int:
+        if self.plan is not None:
+            return sum(self.cells[g].recipe.train.replicates for g in self.plan.group)
         return sum(c.recipe.train.replicates for c in self.cells)
+
+    def cell_count(self) -> int:
+        return len(self.plan.names) if self.plan is not None else len(self.cells)
 
     def zipped_with(self, key: str) -> list[str]:
         """The keys that vary together with `key` (its zip group), `key` included."""
@@ -262,8 +279,13 @@ def _cell_recipe(raw: dict[str, Any], values: dict[str, Any], doc: dict[str, Any
         raise UserError(f"study `{path}`, cell `{name}`: {e}") from None
 
 
-def load_study(path: str | Path, smoke: bool = False) -> Study:
-    """Read, validate and expand a study file; any problem is one `UserError` before a run starts."""
+def load_study(path: str | Path, smoke: bool = False, *, plan_over: int | None = None) -> Study:
+    """Read, validate and expand a study file; any problem is one `UserError` before a run starts.
+
+    `plan_over`: a study of more cells than this is counted, not built (`Study.plan`): every
+    cell is named and checked for a unique folder, but a recipe is built and validated only for
+    one cell per distinct model/data/train configuration and per grid or zip value (the sweep
+    itself builds them all). A recipe takes about a millisecond; 100,000 would take minutes."""
     path = Path(path)
     doc = _read_study(path)
     if smoke:
@@ -286,9 +308,14 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
         raise UserError(f"study `{path}` expands to no runs (every cell is excluded); check `exclude`")
     bases = _BaseRecipes(path, smoke, set_block)
     labels = _check_keys(keys, bases.raw(points[0].get(RECIPE_KEY, doc.get(RECIPE_KEY)))[1], list(set_block), path)
-    varying = [k for k in keys if len({repr(p[k]) for p in points}) > 1]
+    varying = [k for k in keys if len({repr(v) for v in {id(p[k]): p[k] for p in points}.values()}) > 1]
     naming = name_keys(points, keys, varying, zip_groups)
-    cells = _cells(points, naming, doc, bases, path)
+    plan = None
+    if plan_over is not None and len(points) > plan_over:
+        plan, chosen = _plan(points, naming, path)
+        cells = _cells([points[i] for i in chosen], naming, doc, bases, path)
+    else:
+        cells = _cells(points, naming, doc, bases, path)
     _check_models(cells, path)
     failure = None
     if doc.get("failure") is not None:
@@ -298,7 +325,41 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     time_minutes(launcher.time)
     tasks_per_run(launcher)
     return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
-                 launcher, labels)
+                 launcher, labels, plan)
+
+
+COST_SECTIONS = ("model.", "data.", "train.")  # what a cell's cost estimate reads, besides `recipe`
+
+
+def _plan(points: list[dict[str, Any]], naming: list[str], path: Path) -> tuple[CellPlan, list[int]]:
+    """Names of every point (one folder each) and the points whose recipes are built: the first
+    of each distinct cost configuration, and the first holding each value of each key."""
+    names = cell_names(points, naming)
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if first.setdefault(name, i) != i:
+            raise UserError(f"study `{path}`: two cells map to one folder `{name}` ({points[first[name]]} and "
+                            f"{points[i]}); make their values differ or drop one with `exclude`")
+    if names and max(map(len, names)) > MAX_NAME:
+        raise UserError(f"study `{path}`: cell folder names get too long ({max(map(len, names))} characters); "
+                        "vary fewer keys or use short labels")
+    # Values are told apart by identity: every point shares the value objects of the grid and zip
+    # rows it was made from (ids are far cheaper than reprs; an equal copy only adds a group).
+    cost_keys = [k for k in points[0] if k == RECIPE_KEY or k.startswith(COST_SECTIONS)]
+    by_config: dict[tuple[int, ...], int] = {}
+    chosen: dict[int, None] = {}
+    seen_values: set[tuple[str, int]] = set()
+    group_point = []
+    for i, values in enumerate(points):
+        group_point.append(by_config.setdefault(tuple(id(values[k]) for k in cost_keys), i))
+        chosen.setdefault(group_point[-1])
+        new = {(k, id(v)) for k, v in values.items()} - seen_values
+        if new:
+            seen_values |= new
+            chosen.setdefault(i)
+    order = sorted(chosen)
+    index = {p: n for n, p in enumerate(order)}
+    return CellPlan(names, points, [index[g] for g in group_point]), order
 
 
 def _check_models(cells: list[Any], path: Path) -> None:
@@ -366,8 +427,7 @@ def _cells(points: list[dict[str, Any]], naming: list[str], doc: dict[str, Any],
     """Name every point after its naming keys and build its recipe; refuse two points in one folder."""
     cells: list[Cell] = []
     by_name: dict[str, dict[str, Any]] = {}
-    for values in points:
-        name = cell_name({k: values[k] for k in naming})
+    for values, name in zip(points, cell_names(points, naming), strict=True):
         if len(name) > MAX_NAME:
             raise UserError(f"study `{path}`: cell folder names get too long ({len(name)} characters); vary "
                             "fewer keys or use short labels")
