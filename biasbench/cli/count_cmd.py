@@ -72,6 +72,19 @@ def _variants(model: str, variant: str, compare: bool) -> tuple[list[str], dict[
     return list(dict.fromkeys(v for v in ["baseline", variant, *sorted(reasons)] if v not in refused)), refused
 
 
+def _row_options(name: str, variant: str, v_options: dict[str, Any]) -> dict[str, Any]:
+    """The variant options of row `name`: all of them for the asked-for variant; for the others
+    (the baseline first) only the activation, when they take one, so `--variant dnrt
+    --variant-option activation=relu` compares with a ReLU baseline."""
+    from biasbench.models.variants import VARIANTS, variant_options
+
+    if name == variant:
+        return v_options
+    if "activation" in v_options and "activation" in variant_options(VARIANTS.get(name)):
+        return {"activation": v_options["activation"]}
+    return {}
+
+
 def _count(model_name: str, variant: str, variant_options: dict, options: dict, input_shape: tuple[int, ...],
            num_classes: int, convention: str) -> dict[str, Any]:
     from biasbench.count import count_built
@@ -145,7 +158,7 @@ def count(
     rows = {}
     for name in names:
         try:
-            rows[name] = _count(model, name, v_options if name == variant else {}, options, shape, classes,
+            rows[name] = _count(model, name, _row_options(name, variant, v_options), options, shape, classes,
                                 convention)
         except UserError as e:
             if name in ("baseline", variant) or not compare_variants:
