@@ -106,3 +106,18 @@ def test_a_dnrt_relu_count_compares_with_a_relu_baseline():
 def test_an_unknown_convention_is_refused_in_one_line():
     code, _, err = run_cli(["count", "--model", "resnet20_v1", "--convention", "flops"])
     one_line_error(code, err, "--convention `flops`", "thop", "fvcore")
+
+
+@pytest.mark.parametrize("name,options", [("vgg20_16", {}), ("vgg14_32", {}), ("resnet20_v2", {"width": 4})])
+def test_dac_formula_gives_the_dac_texts_five_and_a_half_percent(name, options):
+    """DAC section 5: "5.5% more FLOPs" for VGG 20/16, 14/32 and the 4x wide ResNet20; dac-paper
+    (which reproduces Table 2's 0.509 / 0.542) gives +6.4 to +7.0% on the same networks."""
+    shape = (3, 32, 32)
+
+    def ratio(convention):
+        base, dac = (count_built(lambda v=v: build_model(name, v, num_classes=10, input_shape=shape, **options),
+                                 shape, convention)["ops"] for v in ("baseline", "dac"))
+        return dac / base - 1
+
+    assert round(100 * ratio("dac-formula"), 1) == 5.5
+    assert ratio("dac-paper") > 0.064

@@ -124,7 +124,7 @@ def count(
     compare_variants: bool = typer.Option(False, "--compare-variants", metavar="",
                                           help="Every variant that applies to the model, side by side."),
     convention: str = typer.Option("dac-paper", "--convention", metavar="NAME",
-                                   help="How operations are counted: dac-paper (FLOPs), macs, thop or fvcore "
+                                   help="How operations are counted: dac-paper (FLOPs), dac-formula, macs, thop or fvcore "
                                         "(docs/dac.md)."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
 ) -> None:
