@@ -6,7 +6,7 @@ the baseline units computing exactly the networks they stand for.
   layer tables; with torchvision's weights copied in, the same outputs as torchvision's network
   given the CIFAR stem, which checks that a ShuffleNet unit carrying its input unactivated and
   a pool placed before the activation compute the paper's function.
-- timm's (DeiT, CaiT, TNT, PVT): against timm's own count for the same configuration, RAA's
+- timm's (DeiT, CaiT, TNT): against timm's own count for the same configuration, RAA's
   w (d) + b (1) in every MLP, and ARR's taps.
 """
 
