@@ -91,3 +91,12 @@ def test_the_dnrt_recipes_build_what_the_authors_ran(name, expected):
     net = on_meta(build_model, m.name, m.variant, num_classes=10, input_shape=(3, 32, 32),
                   variant_options=m.variant_options, **m.options)
     assert n_params(net) == expected
+
+
+def test_tnt_refuses_a_pixel_stride_that_does_not_tile_its_patches_in_one_line():
+    from biasbench.errors import UserError
+
+    for stride, words in [(3, "one must divide the other"), (8, "does not tile")]:
+        with pytest.raises(UserError) as e:
+            build_model("tnt_small_patch4", num_classes=10, input_shape=(3, 32, 32), pixel_stride=stride)
+        assert words in str(e.value) and "\n" not in str(e.value)

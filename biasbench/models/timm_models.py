@@ -128,7 +128,14 @@ def tnt_small_patch4(variant: Variant, num_classes: int, in_channels: int, input
                      heads: int = 6, inner_heads: int = 4, drop_path: float = 0.1) -> nn.Module:
     """`pixel_stride`: the stem conv's stride (their `first_stride`); each patch holds
     ceil(patch / pixel_stride)**2 inner pixels."""
-    _check_patch(input_shape[-1], patch)
+    side = input_shape[-1]
+    _check_patch(side, patch)
+    if patch % pixel_stride and pixel_stride % patch:
+        raise ValueError(f"pixel_stride {pixel_stride} and patch {patch}: one must divide the other, so each "
+                         f"patch holds whole inner pixels")
+    if (side - 1) // pixel_stride + 1 != side // patch * -(-patch // pixel_stride):
+        raise ValueError(f"pixel_stride {pixel_stride} does not tile {side}-px images into {side // patch} patches "
+                         f"per side; use a pixel_stride of at most patch {patch}")
     net = _create("tnt_s_legacy_patch16_224", input_shape, num_classes=num_classes, in_chans=in_channels,
                   img_size=input_shape[-1], patch_size=patch, first_stride=pixel_stride, embed_dim=dim,
                   inner_dim=inner_dim, depth=depth, num_heads_outer=heads, num_heads_inner=inner_heads,
