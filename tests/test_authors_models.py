@@ -59,7 +59,8 @@ def test_pvt_is_v1_with_spatial_reduction_and_position_embeddings():
     assert [s.proj.kernel_size for s in net.stages] == [(4, 4), (2, 2), (2, 2), (2, 2)]
     sr = [b.attn.sr.kernel_size for s in net.stages[:3] for b in s.blocks]
     assert sr == [(8, 8)] * 2 + [(4, 4)] * 2 + [(2, 2)] * 2
-    assert sorted(m.num_features for m in net.modules() if isinstance(m, RAA)) == [512] * 2 + [1024] * 2 + [1280] * 2 + [2048] * 2
+    hidden = sorted(m.num_features for m in net.modules() if isinstance(m, RAA))
+    assert hidden == [512] * 2 + [1024] * 2 + [1280] * 2 + [2048] * 2
 
 
 def test_pvt_built_at_224_interpolates_its_position_embeddings_bilinearly():

@@ -124,15 +124,13 @@ def count(
     compare_variants: bool = typer.Option(False, "--compare-variants", metavar="",
                                           help="Every variant that applies to the model, side by side."),
     convention: str = typer.Option("dac-paper", "--convention", metavar="NAME",
-                                   help="How operations are counted: dac-paper (FLOPs), dac-formula, macs, thop or fvcore "
-                                        "(docs/dac.md)."),
+                                   help="How operations are counted: dac-paper (FLOPs), dac-formula, macs, thop "
+                                        "or fvcore (docs/dac.md)."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
 ) -> None:
     """Count parameters and FLOPs (or MACs, by --convention), with ratios to the baseline variant."""
-    from biasbench.count import data_shape, ratios
+    from biasbench.count import CONVENTIONS, data_shape, ratios
     from biasbench.models import model_spec
-
-    from biasbench.count import CONVENTIONS
 
     if convention not in CONVENTIONS:
         raise UserError(f"--convention `{convention}` is not one of {', '.join(CONVENTIONS)}")
