@@ -1,9 +1,17 @@
-"""Parameters, MACs and FLOPs of a model, under the DAC paper's conventions (docs/dac.md).
+"""Parameters and operations of a model, under the counting convention a paper uses (docs/dac.md).
 
     from biasbench.count import complexity
     complexity(model, (3, 80, 80))  # -> {"params": {...}, "macs": ..., "flops": ..., "skipped_ops": {...}}
+    complexity(model, (3, 224, 224), convention="thop")  # -> {..., "ops": ..., "unit": "MACs"}
 
-The counting convention ("dac-paper"), for one input sample in inference mode:
+`CONVENTIONS` lists them; every result has `ops` (the convention's figure), `unit` and
+`ops_by_operator`. `dac-paper` (the default) also keeps `macs`, `flops` (= ops) and
+`flops_by_operator`; `macs` counts the multiply-adds of the same operators (conv, dense, every
+matmul, attention's included; DAC's multiply-adds, not its bias additions); `thop` is thop's
+module table (`biasbench.count_thop`); `fvcore` is fvcore's own FlopCountAnalysis
+(`biasbench.count_fvcore`).
+
+The default convention ("dac-paper"), for one input sample in inference mode:
 - conv / dense / matmul: 2 FLOPs per multiply-add, plus 1 per output element for a layer bias;
 - BatchNorm (and BN'): 2 FLOPs per element, the folded inference-time scale and shift (BN' keeps
   a shift at inference: the running mean); LayerNorm 5 per element (4 without affine);
@@ -25,7 +33,8 @@ while counting, their forward is swapped for a custom operator (namespace `biasb
 that the counter sees as one operator with its own rule, so their internals (grouped convs,
 kernels) never reach the count. A model whose forward reads input *values* (multitask's task
 ids) cannot run on meta; for inputs up to `REAL_FALLBACK_ELEMENTS` it is counted on a real zero
-input instead. fvcore (used before) traces with torch.jit, which cannot run on meta tensors.
+input instead. fvcore traces with torch.jit, which cannot run on meta tensors: `fvcore` counts
+on a real model and input.
 """
 
 from __future__ import annotations
@@ -49,6 +58,16 @@ from biasbench.layers.preact import SharedBiasPreActivation
 from biasbench.params import count_by_role
 
 CONVENTION = "dac-paper"
+# name -> (the unit of its figure, what it counts): `count --convention`, docs/dac.md op by op
+CONVENTIONS: dict[str, tuple[str, str]] = {
+    "dac-paper": ("FLOPs", "multiply-add = 2, + biases, norms, average pooling; DAC pre-activations cached"),
+    "dac-formula": ("FLOPs", "dac-paper with a DAC conv's cached additions at its output positions (m n s t "
+                             "read literally: the DAC text's +5.5%)"),
+    "macs": ("MACs", "multiply-adds of conv, dense and every matmul (attention's too); nothing else"),
+    "thop": ("MACs", "thop's module table: Conv/Linear multiply-adds, norms 2-4 per element; functional "
+                     "matmuls not counted; + RAA's shift"),
+    "fvcore": ("MACs", "fvcore's FlopCountAnalysis (its own handles: one per multiply-add; norms, pooling)"),
+}
 REAL_FALLBACK_ELEMENTS = 1 << 20  # input elements per sample a real (not meta) count may allocate
 
 # -- custom operators that stand for whole layers while counting --------------------------------
@@ -144,6 +163,16 @@ def _dac_conv(args, out):
     return 2 * macs + _bias_adds(bias, out) + adds, macs
 
 
+def _dac_conv_at_outputs(args, out):
+    """The DAC paper's formula read literally: `m n s t` cached additions, s x t the output grid."""
+    x, w, bias, stride, padding, cached = args
+    if not cached:
+        return _dac_conv(args, out)
+    macs = out.numel() * x.shape[1] * w.shape[2] * w.shape[3]
+    adds = out.shape[0] * w.shape[0] * x.shape[1] * out.shape[2] * out.shape[3]
+    return 2 * macs + _bias_adds(bias, out) + adds, macs
+
+
 def _dac_dense(args, out):
     macs = out.numel() * args[1].shape[1]
     return 2 * macs + _bias_adds(args[2], out) + macs, macs  # + one bias addition per weight
@@ -161,6 +190,8 @@ _RULES: dict[Any, Callable[[tuple, torch.Tensor], tuple[int, int]]] = {
     _OPS.dac_conv2d: _dac_conv, _OPS.dac_linear: _dac_dense,
     _OPS.multi_bias: _elementwise_out, _OPS.shared_bias_preact: _elementwise_out,
 }
+# `dac-formula`: dac-paper, but a DAC conv's cache at its output positions (the text's +5.5%)
+_FORMULA_RULES = {**_RULES, _OPS.dac_conv2d: _dac_conv_at_outputs}
 # No arithmetic (views, copies, allocation, concatenation, padding) or ReLU, as fvcore had it.
 _QUIET = {getattr(aten, name) for name in (
     "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze", "slice",
@@ -177,28 +208,43 @@ class _OperatorCounter(TorchDispatchMode):
         # to disable dynamo, which imports it on first use (seconds).
         return False
 
-    def __init__(self) -> None:
+    def __init__(self, rules: dict[Any, Callable[[tuple, torch.Tensor], tuple[int, int]]] = _RULES) -> None:
         super().__init__()
+        self.rules = rules
         self.flops: Counter[str] = Counter()
-        self.macs = 0
+        self.macs_by_op: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         packet = func.overloadpacket
         name = f"{func.namespace}::{packet.__name__}"
-        if packet in _RULES:
-            flops, macs = _RULES[packet](args, out[0] if isinstance(out, tuple) else out)
+        if packet in self.rules:
+            flops, macs = self.rules[packet](args, out[0] if isinstance(out, tuple) else out)
             self.flops[name] += flops
-            self.macs += macs
+            if macs:
+                self.macs_by_op[name] += macs
         elif packet not in _QUIET:
             self.skipped[name] += 1
         return out
 
+    @property
+    def macs(self) -> int:
+        return sum(self.macs_by_op.values())
 
-def _run(model: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor] | None) -> _OperatorCounter:
-    counter = _OperatorCounter()
-    with _layers_as_operators(model), torch.no_grad(), counter:
+
+def _counter(model: nn.Module, convention: str) -> Any:
+    if convention == "thop":
+        from biasbench.count_thop import ThopCounter
+
+        return ThopCounter(model)
+    return _OperatorCounter(_FORMULA_RULES if convention == "dac-formula" else _RULES)
+
+
+def _run(model: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor] | None, convention: str) -> Any:
+    counter = _counter(model, convention)
+    layers = _layers_as_operators(model) if convention != "thop" else contextlib.nullcontext()
+    with layers, torch.no_grad(), counter:
         if tensors is None:
             model(x)
         else:
@@ -210,14 +256,14 @@ class _NeedsValues(Exception):
     """A model built on meta whose forward fails there: it must be rebuilt on real tensors."""
 
 
-def _count(model: nn.Module, input_shape: tuple[int, ...]) -> _OperatorCounter:
+def _count(model: nn.Module, input_shape: tuple[int, ...], convention: str) -> Any:
     """Run one sample through the model on meta tensors; on real zeros where meta cannot."""
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     on_meta = {n: torch.empty_like(t, device="meta") for n, t in
                itertools.chain(model.named_parameters(), model.named_buffers())}
     try:
-        return _run(model, torch.zeros((1, *input_shape), device="meta", dtype=dtype), on_meta)
+        return _run(model, torch.zeros((1, *input_shape), device="meta", dtype=dtype), on_meta, convention)
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
         meta_error = e
     if math.prod(input_shape) <= REAL_FALLBACK_ELEMENTS and first is not None and first.is_meta:
@@ -230,7 +276,7 @@ def _count(model: nn.Module, input_shape: tuple[int, ...]) -> _OperatorCounter:
     torch.set_num_threads(1)  # one small sample: one thread is fastest, and far faster on a busy machine
     try:
         device = first.device if first is not None else "cpu"
-        return _run(model, torch.zeros((1, *input_shape), device=device, dtype=dtype), None)
+        return _run(model, torch.zeros((1, *input_shape), device=device, dtype=dtype), None, convention)
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
         raise UserError(f"cannot count this model on an input of shape {'x'.join(map(str, input_shape))}: "
                         f"{_first_line(e)}") from None
@@ -242,52 +288,75 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def complexity(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> dict[str, Any]:
-    """Parameters by role, MACs and FLOPs for one sample of shape `input_shape` (no batch axis).
+def complexity(model: nn.Module, input_shape: tuple[int, ...] | list[int], convention: str = CONVENTION
+               ) -> dict[str, Any]:
+    """Parameters by role and the `convention`'s operation count for one sample of shape
+    `input_shape` (no batch axis).
 
-    `flops_by_operator` splits the FLOPs; `skipped_ops` lists every operator the count did not
-    cover, with how many times it occurred (residual `aten::add` is expected there)."""
+    `ops_by_operator` splits the count; `skipped_ops` lists every operator (module, for thop and
+    fvcore) the count did not cover, with how many times it occurred (residual `aten::add` is
+    expected there)."""
+    if convention not in CONVENTIONS:
+        raise UserError(f"unknown counting convention `{convention}`; choose one of {', '.join(CONVENTIONS)}")
     input_shape = tuple(int(s) for s in input_shape)
     if not input_shape or any(s < 1 for s in input_shape):
         raise UserError(f"input shape {list(input_shape)} has an empty dimension; give positive sizes")
     was_training = {m: m.training for m in model.modules()}
     model.eval()  # inference-time convention (BN folded to scale and shift)
     try:
-        counter = _count(model, input_shape)
+        if convention == "fvcore":
+            from biasbench.count_fvcore import fvcore_count
+
+            ops, skipped = fvcore_count(model, input_shape)
+        else:
+            counter = _count(model, input_shape, convention)
+            ops = counter.macs_by_op if convention == "macs" else counter.ops if convention == "thop" \
+                else counter.flops
+            skipped = counter.skipped
     finally:
         for m, training in was_training.items():
             m.training = training
-    return {
-        "convention": CONVENTION,
+    result = {
+        "convention": convention,
+        "unit": CONVENTIONS[convention][0],
         "input_shape": list(input_shape),
         "params": count_by_role(model),
-        "macs": int(counter.macs),
-        "flops": int(sum(counter.flops.values())),
-        "flops_by_operator": dict(sorted(counter.flops.items())),
-        "skipped_ops": dict(sorted(counter.skipped.items())),
+        "ops": int(sum(ops.values())),
+        "ops_by_operator": {k: int(v) for k, v in sorted(ops.items())},
+        "skipped_ops": dict(sorted(skipped.items())),
     }
+    if convention == "dac-paper":
+        result.update(macs=int(counter.macs), flops=result["ops"], flops_by_operator=result["ops_by_operator"])
+    return result
 
 
-def count_built(build: Callable[[], nn.Module], input_shape: tuple[int, ...]) -> dict[str, Any]:
+def count_built(build: Callable[[], nn.Module], input_shape: tuple[int, ...], convention: str = CONVENTION
+                ) -> dict[str, Any]:
     """`complexity` of the model `build()` makes, built on the meta device: nothing is allocated,
     whatever the input size (a ViT's position embedding grows with it). A model whose forward
-    reads input values is rebuilt on the CPU for inputs up to REAL_FALLBACK_ELEMENTS."""
+    reads input values is rebuilt on the CPU for inputs up to REAL_FALLBACK_ELEMENTS; `fvcore`,
+    which traces real tensors, always builds it on the CPU."""
+    if convention == "fvcore":
+        return complexity(build(), input_shape, convention)
     with torch.device("meta"):
         model = build()
     try:
-        return complexity(model, input_shape)
+        return complexity(model, input_shape, convention)
     except _NeedsValues:
-        return complexity(build(), input_shape)
+        return complexity(build(), input_shape, convention)
 
 
 def ratios(counts: dict[str, Any], reference: dict[str, Any]) -> dict[str, float]:
-    """params / FLOPs / MACs of `counts` relative to `reference` (e.g. the baseline variant)."""
+    """params and ops (FLOPs, MACs under dac-paper) of `counts` relative to `reference` (e.g. the
+    baseline variant), both counted under the same convention."""
     def ratio(a: float, b: float) -> float:
         return a / b if b else float("nan")
 
-    return {"params": ratio(counts["params"]["total"], reference["params"]["total"]),
-            "macs": ratio(counts["macs"], reference["macs"]),
-            "flops": ratio(counts["flops"], reference["flops"])}
+    out = {"params": ratio(counts["params"]["total"], reference["params"]["total"]),
+           "ops": ratio(counts["ops"], reference["ops"])}
+    if "flops" in counts:
+        out.update(macs=ratio(counts["macs"], reference["macs"]), flops=ratio(counts["flops"], reference["flops"]))
+    return out
 
 
 def data_shape(data_cfg: Any) -> tuple[tuple[int, ...], int]:

@@ -1,7 +1,8 @@
 """`biasbench count`: parameters (weights / biases / other), MACs and FLOPs of a model.
 
-FLOPs follow the DAC paper's convention (see `biasbench.count` and docs/dac.md); every row is
-compared with the same model's baseline variant. Models are built and run on the meta device,
+FLOPs follow the DAC paper's convention by default; `--convention macs|thop|fvcore` counts as
+other papers do (see `biasbench.count` and docs/dac.md, op by op); every row is compared with
+the same model's baseline variant, counted the same way. Models are built and run on the meta device,
 so any input size is counted without allocating it; shapes the model cannot read are refused
 before anything is built.
 """
@@ -71,8 +72,21 @@ def _variants(model: str, variant: str, compare: bool) -> tuple[list[str], dict[
     return list(dict.fromkeys(v for v in ["baseline", variant, *sorted(reasons)] if v not in refused)), refused
 
 
+def _row_options(name: str, variant: str, v_options: dict[str, Any]) -> dict[str, Any]:
+    """The variant options of row `name`: all of them for the asked-for variant; for the others
+    (the baseline first) only the activation, when they take one, so `--variant dnrt
+    --variant-option activation=relu` compares with a ReLU baseline."""
+    from biasbench.models.variants import VARIANTS, variant_options
+
+    if name == variant:
+        return v_options
+    if "activation" in v_options and "activation" in variant_options(VARIANTS.get(name)):
+        return {"activation": v_options["activation"]}
+    return {}
+
+
 def _count(model_name: str, variant: str, variant_options: dict, options: dict, input_shape: tuple[int, ...],
-           num_classes: int) -> dict[str, Any]:
+           num_classes: int, convention: str) -> dict[str, Any]:
     from biasbench.count import count_built
     from biasbench.models import build_model
     from biasbench.models.convert import conversion
@@ -84,7 +98,7 @@ def _count(model_name: str, variant: str, variant_options: dict, options: dict, 
                                  input_shape=input_shape, variant_options=variant_options, **options))
         return built[-1]
 
-    row = count_built(build, input_shape)
+    row = count_built(build, input_shape, convention)
     report = conversion(built[-1])
     return {**row, "conversion": report.to_dict()} if report else row
 
@@ -93,6 +107,8 @@ def _count(model_name: str, variant: str, variant_options: dict, options: dict, 
                     "  biasbench count --model resnet20_v2 --option width=4 --compare-variants\n\n"
                     "  biasbench count --model mlp --features 14 --option depth=8 --option width=200 --variant dac\n\n"
                     "  biasbench count --model torchvision:resnet18 --variant dac --compare-variants\n\n"
+                    "  biasbench count --model vit_tiny_patch4 --option patch=16 --input-size 224 "
+                    "--num-classes 1000 --variant dnrt --convention thop\n\n"
                     "  biasbench count recipes/resnet32_dac.yaml --json")
 def count(
     recipe_path: Path | None = typer.Argument(None, metavar="[RECIPE.yaml]", help="Count the recipe's model."),
@@ -108,12 +124,17 @@ def count(
                                              help="Variant option key=value, e.g. K=8."),
     compare_variants: bool = typer.Option(False, "--compare-variants", metavar="",
                                           help="Every variant that applies to the model, side by side."),
+    convention: str = typer.Option("dac-paper", "--convention", metavar="NAME",
+                                   help="How operations are counted: dac-paper (FLOPs), dac-formula, macs, thop "
+                                        "or fvcore (docs/dac.md)."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
 ) -> None:
-    """Count parameters, MACs and FLOPs (paper convention), with ratios to the baseline variant."""
-    from biasbench.count import data_shape, ratios
+    """Count parameters and FLOPs (or MACs, by --convention), with ratios to the baseline variant."""
+    from biasbench.count import CONVENTIONS, data_shape, ratios
     from biasbench.models import model_spec
 
+    if convention not in CONVENTIONS:
+        raise UserError(f"--convention `{convention}` is not one of {', '.join(CONVENTIONS)}")
     options, v_options = _options(option, "--option"), _options(variant_option, "--variant-option")
     recipe_shape, classes = None, 10
     if recipe_path is not None:
@@ -136,7 +157,8 @@ def count(
     rows = {}
     for name in names:
         try:
-            rows[name] = _count(model, name, v_options if name == variant else {}, options, shape, classes)
+            rows[name] = _count(model, name, _row_options(name, variant, v_options), options, shape, classes,
+                                convention)
         except UserError as e:
             if name in ("baseline", variant) or not compare_variants:
                 raise
@@ -149,35 +171,37 @@ def count(
                           "input_shape": list(shape), "num_classes": classes, "variants": rows,
                           "not_applicable": refused}, indent=2))
         return
-    _print_table(model, shape, classes, rows, refused)
+    _print_table(model, shape, classes, rows, refused, convention)
 
 
-def si(value: float) -> str:
-    """4 significant digits with an SI suffix: 509.3M, 542.0M, 1.112G, 8,640; 1.234e+21 beyond."""
+def si(value: float, digits: int = 4) -> str:
+    """`digits` significant digits with an SI suffix: 509.3M, 542.0M, 1.112G, 8,640; 1.234e+21 beyond."""
     for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
-            return f"{value / scale:#.4g}{suffix}" if value / scale < 1000 else f"{value:.3e}"
+            return f"{value / scale:#.{digits}g}{suffix}" if value / scale < 1000 else f"{value:.{digits - 1}e}"
     return f"{value:,.0f}"
 
 
 def _print_table(model: str, shape: tuple[int, ...], classes: int, rows: dict[str, dict],
-                 refused: dict[str, str]) -> None:
+                 refused: dict[str, str], convention: str) -> None:
+    from biasbench.count import CONVENTIONS
     from biasbench.termtable import print_table
 
-    headers = ["variant", "weights", "biases", "other", "params", "x base", "FLOPs", "x base"]
+    unit, meaning = CONVENTIONS[convention]
+    digits = 4 if convention == "dac-paper" else 5  # one more: papers truncate (DNRT's 1.0786 G is "1.078 G")
+    headers = ["variant", "weights", "biases", "other", "params", "x base", unit, "x base"]
     table, skipped = [], {}
     for name, r in rows.items():
         p, ratio = r["params"], r["vs_baseline"]
         table.append([name, f"{p['weights']:,}", f"{p['biases']:,}", f"{p['other']:,}", f"{p['total']:,}",
-                      f"{ratio['params']:.3f}", si(r["flops"]), f"{ratio['flops']:.3f}"])
+                      f"{ratio['params']:.3f}", si(r["ops"], digits), f"{ratio['ops']:.3f}"])
         for op, n in r["skipped_ops"].items():
             skipped[op] = max(skipped.get(op, 0), n)
-    notes = ["FLOPs: multiply-add = 2, DAC pre-activations cached (docs/dac.md); x base: ratio to the baseline; "
-             "MACs and FLOPs per operator: --json."]
+    notes = [f"{unit} ({convention}): {meaning} (docs/dac.md); x base: ratio to the baseline; per operator: --json."]
     if skipped:
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(skipped.items()))
-        notes.append("not counted (no rule; activations, max pooling and residual additions are not counted by "
-                     f"convention): {listed}")
+        notes.append(f"not counted (no rule under {convention}; activations, max pooling and residual additions are "
+                     f"not counted by convention): {listed}")
     for name, why in refused.items():
         notes.append(f"not applicable: {name}: {why}")
     for name, r in rows.items():

@@ -62,13 +62,15 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Per-channel (mean, std) constants a recipe can ask for (`data.options.normalization`) instead of
 # statistics fitted on the training split (`fit`, the default). `dnrt`: the DNRT authors' constants
-# (qtcls/datasets/__init__.py); their CIFAR-10 std (0.2023, ...) is not CIFAR-10's (about 0.247),
-# and ABN's code uses it too.
+# (qtcls/datasets/__init__.py); their CIFAR-10 std (0.2023, ...) is not CIFAR-10's (about 0.247).
+# `abn`: the ABN author's main.py (zorino96/Adaptive-Bias-Networks), the same CIFAR-10 constants.
+_CIFAR10_COMMON = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 NORMALIZATIONS: dict[str, dict[str, tuple[tuple[float, ...], tuple[float, ...]]]] = {
-    "dnrt": {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "dnrt": {"cifar10": _CIFAR10_COMMON,
              "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
              "imagenet": _IMAGENET},
     "imagenet": {"cifar10": _IMAGENET, "cifar100": _IMAGENET, "imagenet": _IMAGENET},
+    "abn": {"cifar10": _CIFAR10_COMMON},
 }
 
 

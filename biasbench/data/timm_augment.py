@@ -12,6 +12,14 @@ One difference from the authors' call, which changes nothing: they pass `color_j
 which timm ignores whenever RandAugment is on; the default here is 0, which says what happens,
 and a colour jitter that timm would ignore is refused.
 
+Posterize as the authors' environment ran it: timm's "increasing" posterize keeps
+`4 - int(magnitude / 10 * 4)` bits, 0 when the noisy magnitude is clipped at 10 (about 1 image in
+500 here). Pillow up to 12 returned an all-black image for 0 bits (its mask `~(2**8 - 1)` clears
+every bit); Pillow 13 raises "bits must be between or equal to 1 and 8", which would stop a
+training in its first epoch. The posterize ops of the built RandAugment are therefore given
+`posterize_old_pillow`, the old Pillow lookup table written out, so the pipeline gives the same
+images whatever Pillow is installed.
+
 The pipeline works on PIL images (timm's ops are PIL ops): in-memory uint8 images are converted
 per image; images read from files arrive as PIL images. Its random numbers come from Python's
 `random`, NumPy and torch, which the loader seeds per image (see `biasbench.data.loader`).
@@ -34,6 +42,36 @@ DNRT_OPTIONS: dict[str, Any] = {
 }
 _TRAIN_KEYS = ("scale", "ratio", "hflip", "vflip", "color_jitter", "auto_augment", "interpolation", "re_prob",
                "re_mode", "re_count")
+
+
+_POSTERIZE_OPS = ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
+
+
+def posterize_old_pillow(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's `posterize` with Pillow <= 12's `ImageOps.posterize`: keeps the top `bits_to_keep`
+    bits of every channel; 0 bits gives a black image (Pillow 13 refuses 0)."""
+    if bits_to_keep >= 8:
+        return img
+    mask = ~(2 ** (8 - bits_to_keep) - 1)
+    lut = [i & mask for i in range(256)]
+    return img.point(lut * len(img.getbands()))
+
+
+def use_old_pillow_posterize(transform: Any) -> int:
+    """Gives every posterize op of timm's auto-augment transforms inside `transform` (a Compose)
+    `posterize_old_pillow`; returns how many ops it replaced."""
+    from timm.data.auto_augment import AugMixAugment, AutoAugment, RandAugment
+
+    ops = []
+    for t in transform.transforms:
+        if isinstance(t, (RandAugment, AugMixAugment)):
+            ops += t.ops
+        elif isinstance(t, AutoAugment):
+            ops += [op for sub_policy in t.policy for op in sub_policy]
+    replaced = [op for op in ops if op.name in _POSTERIZE_OPS]
+    for op in replaced:
+        op.aug_fn = posterize_old_pillow
+    return len(replaced)
 
 
 class PilFirst:
@@ -69,7 +107,9 @@ def _train(shape: tuple[int, ...], mean: tuple | None, std: tuple | None, option
     if c != 3 or h != w or mean is None or std is None:
         raise UserError(f"augmentation `timm` needs normalised square RGB images; this data set has images of "
                         f"shape {shape}; use data.augment: vit or crop_flip")
-    return PilFirst(create_transform(**train_kwargs(options, h, mean, std)))
+    transform = create_transform(**train_kwargs(options, h, mean, std))
+    use_old_pillow_posterize(transform)
+    return PilFirst(transform)
 
 
 def _eval(side: int, options: dict[str, Any]) -> PilFirst:

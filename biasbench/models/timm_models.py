@@ -1,41 +1,40 @@
-"""DNRT's transformer families at 32 px, built by timm: DeiT-Tiny, CaiT-XXS, PVT-Tiny, TNT-Small.
+"""DNRT's transformer families at 32 px, built by timm: DeiT-Tiny, CaiT-XXS, TNT-Small.
 
 The DNRT authors' repository defines only its ViT (`qtcls/models/vit_example.py`,
-`vit_tiny_patch4_32`: patch 4 on 32 px, 64 patches + the class token); for the other families
-we keep timm's ImageNet configurations and pick patch sizes that suit 32 px the same way
-(docs/architectures.md):
+`vit_tiny_patch4_32`: patch 4 on 32 px, 64 patches + the class token); the other families come
+from the framework its README names, horrible-dong/QTClassification (`qtcls/models/`), which we
+follow where it defines them (docs/architectures.md):
 
 - `deit_tiny_patch4`: timm's `deit_tiny_patch16_224` (dim 192, depth 12, 3 heads) at patch 4;
   architecturally ViT-Tiny. `distilled: true` builds timm's `deit_tiny_distilled_patch16_224`
-  instead (a distillation token and head, averaged with the class head), the DeiT the authors'
-  framework (horrible-dong/QTClassification, `qtcls/models/deit.py`) defines.
+  instead (a distillation token and head, averaged with the class head): the only DeiT class
+  the authors' framework defines (`qtcls/models/deit.py`, VisionTransformerDistilled; 5,365,076
+  parameters at 10 classes), so the DNRT recipes set it.
 - `cait_xxs_patch4`: timm's `cait_xxs24_224` (dim 192, 24 self-attention blocks, 4 heads,
   LayerScale 1e-5, 2 class-attention blocks) at patch 4.
-- `tnt_small_patch4`: timm's `tnt_s_patch16_224` (outer dim 384, inner dim 24, depth 12) at
-  patch 4 with pixel stride 1: 64 patches of 4x4 = 16 inner pixels, the 16 of TNT-S at 224 px.
-- `pvt_tiny`: timm has no PVT v1. PVT-Tiny's configuration (depths 2-2-2-2, dims
-  64-128-320-512, heads 1-2-5-8, MLP ratios 8-8-4-4, reduction ratios 8-4-2-1) in timm's PVT v2
-  blocks, which is timm's `pvt_v2_b1` (overlapping patch embedding, a depthwise conv in the
-  MLP, no position embedding, no class token). Its stride-4 stem gives 8x8 tokens at 32 px, as
-  PVT's patch 4 does; the reduction ratios then shrink every stage's keys to one token.
+- `tnt_small_patch4`: timm's legacy TNT, `tnt_s_legacy_patch16_224` (outer dim 384, inner dim
+  24, depth 12: the block's `norm1_proj` over the 24 inner values, `proj` with a bias, no
+  `norm2_proj`), which is the authors' `qtcls/models/tnt.py`: their `tnt_s_patch4_32` (in the
+  framework until February 2024, when DNRT was written) loads into it strictly and gives the
+  same outputs. Patch 4 with their `first_stride` 4: the 7x7 stem conv strides 4, so each 4x4
+  patch holds one inner "pixel" of 24 values (`pixel_stride: 1` gives 16 inner pixels).
+- `pvt_tiny` (PVT v1) is written out in `pvt_v1.py`: timm has none.
 
 The MLP activation is the variant's (`variant.act(hidden, dims=1)`, GELU by default): passed as
 timm's own `act_layer` (a zero-argument factory, which timm's `Mlp` calls) where every MLP of
 the model has one width (DeiT, CaiT); swapped into each MLP after creation, its width read from
-the MLP's `fc2`, where widths differ (TNT's inner and outer MLPs, PVT's stages) or the
-constructor takes no `act_layer` (TNT, PVT). So `raa` puts RAA in every MLP and
-`model.variant_options.activation` selects any activation of the table. timm writes
+the MLP's `fc2`, where widths differ (TNT's inner and outer MLPs). So `raa` puts RAA in every
+MLP and `model.variant_options.activation` selects any activation of the table. timm writes
 `act -> fc2` itself, so these models offer no `act_linear` (dac, preact and mba are refused).
 
 ARR (`arr`, `dnrt`) reads the class token at the output of every block that carries one, as the
 DNRT code does for its ViT: DeiT's 12 blocks, CaiT's 2 class-attention blocks (its 24
-self-attention blocks see no class token), TNT's 12 blocks (the outer tokens' class token);
-PVT has no class token: the mean over each block's tokens.
+self-attention blocks see no class token), TNT's 12 blocks (the outer tokens' class token).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -62,10 +61,9 @@ def _mlp_activation(variant: Variant, hidden: int) -> Callable[[], nn.Module]:
 
 def _swap_mlp_activations(net: nn.Module, variant: Variant) -> None:
     from timm.layers import Mlp
-    from timm.models.pvt_v2 import MlpWithDepthwiseConv
 
     for mlp in net.modules():
-        if isinstance(mlp, (Mlp, MlpWithDepthwiseConv)):
+        if isinstance(mlp, Mlp):
             mlp.act = variant.act(mlp.fc2.in_features, dims=1)
 
 
@@ -122,56 +120,25 @@ def _tnt_taps(net: nn.Module) -> Taps:
     return Taps(list(net.blocks), [net.embed_dim] * len(net.blocks), tnt_class_token)
 
 
-@register_model("tnt_small_patch4", summary="TNT-Small at 32 px (timm; patch 4, pixel stride 1, dim 384/24)",
+@register_model("tnt_small_patch4", summary="TNT-Small at 32 px (timm's legacy TNT; patch 4, stride 4, dim 384/24)",
                 taps=_tnt_taps, tiny_options={"dim": 8, "inner_dim": 4, "depth": 1, "heads": 2, "inner_heads": 1,
                                               "drop_path": 0.0}, **_DNRT)
 def tnt_small_patch4(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
-                     patch: int = 4, pixel_stride: int = 1, dim: int = 384, inner_dim: int = 24, depth: int = 12,
+                     patch: int = 4, pixel_stride: int = 4, dim: int = 384, inner_dim: int = 24, depth: int = 12,
                      heads: int = 6, inner_heads: int = 4, drop_path: float = 0.1) -> nn.Module:
-    _check_patch(input_shape[-1], patch)
-    net = _create("tnt_s_patch16_224", input_shape, num_classes=num_classes, in_chans=in_channels,
+    """`pixel_stride`: the stem conv's stride (their `first_stride`); each patch holds
+    ceil(patch / pixel_stride)**2 inner pixels."""
+    side = input_shape[-1]
+    _check_patch(side, patch)
+    if patch % pixel_stride and pixel_stride % patch:
+        raise ValueError(f"pixel_stride {pixel_stride} and patch {patch}: one must divide the other, so each "
+                         f"patch holds whole inner pixels")
+    if (side - 1) // pixel_stride + 1 != side // patch * -(-patch // pixel_stride):
+        raise ValueError(f"pixel_stride {pixel_stride} does not tile {side}-px images into {side // patch} patches "
+                         f"per side; use a pixel_stride of at most patch {patch}")
+    net = _create("tnt_s_legacy_patch16_224", input_shape, num_classes=num_classes, in_chans=in_channels,
                   img_size=input_shape[-1], patch_size=patch, first_stride=pixel_stride, embed_dim=dim,
                   inner_dim=inner_dim, depth=depth, num_heads_outer=heads, num_heads_inner=inner_heads,
                   drop_path_rate=drop_path)
-    _swap_mlp_activations(net, variant)
-    return net
-
-
-# -- PVT-Tiny ---------------------------------------------------------------------------------
-def mean_token(output: torch.Tensor) -> torch.Tensor:
-    """A block's (N, T, d) tokens -> (N, d): their mean (PVT has no class token)."""
-    return output.mean(dim=1)
-
-
-def _pvt_taps(net: nn.Module) -> Taps:
-    # timm's feature_info: each stage's width
-    blocks = [(block, info["num_chs"]) for stage, info in zip(net.stages, net.feature_info, strict=True)
-              for block in stage.blocks]
-    return Taps([b for b, _ in blocks], [d for _, d in blocks], mean_token)
-
-
-def _pvt_grid(side: int, sr_ratios: list[int]) -> None:
-    """Each stage's token grid must hold the keys' reduction window (a conv of that size)."""
-    grid = (side - 1) // 4 + 1  # the 7x7 / stride 4 overlapping stem
-    for i, ratio in enumerate(sr_ratios):
-        if i:
-            grid = (grid - 1) // 2 + 1  # 3x3 / stride 2 between stages
-        if grid < ratio:
-            raise ValueError(f"stage {i + 1} has {grid}x{grid} tokens, fewer than its reduction ratio {ratio}: "
-                             f"give larger images or smaller sr_ratios")
-
-
-@register_model("pvt_tiny", summary="PVT-Tiny's configuration in timm's PVT v2 blocks (pvt_v2_b1) at 32 px",
-                taps=_pvt_taps, tiny_options={"dims": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "heads": [1, 1, 1, 1],
-                                              "sr_ratios": [1, 1, 1, 1], "drop_path": 0.0}, **_DNRT)
-def pvt_tiny(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
-             dims: Sequence[int] = (64, 128, 320, 512), depths: Sequence[int] = (2, 2, 2, 2),
-             heads: Sequence[int] = (1, 2, 5, 8), mlp_ratios: Sequence[float] = (8.0, 8.0, 4.0, 4.0),
-             sr_ratios: Sequence[int] = (8, 4, 2, 1), drop_path: float = 0.1) -> nn.Module:
-    """Defaults: PVT-Tiny's (one entry per stage)."""
-    _pvt_grid(input_shape[-1], list(sr_ratios))
-    net = _create("pvt_v2_b1", input_shape, num_classes=num_classes, in_chans=in_channels, embed_dims=tuple(dims),
-                  depths=tuple(depths), num_heads=tuple(heads), mlp_ratios=tuple(float(r) for r in mlp_ratios),
-                  sr_ratios=tuple(sr_ratios), drop_path_rate=drop_path)
     _swap_mlp_activations(net, variant)
     return net
