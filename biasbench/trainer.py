@@ -44,18 +44,9 @@ from biasbench.recipe import Recipe
 from biasbench.results import KIND, SCHEMA_VERSION, best_epoch
 from biasbench.runfolder import RunPaths, Start, inspect_start, run_paths
 from biasbench.runlog import TensorBoardLog, epoch_line, say, tensorboard_missing, write_metrics_csv
-from biasbench.stopping import signal_name, signal_of
+from biasbench.stopping import Interrupted, signal_name, signal_of
 
 __all__ = ["Interrupted", "Run", "build_run", "train_run", "train_recipe", "evaluate", "run_paths"]
-
-
-class Interrupted(Exception):
-    """A run stopped by a signal: its results file says `interrupted`; `checkpoint_epoch` is the
-    epoch its checkpoint holds (None: no checkpoint, output.checkpoint was false)."""
-
-    def __init__(self, run_dir: Path, signum: int, checkpoint_epoch: int | None, doc: dict[str, Any] | None = None):
-        super().__init__(str(run_dir))
-        self.run_dir, self.signum, self.checkpoint_epoch, self.doc = run_dir, signum, checkpoint_epoch, doc
 
 
 # ---------------------------------------------------------------------------------------------
