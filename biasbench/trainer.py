@@ -538,9 +538,10 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
 
 
 def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, overwrite: bool = False,
-                 stop_after: int | None = None, jobs: int = 1, console: Console | None = None,
-                 ctx: DistContext | None = None) -> list[dict[str, Any]]:
-    """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes."""
+                 stop_after: int | None = None, jobs: int = 1, threads: int | None = None,
+                 console: Console | None = None, ctx: DistContext | None = None) -> list[dict[str, Any]]:
+    """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes, with
+    `threads` each (None: the cores shared out)."""
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
     todo, done = plan_replicates(recipe, resume, overwrite, console, check=ctx.is_main)
@@ -548,7 +549,8 @@ def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, 
         from biasbench.replicates import train_parallel
 
         return _in_order(done | train_parallel(recipe, todo, device, resume=resume, fresh=overwrite,
-                                               stop_after=stop_after, jobs=jobs, console=console))
+                                               stop_after=stop_after, jobs=jobs, threads=threads,
+                                               console=console))
     docs = dict(done)
     for r, seed in todo:
         heading = f"{recipe.output.name}: replicate {r + 1}/{recipe.train.replicates}, seed {seed}"
