@@ -114,6 +114,10 @@ class Run:
     precision: str  # fp32, bf16 or fp16: what autocast runs in
     precision_note: str | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
+    # (seconds, samples) of this process's first training step: first-call work (a backward
+    # kernel's JIT build, allocator growth, oneDNN plans, torch.compile) that samples per second
+    # leaves out. None until it has run.
+    first_step: tuple[float, int] | None = None
 
     def parts(self) -> dict[str, Any]:
         """The stateful parts a checkpoint saves (see biasbench.checkpoint.PARTS)."""
@@ -209,12 +213,12 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                     if stop_after is not None and epoch >= stop_after:
                         status, stopped_by = "interrupted", "--stop-after"
                         break
-                    row = _train_and_evaluate(run, state, epoch, bar)
+                    row, rate = _train_and_evaluate(run, state, epoch, bar)
                     if not math.isfinite(row["train_loss"]):
                         status = "diverged"
                         say(console, f"epoch {epoch + 1}: loss is {row['train_loss']}; run diverged", "red")
                         break
-                    say(console, epoch_line(row, epochs, len(run.train_loader.y) / row["seconds"], label))
+                    say(console, epoch_line(row, epochs, rate, label))
                     if _record_epoch(run, state, row, tensorboard, wall_before + time.perf_counter() - started):
                         saved_epoch = state.epoch
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGUSR1 (biasbench.stopping)
@@ -268,18 +272,25 @@ def _clear(paths: RunPaths) -> None:
     shutil.rmtree(paths.tensorboard, ignore_errors=True)
 
 
-def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progress | None) -> dict[str, Any]:
+def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progress | None
+                        ) -> tuple[dict[str, Any], float]:
     """One epoch: train, then (unless the loss diverged) evaluate validation and test sets and
-    add the epoch to the history and the test predictions. Returns the history row."""
+    add the epoch to the history and the test predictions. Returns the history row and the
+    epoch's training samples per second (the process's first step left out)."""
     lr = run.optimizer.param_groups[0]["lr"]  # the epoch's (first step's) learning rate
+    warming = run.first_step is None
     t0 = time.perf_counter()
     train_metrics = _train_epoch(run, epoch, bar, f"epoch {epoch + 1}/{run.recipe.train.epochs}")
     seconds = time.perf_counter() - t0
-    state.train_time += seconds
-    state.train_samples += len(run.train_loader.y)
+    counted_s, counted_n = seconds, len(run.train_loader.y)
+    if warming and run.first_step is not None:  # this epoch ran the first step
+        counted_s, counted_n = counted_s - run.first_step[0], counted_n - run.first_step[1]
+    state.train_time += counted_s
+    state.train_samples += counted_n
+    rate = counted_n / counted_s if counted_s > 0 else 0.0
     if not math.isfinite(train_metrics["loss"]):
         state.history.append(_epoch_row(epoch, lr, train_metrics, {}, seconds))
-        return state.history[-1]
+        return state.history[-1], rate
     kept: list[torch.Tensor] = []
     evals = {name: evaluate(run.model, loader, run.criterion, keep=kept if name == "test" else None)
              for name, loader in run.eval_loaders.items()}
@@ -288,7 +299,7 @@ def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progres
     state.predictions.add(epoch + 1, per_example, run.eval_loaders["test"].y,
                           example_loss=per_example if run.bundle.task == "regression" else None)
     state.epoch = epoch + 1
-    return state.history[-1]
+    return state.history[-1], rate
 
 
 def _record_epoch(run: Run, state: TrainingState, row: dict[str, Any], tensorboard: TensorBoardLog | None,
@@ -328,12 +339,14 @@ def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
     n = 0
     to_format = torch.channels_last if run.recipe.train.channels_last else torch.contiguous_format
+    time_first = run.first_step is None and len(loader) > 1  # (a one-step epoch: nothing else to count)
     t0 = time.perf_counter()
     if bar is not None:
         bar.update(bar.task_ids[0], description=description)
     for x, y in loader:
         if len(y) < ctx.world:  # a last batch smaller than the ranks: every rank skips it alike
             continue
+        batch = len(y)  # (all ranks together)
         x, y, share = ctx.shard(x, y)
         if isinstance(x, torch.Tensor) and x.dim() == 4:  # (not a graph batch)
             x = x.contiguous(memory_format=to_format)
@@ -345,6 +358,9 @@ def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -
         if criterion.task == "classification":
             correct += (out.detach().argmax(1) == y).sum()
         n += len(y)
+        if time_first:
+            _end_first_step(run, t0, batch)
+            time_first = False
         if bar is not None:  # no per-step work for a bar nobody sees
             rate = n * ctx.world / max(time.perf_counter() - t0, 1e-9)
             bar.update(bar.task_ids[0], advance=1, rate=f"{rate:,.0f}/s")
@@ -354,6 +370,13 @@ def _train_epoch(run: Run, epoch: int, bar: Progress | None, description: str) -
     if criterion.task == "classification":
         metrics["acc"] = correct.item() / count
     return metrics
+
+
+def _end_first_step(run: Run, t0: float, samples: int) -> None:
+    """Record the first step's time, once its queued device work has finished (one sync)."""
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    run.first_step = (time.perf_counter() - t0, samples)
 
 
 def _optimizer_step(run: Run, loss: torch.Tensor) -> None:
@@ -524,7 +547,7 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
         **({"conversion": converted.to_dict()} if (converted := conversion(run.model)) else {}),
         "wall_time_s": round(wall, 3),
         "images_per_second": round(rate, 1),
-        "warmup_s": round(warmup_s, 3),
+        "warmup_s": round(warmup_s + (run.first_step[0] if run.first_step else 0.0), 3),
         "predictions": describe(state.predictions.freeze()) if state.predictions.epochs else None,
         "data": run.bundle.describe(),
         "environment": {**environment(run.device), "world_size": run.ctx.world, **precision},

@@ -224,4 +224,6 @@ def print_runs_table(rows: list[dict[str, Any]], recipe: Recipe, console: Consol
         spent, where = sum(r["wall_time_s"] for r in rows), run_paths(recipe, rows[0]["seed"]).dir.parent
         runs = f"summed over {len(rows)} runs" if len(rows) > 1 else "one run"
         say(console, f"training time {spent:.1f} s ({runs}); results and checkpoints: {where}/seed*/")
+        say(console, "samples/s: training steps only; kernel builds and each process's first step "
+                     "(first-call warm-ups) are left out (results: warmup_s)")
     sys.stdout.flush()
