@@ -198,6 +198,24 @@ inline int64_t backward_tile_rows() {
   return std::max<int64_t>(1, 16384 / (4 * V<T>::L * int64_t(sizeof(T))));
 }
 
+// Samples per backward block: each W, -B and partial-sum vector loaded serves this many samples
+// (z and dz of the block live in registers: 16 of AVX-512's 32 with 8 samples; AVX2 has 16).
+template <typename T>
+constexpr int backward_samples() { return sizeof(typename V<T>::type) == 64 ? 8 : 4; }
+
+// backward_block for a block of ns <= NS samples (the last of a chunk may be short).
+template <typename T, int NS>
+inline void backward_any(int64_t ns, bool first, const T* z, const T* w, const T* nbv, const T* gt, T* gz,
+                         T* pw, T* ps, int64_t nb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                         int64_t ld, int64_t N) {
+  if (ns == NS) {
+    auto block = first ? backward_block<T, NS, true> : backward_block<T, NS, false>;
+    block(z, w, nbv, gt, gz, pw, ps, nb, i0, i1, j0, j1, ld, N);
+  } else if constexpr (NS > 1) {
+    backward_any<T, NS - 1>(ns, first, z, w, nbv, gt, gz, pw, ps, nb, i0, i1, j0, j1, ld, N);
+  }
+}
+
 // One task: chunk `ch` of the samples, one vector of columns j0..j0 + L. With one chunk, the
 // task also writes its columns of dW and dB (no partial sums to add).
 template <typename T>
@@ -209,20 +227,10 @@ void backward_task(const T* z, const T* w, const T* nbv, const T* gt, T* gz, T* 
   // dz[n] sums over i in increasing order, tile after tile: fixed by the shapes.
   for (int64_t i0 = 0; i0 < O; i0 += it) {
     const int64_t i1 = std::min(O, i0 + it);
-    for (int64_t nb = n0; nb < n1; nb += 4) {
-      const int64_t ns = std::min<int64_t>(4, n1 - nb);
-      auto run = [&](auto block) { block(z, w, nbv, gt, gz, pw, ps, nb, i0, i1, j0, j1, ld, N); };
-      switch (ns * 2 + int(nb == n0)) {  // the chunk's first block starts the partial sums
-        case 9: run(backward_block<T, 4, true>); break;
-        case 8: run(backward_block<T, 4, false>); break;
-        case 7: run(backward_block<T, 3, true>); break;
-        case 6: run(backward_block<T, 3, false>); break;
-        case 5: run(backward_block<T, 2, true>); break;
-        case 4: run(backward_block<T, 2, false>); break;
-        case 3: run(backward_block<T, 1, true>); break;
-        default: run(backward_block<T, 1, false>); break;
-      }
-    }
+    constexpr int BS = backward_samples<T>();
+    for (int64_t nb = n0; nb < n1; nb += BS)  // the chunk's first block starts the partial sums
+      backward_any<T, BS>(std::min<int64_t>(BS, n1 - nb), nb == n0, z, w, nbv, gt, gz, pw, ps, nb, i0, i1,
+                          j0, j1, ld, N);
   }
 }
 
