@@ -32,7 +32,7 @@ from machine import CLOCKS, describe, kernel_paths, loadavg  # noqa: E402
 from biasbench.kernels import build  # noqa: E402
 from biasbench.kernels.dac_linear_cpu import KERNEL  # noqa: E402
 
-SHAPES = [(784, 256), (256, 256), (256, 10)]
+SHAPES = "784x256,256x256,256x10"  # the MNIST MLP's layers; SGEMM MLPs: 141x141,200x200,250x250 at batch 256
 
 
 def earlier_kernel(rev: str) -> build.CpuKernel:
@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     ap.add_argument("--reps", type=int, default=200, help="timed runs of each (default 200)")
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--shapes", default=SHAPES, help=f"comma-separated INxOUT (default {SHAPES})")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     args = ap.parse_args()
     isa = build.selected_isa()
@@ -73,7 +74,7 @@ def main() -> None:
           f"batch {args.batch}, earlier = {args.against}")
     for threads in map(int, args.threads.split(",")):
         torch.set_num_threads(threads)
-        for cin, cout in SHAPES:
+        for cin, cout in (map(int, shape.split("x")) for shape in args.shapes.split(",")):
             fns = steps(kernels, cin, cout, args.batch)
             for fn in fns.values():  # warm-up
                 fn(), fn()
