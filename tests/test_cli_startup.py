@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.conftest import REPO
+
 HEAVY = ("torch", "numpy", "scipy", "matplotlib", "timm", "torchvision", "submitit")
 COMMANDS = ("train", "eval", "count", "compare", "report", "sweep", "list", "recipe")
 
@@ -19,7 +21,7 @@ COMMANDS = ("train", "eval", "count", "compare", "report", "sweep", "list", "rec
 def imported_modules(*args: str) -> tuple[set[str], str]:
     """Top-level packages a fresh `python -m biasbench ARGS` imports, and what it printed."""
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "biasbench", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=REPO)  # this checkout's biasbench
     assert done.returncode == 0, done.stderr[-2000:]
     names = {line.rsplit("|", 1)[1].strip().split(".")[0]
              for line in done.stderr.splitlines() if line.startswith("import time:") and "|" in line}

@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from biasbench import running
-from tests.conftest import run_cli, tiny_recipe, write_recipe
+from tests.conftest import REPO, run_cli, tiny_recipe, write_recipe
 
 HOLDER = textwrap.dedent("""
     import sys
@@ -36,7 +36,7 @@ def registry(tmp_path):
 def start_holder(threads: int, path) -> subprocess.Popen:
     """Another process that registers `threads` threads and keeps running."""
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(threads), str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)  # this checkout's biasbench
     assert proc.stdout.readline().strip() == "registered"
     return proc
 
