@@ -7,8 +7,9 @@ Examples:
 
 Conv rows: the CIFAR ResNet20 3x3 shapes at --batch. Dense rows: DACLinear
 against ReLU + nn.Linear on the DAC paper's SGEMM MLP shapes (141x141, 200x200,
-250x250) at --dense-batch. Whole models: benchmarks/variant_step.py (the one
-place the step ratios come from).
+250x250) at --dense-batch, and on the MNIST MLP's shapes (784x256, 256x256) at
+--mnist-batch (issue 22). Whole models: benchmarks/variant_step.py (the one
+place the step ratios come from; `--preset mnist_mlp` for the MNIST MLP).
 
 Time: forward + backward of one layer, plain and DAC interleaved run by run so
 that load from other processes hits both alike; `time` is the ratio of the
@@ -48,6 +49,8 @@ from biasbench.layers import DACConv2d, DACLinear  # noqa: E402
 LAYERS = [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
 # (in, out) of the hidden layers of the DAC paper's SGEMM MLPs.
 DENSE = [(141, 141), (200, 200), (250, 250)]
+# (in, out) of the first two layers of the MNIST MLP 784-256-256-10 (issue 22).
+MNIST_DENSE = [(784, 256), (256, 256)]
 
 
 # -- the steps measured -------------------------------------------------------------------------
@@ -101,6 +104,9 @@ def cases(args) -> list[tuple[str, Callable[[bool], Callable[[], None]]]]:
     out += [(f"dense {ci}x{co} b{args.dense_batch}",
              lambda dac, c=(ci, co): dense_step(*c, args.dense_batch, dac, args.impl))
             for ci, co in DENSE]
+    out += [(f"dense {ci}x{co} b{args.mnist_batch}",
+             lambda dac, c=(ci, co): dense_step(*c, args.mnist_batch, dac, args.impl))
+            for ci, co in MNIST_DENSE]
     return out
 
 
@@ -129,6 +135,7 @@ def memory_child(args) -> None:
 
 def measure_memory(args) -> dict[str, list[int]] | None:
     cmd = ["--memory-child", "--batch", str(args.batch), "--dense-batch", str(args.dense_batch),
+           "--mnist-batch", str(args.mnist_batch),
            "--impl", args.impl]
     return run_child(__file__, cmd)
 
@@ -136,7 +143,8 @@ def measure_memory(args) -> dict[str, list[int]] | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128, help="batch of the conv rows (default 128)")
-    ap.add_argument("--dense-batch", type=int, default=256, help="batch of the dense rows")
+    ap.add_argument("--dense-batch", type=int, default=256, help="batch of the SGEMM dense rows")
+    ap.add_argument("--mnist-batch", type=int, default=128, help="batch of the MNIST dense rows (default 128)")
     ap.add_argument("--reps", type=int, default=9, help="timed runs per case (default 9)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed; cpu: process CPU time, steadier on a shared machine")
@@ -179,6 +187,7 @@ def main() -> None:
         gc.collect()
     kernels = kernel_paths()
     meta = {"machine": describe(args.isa, kernels), "batch": args.batch, "dense_batch": args.dense_batch,
+            "mnist_batch": args.mnist_batch,
             "reps": args.reps, "clock": args.clock, "impl": impl, "dense_impl": dense_impl, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": "cpu", "isa_limit": args.isa, "kernels": kernels,
             "loadavg_before": load_before, "loadavg_after": loadavg()}

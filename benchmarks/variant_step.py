@@ -7,6 +7,7 @@ Examples:
   python benchmarks/variant_step.py --preset readme --json readme.json
   python benchmarks/variant_step.py --from-json readme.json --markdown
   python benchmarks/variant_step.py --isa avx2 --variants baseline,dac
+  python benchmarks/variant_step.py --preset mnist_mlp --reps 41   # issue 22
   python benchmarks/variant_step.py --device cuda --amp bf16 --channels-last \
       --compile --model resnet20_v1,vit_tiny_patch4 --variants all
 
@@ -60,6 +61,12 @@ PRESETS = {
         {"model": "vit_tiny_patch4", "variants": "baseline,raa,dnrt", "activation": "gelu", "threads": [2],
          "batch": 64},
     ],
+    # Issue 22: the dense DAC MLP on MNIST shapes (784 inputs, two hidden layers of 256; the DAC
+    # twin narrows them by sqrt(2), as `biasbench train` builds it), batch 128, 1 and 2 threads.
+    "mnist_mlp": [
+        {"model": "mlp", "variants": "baseline,dac", "activation": "relu", "threads": [1, 2], "batch": 128,
+         "in_channels": 1, "input_size": 28, "options": {"depth": 2, "width": 256}},
+    ],
 }
 SCHEMA = "biasbench-variant-step/1"
 
@@ -68,9 +75,9 @@ SCHEMA = "biasbench-variant-step/1"
 
 def build(sec: dict, variant: str) -> torch.nn.Module:
     """The section's activation reaches every variant and the model (a variant option)."""
-    s = sec["input_size"]
-    return build_model(sec["model"], variant, num_classes=10, in_channels=3, input_shape=(3, s, s),
-                       variant_options={"activation": sec["activation"]})
+    s, c = sec["input_size"], sec.get("in_channels", 3)
+    return build_model(sec["model"], variant, num_classes=10, in_channels=c, input_shape=(c, s, s),
+                       variant_options={"activation": sec["activation"]}, **sec.get("options", {}))
 
 
 def loss_terms(model: torch.nn.Module) -> dict:
@@ -88,7 +95,7 @@ def make_step(sec: dict, variant: str) -> Callable[[], None]:
     fmt = torch.channels_last if sec["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(sec["batch"], 3, sec["input_size"], sec["input_size"], device=device)
+    x = torch.randn(sec["batch"], sec.get("in_channels", 3), sec["input_size"], sec["input_size"], device=device)
     x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (sec["batch"],), device=device)
     forward = torch.compile(model) if sec["compile"] else model
@@ -156,7 +163,8 @@ def cuda_peak_bytes(make: Callable[[], Callable[[], None]]) -> int:
 def section_args(sec: dict) -> list[str]:
     out = ["--model", sec["model"], "--activation", sec["activation"], "--batch", str(sec["batch"]),
            "--input-size", str(sec["input_size"]), "--threads", str(sec["threads"]),
-           "--device", sec["device"]]
+           "--device", sec["device"], "--in-channels", str(sec.get("in_channels", 3)),
+           "--options", json.dumps(sec.get("options", {}))]
     return out + (["--channels-last"] if sec["channels_last"] else []) + (
         ["--amp", sec["amp"]] if sec["amp"] else [])
 
@@ -278,7 +286,8 @@ def markdown(doc: dict) -> str:
 
 def sections_from_args(args) -> list[dict]:
     common = {"input_size": args.input_size, "device": args.device, "amp": args.amp,
-              "channels_last": args.channels_last, "compile": args.compile}
+              "channels_last": args.channels_last, "compile": args.compile, "in_channels": args.in_channels,
+              "options": args.options}
     if args.preset:
         return [{**common, **p, "threads": t} for p in PRESETS[args.preset] for t in p["threads"]]
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
@@ -294,6 +303,8 @@ def main() -> None:
                     help="every variant's activation (the RAA form follows it)")
     ap.add_argument("--batch", type=int, default=128, help="images per step (default 128)")
     ap.add_argument("--input-size", type=int, default=32, help="image side in pixels (default 32)")
+    ap.add_argument("--in-channels", type=int, default=3, help="image channels (default 3)")
+    ap.add_argument("--options", type=json.loads, default={}, help='model options as JSON: \'{"width": 256}\'')
     ap.add_argument("--reps", type=int, default=7, help="timed steps per variant (default 7)")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall: elapsed time; cpu: this process's CPU time, steadier on a shared machine "

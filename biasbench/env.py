@@ -5,11 +5,12 @@ from __future__ import annotations
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 import biasbench
+
+if TYPE_CHECKING:  # torch is imported where it is used: `biasbench --version` must not load it
+    import torch
 
 
 def git_revision() -> str | None:
@@ -26,12 +27,16 @@ def git_revision() -> str | None:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device) -> dict[str, Any]:
+    import torch
+
     return {
         "biasbench": biasbench.__version__,
         "torch": torch.__version__,
@@ -65,6 +70,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     from biasbench.errors import UserError
 
     if name == "auto":

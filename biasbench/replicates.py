@@ -55,13 +55,22 @@ def _worker(conn: Connection, parent_pid: int, recipe: Recipe, r: int, seed: int
         pass  # the parent is gone: the results file on disk says it all
 
 
+def worker_threads(jobs: int, threads: int | None = None) -> int:
+    """Threads per worker: `threads` when given, else the usable cores shared out (at least one)."""
+    from biasbench.running import usable_cores
+
+    return threads if threads is not None else max(1, usable_cores() // jobs)
+
+
 def train_parallel(recipe: Recipe, todo: list[tuple[int, int]], device: torch.device, *, resume: bool, fresh: bool,
-                   stop_after: int | None, jobs: int, console: Console) -> dict[int, dict[str, Any]]:
-    """Train replicates (r, seed) in up to `jobs` worker processes; {r: results document}."""
+                   stop_after: int | None, jobs: int, console: Console, threads: int | None = None
+                   ) -> dict[int, dict[str, Any]]:
+    """Train replicates (r, seed) in up to `jobs` worker processes with `threads` each (None: the
+    cores shared out); {r: results document}."""
     from biasbench.runfolder import run_paths
     from biasbench.trainer import Interrupted
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = worker_threads(jobs, threads)
     each = f"{threads} thread{'s' if threads > 1 else ''} each"
     say(console, f"training {len(todo)} replicates, {jobs} at a time ({each})")
     context = mp.get_context("spawn")

@@ -12,9 +12,10 @@ Schema (version 2), top-level keys:
   best test metric over epochs),
   params (total/trainable, by role), complexity (MACs/FLOPs, where counted), conversion (only
   for a model `convert` built: what it converted and left), wall_time_s,
-  images_per_second (training samples per second, kernel builds excluded), peak_memory_mb
-  (optional, added later: CUDA peak allocated, or the CPU process's peak resident set), warmup_s (seconds
-  spent building kernels before the clock started), predictions (what predictions.npz beside
+  images_per_second (training samples per second, kernel builds and the process's first step
+  excluded), peak_memory_mb (optional, added later: CUDA peak allocated, or the CPU process's peak
+  resident set), warmup_s (seconds spent building kernels before the clock started, plus the first
+  training step of the process, which wall_time_s counts), predictions (what predictions.npz beside
   the file holds, or null), data (sizes, split), environment (versions, device, precision
   trained in, git revision), created (UTC, ISO 8601).
 Version 2 added interrupted_by, checkpoint_epoch, warmup_s, predictions and

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -49,6 +50,19 @@ class StoppedBeforeTraining(Exception):
 
     def __reduce__(self):  # rebuilt from its signal after crossing a process boundary
         return type(self), (self.signum,)
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal: its results file says `interrupted`; `checkpoint_epoch` is the
+    epoch its checkpoint holds (None: no checkpoint, output.checkpoint was false). Defined here,
+    not in the trainer, so the CLI can catch it without importing torch (`biasbench --version`)."""
+
+    def __init__(self, run_dir: Path, signum: int, checkpoint_epoch: int | None, doc: dict[str, Any] | None = None):
+        super().__init__(str(run_dir))
+        self.run_dir, self.signum, self.checkpoint_epoch, self.doc = run_dir, signum, checkpoint_epoch, doc
+
+    def __reduce__(self):  # rebuilt with its own arguments after crossing a process boundary
+        return type(self), (self.run_dir, self.signum, self.checkpoint_epoch, self.doc)
 
 
 def signal_of(exc: BaseException) -> int:

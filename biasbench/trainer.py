@@ -52,21 +52,9 @@ from biasbench.recipe import Recipe, parse_every
 from biasbench.results import KIND, SCHEMA_VERSION, best_epoch
 from biasbench.runfolder import RunPaths, Start, inspect_start, run_paths
 from biasbench.runlog import epoch_line, say
-from biasbench.stopping import signal_name, signal_of
+from biasbench.stopping import Interrupted, signal_name, signal_of
 
 __all__ = ["Interrupted", "Run", "build_run", "train_run", "train_recipe", "evaluate", "run_paths"]
-
-
-class Interrupted(Exception):
-    """A run stopped by a signal: its results file says `interrupted`; `checkpoint_epoch` is the
-    epoch its checkpoint holds (None: no checkpoint, output.checkpoint was false)."""
-
-    def __init__(self, run_dir: Path, signum: int, checkpoint_epoch: int | None, doc: dict[str, Any] | None = None):
-        super().__init__(str(run_dir))
-        self.run_dir, self.signum, self.checkpoint_epoch, self.doc = run_dir, signum, checkpoint_epoch, doc
-
-    def __reduce__(self):  # rebuilt with its own arguments after crossing a process boundary
-        return type(self), (self.run_dir, self.signum, self.checkpoint_epoch, self.doc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +127,10 @@ class Run:
     precision_note: str | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
     ema: ModelEma | None = None  # train.ema
+    # (seconds, samples) of this process's first training step: first-call work (a backward
+    # kernel's JIT build, allocator growth, oneDNN plans, torch.compile) that samples per second
+    # leaves out. None until it has run.
+    first_step: tuple[float, int] | None = None
 
     def parts(self) -> dict[str, Any]:
         """The stateful parts a checkpoint saves (see biasbench.checkpoint.PARTS)."""
@@ -248,12 +240,12 @@ def train_run(recipe: Recipe, seed: int, replicate: int, device: torch.device, *
                     if stop_after is not None and epoch >= stop_after:
                         status, stopped_by = "interrupted", "--stop-after"
                         break
-                    row = _train_and_evaluate(run, state, epoch, bar, within)
+                    row, rate = _train_and_evaluate(run, state, epoch, bar, within)
                     if not math.isfinite(row["train_loss"]):
                         status = "diverged"
                         say(console, f"epoch {epoch + 1}: loss is {row['train_loss']}; run diverged", "red")
                         break
-                    say(console, epoch_line(row, epochs, len(run.train_loader.y) / row["seconds"], label))
+                    say(console, epoch_line(row, epochs, rate, label))
                     if _record_epoch(run, state, row, loggers, wall_before + time.perf_counter() - started):
                         saved_epoch = state.epoch
         except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGUSR1 (biasbench.stopping)
@@ -313,21 +305,27 @@ def _clear(paths: RunPaths) -> None:
 
 
 def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progress | None,
-                        within: WithinEpoch | None) -> dict[str, Any]:
+                        within: WithinEpoch | None) -> tuple[dict[str, Any], float]:
     """One epoch (or the rest of one, after a mid-epoch checkpoint): train, then (unless the loss
     diverged) evaluate validation and test sets, with the EMA weights too, and add the epoch to
-    the history and the test predictions. Returns the history row."""
+    the history and the test predictions. Returns the history row and the epoch's training
+    samples per second (the process's first step left out)."""
     resumed = state.partial or {}
     lr = resumed.get("lr", run.optimizer.param_groups[0]["lr"])  # the epoch's (first step's) learning rate
+    warming = run.first_step is None
     t0 = time.perf_counter()
     train_metrics = _train_epoch(run, state, epoch, bar, f"epoch {epoch + 1}/{run.recipe.train.epochs}", within, lr)
     seconds = resumed.get("seconds", 0.0) + time.perf_counter() - t0
     state.partial = None
-    state.train_time += seconds
-    state.train_samples += len(run.train_loader.y)
+    counted_s, counted_n = seconds, len(run.train_loader.y)
+    if warming and run.first_step is not None:  # this epoch ran the process's first step
+        counted_s, counted_n = counted_s - run.first_step[0], counted_n - run.first_step[1]
+    state.train_time += counted_s
+    state.train_samples += counted_n
+    rate = counted_n / counted_s if counted_s > 0 else 0.0
     if not math.isfinite(train_metrics["loss"]):
         state.history.append(_epoch_row(epoch, lr, train_metrics, {}, seconds))
-        return state.history[-1]
+        return state.history[-1], rate
     kept: list[torch.Tensor] = []
     evals = {name: evaluate(run.model, loader, run.criterion, keep=kept if name == "test" else None)
              for name, loader in run.eval_loaders.items()}
@@ -339,7 +337,7 @@ def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progres
     state.predictions.add(epoch + 1, per_example, run.eval_loaders["test"].y,
                           example_loss=per_example if run.bundle.task == "regression" else None)
     state.epoch = epoch + 1
-    return state.history[-1]
+    return state.history[-1], rate
 
 
 def _open_loggers(run: Run, state: TrainingState, fresh: bool) -> RunLoggers:
@@ -466,6 +464,7 @@ def _train_epoch(run: Run, state: TrainingState, epoch: int, bar: Progress | Non
     resumed = state.partial
     loader.set_epoch(epoch, resumed["loader"] if resumed else None)
     sums = _EpochSums.start(resumed, loader.device, ctx)
+    time_first = run.first_step is None and len(loader) > 1  # (a one-step epoch: nothing else to count)
     t0 = time.perf_counter()
     if bar is not None:
         bar.update(bar.task_ids[0], description=description)
@@ -475,6 +474,9 @@ def _train_epoch(run: Run, state: TrainingState, epoch: int, bar: Progress | Non
         used = [(x, y) for x, y in group if len(y) >= ctx.world]
         if used:
             _accumulated_step(run, used, sums)
+            if time_first:
+                _end_first_step(run, t0, sum(len(y) for _, y in used))  # (all ranks together)
+                time_first = False
             if within is not None and loader.position()["batch"] < len(loader) and within.due(run):
                 _save_within_epoch(run, state, sums, t0, lr, resumed, within)
         if bar is not None:  # no per-step work for a bar nobody sees
@@ -486,6 +488,13 @@ def _train_epoch(run: Run, state: TrainingState, epoch: int, bar: Progress | Non
     if criterion.task == "classification":
         metrics["acc"] = correct.item() / count
     return metrics
+
+
+def _end_first_step(run: Run, t0: float, samples: int) -> None:
+    """Record the first step's time, once its queued device work has finished (one sync)."""
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    run.first_step = (time.perf_counter() - t0, samples)
 
 
 def _accumulated_step(run: Run, batches: list[tuple[Any, torch.Tensor]], sums: _EpochSums) -> None:
@@ -718,7 +727,7 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
         "wall_time_s": round(wall, 3),
         "images_per_second": round(rate, 1),
         "peak_memory_mb": peak_memory_mb(run.device),
-        "warmup_s": round(warmup_s, 3),
+        "warmup_s": round(warmup_s + (run.first_step[0] if run.first_step else 0.0), 3),
         "predictions": describe(state.predictions.freeze()) if state.predictions.epochs else None,
         "data": run.bundle.describe(),
         "environment": {**environment(run.device), "world_size": run.ctx.world, **precision},
@@ -732,9 +741,10 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
 
 
 def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, overwrite: bool = False,
-                 stop_after: int | None = None, jobs: int = 1, console: Console | None = None,
-                 ctx: DistContext | None = None) -> list[dict[str, Any]]:
-    """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes."""
+                 stop_after: int | None = None, jobs: int = 1, threads: int | None = None,
+                 console: Console | None = None, ctx: DistContext | None = None) -> list[dict[str, Any]]:
+    """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes, with
+    `threads` each (None: the cores shared out)."""
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
     _ANNOUNCED.clear()  # the kernel-build line: once per command, whatever the replicates
@@ -743,7 +753,8 @@ def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, 
         from biasbench.replicates import train_parallel
 
         return _in_order(done | train_parallel(recipe, todo, device, resume=resume, fresh=overwrite,
-                                               stop_after=stop_after, jobs=jobs, console=console))
+                                               stop_after=stop_after, jobs=jobs, threads=threads,
+                                               console=console))
     docs = dict(done)
     for r, seed in todo:
         heading = f"{recipe.output.name}: replicate {r + 1}/{recipe.train.replicates}, seed {seed}"

@@ -21,6 +21,15 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_run_registry(tmp_path_factory):
+    # Trainings register their threads per user (biasbench.running); tests use a registry of
+    # their own, so that runs elsewhere on the machine neither see them nor warn into them.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
+        yield
+
+
 def run_cli(args: list[str]) -> tuple[int, str, str]:
     """Run `biasbench ARGS` in-process; returns (exit code, stdout, stderr)."""
     import contextlib

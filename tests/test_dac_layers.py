@@ -512,6 +512,19 @@ def test_cpp_linear_gradients_do_not_depend_on_the_thread_count():
                 torch.randn(batch, cin, requires_grad=True), [layer.weight, layer.unshared_bias])
 
 
+@pytest.mark.parametrize("cin,cout", [(784, 256), (256, 256), (256, 10)], ids=lambda v: str(v))
+def test_cpp_linear_gradients_on_mnist_shapes_do_not_depend_on_the_thread_count(cin, cout):
+    """The layers of the MLP 784-256-256-10 at batch 128 (issue 22): where the work is split
+    between threads differs most from the small cases above, and the bits must not."""
+    from biasbench.kernels import dac_linear_cpu
+    for isa in _linear_cpp_or_skip():
+        layer = _linear_layer(cin, cout, "cpp", torch.float32)
+        z = (torch.rand if cin == 784 else torch.randn)(128, cin, requires_grad=True)  # pixels, hidden units
+        assert_same_bits_for_any_thread_count(
+            lambda z, layer=layer, isa=isa: dac_linear_cpu.dac_linear(z, layer.weight, layer.unshared_bias, isa),
+            z, [layer.weight, layer.unshared_bias])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpp_linear_is_what_auto_picks_and_saves_only_inputs(dtype):
     _linear_cpp_or_skip()

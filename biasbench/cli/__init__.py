@@ -22,8 +22,7 @@ import_submodules(_cli_package, suffix="_cmd")  # each *_cmd.py module registers
 
 def main(argv: list[str] | None = None) -> None:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    from biasbench.stopping import StoppedBeforeTraining, exit_code, signal_name
-    from biasbench.trainer import Interrupted
+    from biasbench.stopping import Interrupted, StoppedBeforeTraining, exit_code, signal_name
 
     try:
         app(args=argv, prog_name="biasbench")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -123,6 +124,7 @@ def _check_datas(study: Any) -> None:
 
 def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: Any, console: Console,
          as_json: bool, slots: list[dict[str, str]] | None = None) -> None:
+    from biasbench.running import registered
     from biasbench.study.runner import run_sweep, worker_threads
 
     if out.exists() and not out.is_dir():
@@ -138,9 +140,16 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
         cores = worker_threads(1)
         if backend == "local" and jobs > cores:
             say(console, f"note: {jobs} workers on {cores} cores: they share the cores, one thread each")
+    # Locally the workers' threads count against this machine's cores (Slurm runs elsewhere).
+    workers = min(jobs, study.run_count())
+    crowding = registered(workers * worker_threads(jobs), f"sweep {study.name}") if backend == "local" \
+        else contextlib.nullcontext()
     try:
-        sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
-                          console=Console(highlight=False, quiet=as_json), slots=slots)
+        with crowding as crowded:
+            if crowded:
+                Console(stderr=True, highlight=False).print(escape(crowded), style="yellow")
+            sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
+                              console=Console(highlight=False, quiet=as_json), slots=slots)
     except KeyboardInterrupt:
         Console(stderr=True, highlight=False).print(
             "interrupted: every running run kept its last checkpoint"

@@ -48,6 +48,10 @@ def train(
                                           help="Stop each run resumably after this epoch (for time-limited jobs)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Run this many replicates at once, as processes."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="CPU threads per training process (default: every core; with "
+                                            "--jobs, the cores shared out). Runs side by side: make them add up "
+                                            "to the cores."),
     dry_run: bool = typer.Option(False, "--dry-run", metavar="",
                                  help="Print the resolved recipe and each replicate's run "
                                       "folder; train nothing."),
@@ -61,6 +65,8 @@ def train(
     import torch
 
     from biasbench.distributed import from_environment
+    from biasbench.replicates import worker_threads
+    from biasbench.running import registered
     from biasbench.stopping import StoppedBeforeTraining, signal_of, stop_on_signals
     from biasbench.trainer import train_recipe
 
@@ -89,10 +95,16 @@ def train(
     console = Console(quiet=quiet or not ctx.is_main, highlight=False, stderr=to_stdout)
     for note in notes:
         say(console, note)
-    with stop_on_signals():
+    if threads is not None:
+        torch.set_num_threads(threads)
+    workers = min(jobs, recipe.train.replicates)  # (one replicate trains here, whatever --jobs says)
+    total = torch.get_num_threads() if workers == 1 else workers * worker_threads(jobs, threads)
+    with stop_on_signals(), registered(total, f"train {recipe_path}") as crowded:
+        if crowded and ctx.is_main:
+            say(Console(stderr=True, highlight=False), crowded, "yellow")
         try:
             docs = train_recipe(recipe, dev, resume=resume, overwrite=overwrite, stop_after=stop_after, jobs=jobs,
-                                console=console, ctx=ctx)
+                                threads=threads, console=console, ctx=ctx)
         except KeyboardInterrupt as e:  # (once training began, the trainer raises Interrupted instead)
             raise StoppedBeforeTraining(signal_of(e)) from None
     if not ctx.is_main:
@@ -216,4 +228,6 @@ def print_runs_table(rows: list[dict[str, Any]], recipe: Recipe, console: Consol
         runs = f"summed over {len(rows)} runs" if len(rows) > 1 else "one run"
         kept = "results and checkpoints" if recipe.output.checkpoint else "results (output.checkpoint: false)"
         say(console, f"training time {spent:.1f} s ({runs}); {kept}: {where}/seed*/")
+        say(console, "samples/s: training steps only; kernel builds and each process's first step "
+                     "(first-call warm-ups) are left out (results: warmup_s)")
     sys.stdout.flush()

@@ -8,14 +8,18 @@
 // gradients are dropped), so the inner loops have no tails. Samples are taken up to 4 at a
 // time so that each load of a W / B vector serves 4 samples.
 //
-// Backward, one pass per chunk of samples:
+// Backward, one pass per chunk of samples and block of input columns:
 //   s[n,i,j]  = g[n,i] 1[z[n,j] + B[i,j] > 0]
 //   dz[n,j]   = sum_i s W[i,j]               (complete per sample: no partial sums)
-//   dW[i,j]   = sum_n g[n,i] relu(z + B)
+//   dW[i,j]   = sum_n g[n,i] relu(z + B) = sum_n s z[n,j] + B[i,j] sum_n s
 //   dB[i,j]   = W[i,j] sum_n s               (W factored out of the sum over samples)
+// so one mask (z > -B) and three masked operations per sample and weight make all three (the
+// mask is computed once: the compiler merges the identical compares).
 // dW and the sum of s are accumulated per chunk of samples and the chunks are added in chunk
-// order at the end. The chunks depend on the shapes only (never on the thread count), so the
-// gradients are the same bits with any number of threads.
+// order at the end. Every column j is independent of the others in all three sums, so the work
+// is also split by columns: at 784 inputs, where the partial sums allow one chunk of samples,
+// the columns alone keep every thread busy. Chunks and column blocks depend on the shapes only
+// (never on the thread count), so the gradients are the same bits with any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -25,6 +29,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "simd.h"
@@ -58,36 +63,71 @@ const T* padded(const T* src, int64_t rows, int64_t cols, int64_t ld, int slot) 
 // in exact arithmetic where z + B < 0; in floating point they leave rounding of order
 // eps |W B|).
 
-// out[n0:n0+NS, :] - (sum_j W B)[i] for NS samples of padded rows z (ld columns).
+// Output rows per forward register block: NR rows x NS samples of accumulators, so that each
+// vector loaded (z, W, -B) serves several multiply-adds. One row at a time, the loads (6 per 8
+// operations) bounded the loop, not the arithmetic. 4 rows fill AVX-512's 32 registers (16
+// accumulators); AVX2 has 16, so 2.
+template <typename T>
+constexpr int forward_rows() { return sizeof(typename V<T>::type) == 64 ? 4 : 2; }
+
+// Pins a loaded vector in a register: without it GCC folds the W and -B loads into every max
+// and FMA that reads them (a memory operand per operation: 36 loads per 32 operations in the
+// 4 x 4 block, found in the disassembly), which is what the register block is meant to avoid.
+template <typename VT>
+inline void in_register(VT& v) {
+#if defined(__x86_64__)
+  asm("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}
+
+// out[n0:n0+NS, i:i+NR] - (sum_j W B)[i] for NS samples of padded rows z (ld columns).
+template <typename T, int NS, int NR>
+inline void forward_rows_block(const T* const* zs, const T* w, const T* nb, const T* wb, T* out,
+                               int64_t n0, int64_t i, int64_t O, int64_t ld) {
+  using Vt = V<T>;
+  using VT = typename Vt::type;
+  VT acc[NR][NS];
+  for (int r = 0; r < NR; ++r)
+    for (int s = 0; s < NS; ++s) acc[r][s] = Vt::splat(T(0));
+  for (int64_t j = 0; j < ld; j += Vt::L) {
+    VT zv[NS];
+    for (int s = 0; s < NS; ++s) zv[s] = Vt::load(zs[s] + j);
+    for (int r = 0; r < NR; ++r) {
+      VT wv = Vt::load(w + (i + r) * ld + j), bv = Vt::load(nb + (i + r) * ld + j);
+      in_register(wv);
+      in_register(bv);
+      for (int s = 0; s < NS; ++s) acc[r][s] += wv * Vt::max(zv[s], bv);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int s = 0; s < NS; ++s) out[(n0 + s) * O + i + r] = Vt::sum(acc[r][s]) + wb[i + r];
+}
+
+// Rows i0..i1 for NS samples starting at n0: blocks of forward_rows() rows, then single rows.
+// Each output element is one sum in the same order either way.
 template <typename T, int NS>
 inline void forward_block(const T* z, const T* w, const T* nb, const T* wb, T* out, int64_t n0,
                           int64_t i0, int64_t i1, int64_t O, int64_t ld) {
-  using Vt = V<T>;
-  using VT = typename Vt::type;
+  constexpr int NR = forward_rows<T>();
   const T* zs[NS];
   for (int s = 0; s < NS; ++s) zs[s] = z + (n0 + s) * ld;
-  for (int64_t i = i0; i < i1; ++i) {
-    const T* wi = w + i * ld;
-    const T* bi = nb + i * ld;
-    VT acc[NS];
-    for (int s = 0; s < NS; ++s) acc[s] = Vt::splat(T(0));
-    for (int64_t j = 0; j < ld; j += Vt::L) {
-      const VT wv = Vt::load(wi + j), bv = Vt::load(bi + j);
-      for (int s = 0; s < NS; ++s) acc[s] += wv * Vt::max(Vt::load(zs[s] + j), bv);
-    }
-    for (int s = 0; s < NS; ++s) out[(n0 + s) * O + i] = Vt::sum(acc[s]) + wb[i];
-  }
+  int64_t i = i0;
+  for (; i + NR <= i1; i += NR) forward_rows_block<T, NS, NR>(zs, w, nb, wb, out, n0, i, O, ld);
+  for (; i < i1; ++i) forward_rows_block<T, NS, 1>(zs, w, nb, wb, out, n0, i, O, ld);
 }
 
-// NS samples starting at n0: dz rows (complete) and this chunk's partial sums of
-// g max(z, -B) (dW without its B part) and of s = g 1[z > -B] (dB / W).
-// Output rows i0..i1 only; gt holds g transposed for the block: gt[(i - i0) * NS + s] = g[n0 + s, i].
+// NS samples starting at n0, columns j0..j1: dz (complete) and this chunk's partial sums of
+// s z (dW without its B part) and of s = g 1[z > -B] (dB / W).
+// Output rows i0..i1 only; gt is g transposed (O x N): gt[i * N + n] = g[n, i].
 template <typename T, int NS, bool FIRST>
 inline void backward_block(const T* z, const T* w, const T* nb, const T* gt, T* gz, T* pw, T* ps,
-                           int64_t n0, int64_t i0, int64_t i1, int64_t ld) {
+                           int64_t n0, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t ld,
+                           int64_t N) {
   using Vt = V<T>;
   using VT = typename Vt::type;
-  for (int64_t j = 0; j < ld; j += Vt::L) {
+  for (int64_t j = j0; j < j1; j += Vt::L) {
     VT zv[NS], dz[NS];
     for (int s = 0; s < NS; ++s) {
       zv[s] = Vt::load(z + (n0 + s) * ld + j);
@@ -99,8 +139,8 @@ inline void backward_block(const T* z, const T* w, const T* nb, const T* gt, T* 
       VT dw = FIRST ? Vt::splat(T(0)) : Vt::load(pw + i * ld + j);
       VT sb = FIRST ? Vt::splat(T(0)) : Vt::load(ps + i * ld + j);
       for (int s = 0; s < NS; ++s) {
-        const VT gv = Vt::splat(gt[(i - i0) * NS + s]);
-        dw += gv * Vt::max(zv[s], bv);
+        const VT gv = Vt::splat(gt[i * N + n0 + s]);
+        dw = Vt::fma_if_greater(dw, zv[s], bv, gv, zv[s]);
         sb = Vt::add_if_greater(sb, zv[s], bv, gv);
         dz[s] = Vt::fma_if_greater(dz[s], zv[s], bv, gv, wv);
       }
@@ -113,18 +153,23 @@ inline void backward_block(const T* z, const T* w, const T* nb, const T* gt, T* 
 
 // -B as O x ld rows (zero padded) in scratch `slot`, and sum_j W[i,j] B[i,j] per row into wb (O
 // elements, scratch slot + 1); w is W padded to ld columns.
+// Rows split between threads in tasks of at least 2^14 elements (inline at the SGEMM shapes;
+// at 784 x 256, serial, this was a tenth of a one-thread step that two threads did not share).
 template <typename T>
 void negated_bias(const T* w, const T* b0, int64_t O, int64_t C, int64_t ld, int slot, T*& nb, T*& wb) {
   using Vt = V<T>;
   simd::Scratch<T> nbuf(slot, O * ld), wbuf(slot + 1, O, false);
-  for (int64_t i = 0; i < O; ++i) {
-    for (int64_t j = 0; j < C; ++j) nbuf.p[i * ld + j] = -b0[i * C + j];
-    typename Vt::type acc = Vt::splat(T(0));
-    for (int64_t j = 0; j < ld; j += Vt::L) acc += Vt::load(w + i * ld + j) * Vt::load(nbuf.p + i * ld + j);
-    wbuf.p[i] = -Vt::sum(acc);
-  }
-  nb = nbuf.p;
-  wb = wbuf.p;
+  T *nbp = nbuf.p, *wbp = wbuf.p;
+  at::parallel_for(0, O, std::max<int64_t>(1, (int64_t(1) << 14) / ld), [&](int64_t ib, int64_t ie) {
+    for (int64_t i = ib; i < ie; ++i) {
+      for (int64_t j = 0; j < C; ++j) nbp[i * ld + j] = -b0[i * C + j];
+      typename Vt::type acc = Vt::splat(T(0));
+      for (int64_t j = 0; j < ld; j += Vt::L) acc += Vt::load(w + i * ld + j) * Vt::load(nbp + i * ld + j);
+      wbp[i] = -Vt::sum(acc);
+    }
+  });
+  nb = nbp;
+  wb = wbp;
 }
 
 // Output rows per tile: the tile's W and B rows (and backward's partial sums) stay in L1 while
@@ -142,7 +187,8 @@ void forward_impl(const T* z0, const T* w0, const T* b0, T* out, int64_t N, int6
   T *nb, *wb;
   negated_bias(w, b0, O, C, ld, 2, nb, wb);
   const int64_t blocks = (N + 3) / 4;
-  const int64_t it = tile_rows<T>(ld);
+  constexpr int NR = forward_rows<T>();
+  const int64_t it = (tile_rows<T>(ld) + NR - 1) / NR * NR;  // whole register blocks
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i0 = 0; i0 < O; i0 += it) {
       const int64_t i1 = std::min(O, i0 + it);
@@ -159,74 +205,103 @@ void forward_impl(const T* z0, const T* w0, const T* b0, T* out, int64_t N, int6
   });
 }
 
+// Output rows per backward tile of one column vector: the tile's W, -B and partial sums (four
+// rows of vectors) stay in 16 KiB of L1 while blocks of samples sweep over it.
+template <typename T>
+inline int64_t backward_tile_rows() {
+  return std::max<int64_t>(1, 16384 / (4 * V<T>::L * int64_t(sizeof(T))));
+}
+
+// Samples per backward block: each W, -B and partial-sum vector loaded serves this many samples
+// (z and dz of the block live in registers: 16 of AVX-512's 32 with 8 samples; AVX2 has 16).
+template <typename T>
+constexpr int backward_samples() { return sizeof(typename V<T>::type) == 64 ? 8 : 4; }
+
+// backward_block for a block of ns <= NS samples (the last of a chunk may be short).
+template <typename T, int NS>
+inline void backward_any(int64_t ns, bool first, const T* z, const T* w, const T* nbv, const T* gt, T* gz,
+                         T* pw, T* ps, int64_t nb, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                         int64_t ld, int64_t N) {
+  if (ns == NS) {
+    auto block = first ? backward_block<T, NS, true> : backward_block<T, NS, false>;
+    block(z, w, nbv, gt, gz, pw, ps, nb, i0, i1, j0, j1, ld, N);
+  } else if constexpr (NS > 1) {
+    backward_any<T, NS - 1>(ns, first, z, w, nbv, gt, gz, pw, ps, nb, i0, i1, j0, j1, ld, N);
+  }
+}
+
+// One task: chunk `ch` of the samples, one vector of columns j0..j0 + L. With one chunk, the
+// task also writes its columns of dW and dB (no partial sums to add).
+template <typename T>
+void backward_task(const T* z, const T* w, const T* nbv, const T* gt, T* gz, T* pw, T* ps, int64_t ch,
+                   int nchunks, int64_t j0, int64_t N, int64_t O, int64_t ld) {
+  const int64_t j1 = j0 + V<T>::L, it = backward_tile_rows<T>();
+  const int64_t n0 = N * ch / nchunks, n1 = N * (ch + 1) / nchunks;
+  for (int64_t n = n0; n < n1; ++n) std::fill(gz + n * ld + j0, gz + n * ld + j1, T(0));
+  // dz[n] sums over i in increasing order, tile after tile: fixed by the shapes.
+  for (int64_t i0 = 0; i0 < O; i0 += it) {
+    const int64_t i1 = std::min(O, i0 + it);
+    constexpr int BS = backward_samples<T>();
+    for (int64_t nb = n0; nb < n1; nb += BS)  // the chunk's first block starts the partial sums
+      backward_any<T, BS>(std::min<int64_t>(BS, n1 - nb), nb == n0, z, w, nbv, gt, gz, pw, ps, nb, i0, i1,
+                          j0, j1, ld, N);
+  }
+}
+
+// dW = (partial sums of s z, chunks added in chunk order) + B (sum of s), dB = W (sum of s), for
+// rows ib..ie and columns jb..je (< C).
+template <typename T>
+void finish_rows(const T* pw, const T* ps, const T* w0, const T* b0, T* gw, T* gb,
+                 int64_t ib, int64_t ie, int64_t jb, int64_t je, int nchunks, int64_t np, int64_t C,
+                 int64_t ld) {
+  std::vector<T> sw(je - jb), sb(je - jb);
+  for (int64_t i = ib; i < ie; ++i) {
+    std::memcpy(sw.data(), pw + i * ld + jb, (je - jb) * sizeof(T));
+    std::memcpy(sb.data(), ps + i * ld + jb, (je - jb) * sizeof(T));
+    for (int ch = 1; ch < nchunks; ++ch) {
+      const T* a = pw + ch * np + i * ld + jb;
+      const T* c = ps + ch * np + i * ld + jb;
+      for (int64_t j = 0; j < je - jb; ++j) { sw[j] += a[j]; sb[j] += c[j]; }
+    }
+    for (int64_t j = jb; j < je; ++j) {
+      gw[i * C + j] = sw[j - jb] + b0[i * C + j] * sb[j - jb];
+      gb[i * C + j] = w0[i * C + j] * sb[j - jb];
+    }
+  }
+}
+
 template <typename T>
 void backward_impl(const T* z0, const T* w0, const T* b0, const T* g, T* gz0, T* gw, T* gb,
                    int64_t N, int64_t C, int64_t O) {
-  const int64_t ld = (C + V<T>::L - 1) / V<T>::L * V<T>::L;
+  const int64_t L = V<T>::L, ld = (C + L - 1) / L * L, nvec = ld / L;
   const T* z = padded(z0, N, C, ld, 0);
   const T* w = padded(w0, O, C, ld, 1);
   T *nbv, *wb;
   negated_bias(w, b0, O, C, ld, 2, nbv, wb);
-  simd::Scratch<T> gsum(4, O);  // sum_n g[n, i], in sample order: dW's B part is B gsum
+  std::unique_ptr<T[]> gt(new T[O * N]);  // g transposed: a block's g values for one row are adjacent
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t i = 0; i < O; ++i) gsum.p[i] += g[n * O + i];
+    for (int64_t i = 0; i < O; ++i) gt[i * N + n] = g[n * O + i];
   simd::Scratch<T> gzb(5, ld == C ? 0 : N * ld, false);
   T* gz = ld == C ? gz0 : gzb.p;
   const int nchunks = batch_chunks(N, O * ld);
   const int64_t np = O * ld;
   simd::Scratch<T> pws(6, nchunks * np, false), pss(7, nchunks * np, false);
   T *pw = pws.p, *ps = pss.p;
-  const int64_t it = tile_rows<T>(ld);
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    std::vector<T> gt(it * 4);
-    for (int64_t ch = cb; ch < ce; ++ch) {
-      T* pwc = pw + ch * np;
-      T* psc = ps + ch * np;
-      const int64_t n0 = N * ch / nchunks, n1 = N * (ch + 1) / nchunks;
-      std::fill(gz + n0 * ld, gz + n1 * ld, T(0));
-      // dz[n] sums over i in increasing order, tile after tile: fixed by the shapes.
-      for (int64_t i0 = 0; i0 < O; i0 += it) {
-        const int64_t i1 = std::min(O, i0 + it);
-        for (int64_t nb = n0; nb < n1; nb += 4) {
-          const int64_t ns = std::min<int64_t>(4, n1 - nb);
-          for (int64_t i = i0; i < i1; ++i)
-            for (int64_t s = 0; s < ns; ++s) gt[(i - i0) * ns + s] = g[(nb + s) * O + i];
-          auto run = [&](auto block) { block(z, w, nbv, gt.data(), gz, pwc, psc, nb, i0, i1, ld); };
-          const bool first = nb == n0;
-          switch (ns * 2 + int(first)) {
-            case 9: run(backward_block<T, 4, true>); break;
-            case 8: run(backward_block<T, 4, false>); break;
-            case 7: run(backward_block<T, 3, true>); break;
-            case 6: run(backward_block<T, 3, false>); break;
-            case 5: run(backward_block<T, 2, true>); break;
-            case 4: run(backward_block<T, 2, false>); break;
-            case 3: run(backward_block<T, 1, true>); break;
-            default: run(backward_block<T, 1, false>); break;
-          }
-        }
-      }
+  at::parallel_for(0, nchunks * nvec, 1, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t ch = t / nvec, j0 = (t % nvec) * L;
+      backward_task(z, w, nbv, gt.get(), gz, pw + ch * np, ps + ch * np, ch, nchunks, j0, N, O, ld);
+      if (nchunks == 1 && j0 < C)
+        finish_rows(pw, ps, w0, b0, gw, gb, 0, O, j0, std::min(C, j0 + L), 1, np, C, ld);
     }
   });
-  // chunks added in chunk order (element by element, vectorised over j): the same bits
-  // whatever the thread count. Rows of at least 2^18 partial elements per task: at the SGEMM
-  // shapes this runs inline, sparing a parallel region's start-up and barrier.
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / (ld * nchunks));
-  at::parallel_for(0, O, grain, [&](int64_t ib, int64_t ie) {
-    std::vector<T> sw(ld), sb(ld);
-    for (int64_t i = ib; i < ie; ++i) {
-      std::memcpy(sw.data(), pw + i * ld, ld * sizeof(T));
-      std::memcpy(sb.data(), ps + i * ld, ld * sizeof(T));
-      for (int ch = 1; ch < nchunks; ++ch) {
-        const T* a = pw + ch * np + i * ld;
-        const T* c = ps + ch * np + i * ld;
-        for (int64_t j = 0; j < ld; ++j) { sw[j] += a[j]; sb[j] += c[j]; }
-      }
-      for (int64_t j = 0; j < C; ++j) {
-        gw[i * C + j] = sw[j] + b0[i * C + j] * gsum.p[i];
-        gb[i * C + j] = w0[i * C + j] * sb[j];
-      }
-    }
-  });
+  // Several chunks: added in chunk order (element by element), the same bits whatever the
+  // thread count. Rows of at least 2^18 partial elements per task: at the SGEMM shapes this
+  // runs inline, sparing a parallel region's start-up and barrier.
+  if (nchunks > 1)
+    at::parallel_for(0, O, std::max<int64_t>(1, (int64_t(1) << 18) / (ld * nchunks)), [&](int64_t ib, int64_t ie) {
+      finish_rows(pw, ps, w0, b0, gw, gb, ib, ie, 0, C, nchunks, np, C, ld);
+    });
   if (ld != C)
     for (int64_t n = 0; n < N; ++n) std::memcpy(gz0 + n * C, gz + n * ld, C * sizeof(T));
 }
