@@ -81,6 +81,21 @@ class StudyLock:
             self._fd = None
 
 
+def _check_grown(old: Manifest, current: dict[str, int], out: Path) -> None:
+    """A study folder takes a grown study: new cells, and more replicates of a cell (its new
+    seeds train; the finished ones are kept, as a grown grid keeps its finished cells). A cell
+    dropped, or fewer replicates, would leave runs the report no longer reads: refused."""
+    where = old.doc["study"]["path"]
+    for name, n in ((c["name"], c["replicates"]) for c in old.doc["cells"]):
+        if name not in current:
+            raise UserError(f"`{out}` holds a sweep of other cells or replicates ({where}; cell `{name}` is not in "
+                            "this study); give this study another --out, or run the study that wrote it")
+        if current[name] < n:
+            raise UserError(f"`{out}` holds a sweep of other cells or replicates ({where}; cell `{name}` has {n} "
+                            f"replicates there, {current[name]} here: replicates can grow, not shrink); give this "
+                            "study another --out, or run the study that wrote it")
+
+
 class Manifest:
     """The study manifest document, with the run records keyed by `cell/seedS`."""
 
@@ -120,11 +135,7 @@ class Manifest:
         old: Manifest | None = None
         if (Path(out) / MANIFEST).exists():
             old = cls.read(out)
-            before = {c["name"]: c["replicates"] for c in old.doc["cells"]}
-            current = {c["name"]: c["replicates"] for c in cells}
-            if any(current.get(name) != n for name, n in before.items()):  # a grown grid is fine
-                raise UserError(f"`{out}` holds a sweep of other cells or replicates ({old.doc['study']['path']}); "
-                                "give this study another --out, or run the study that wrote it")
+            _check_grown(old, {c["name"]: c["replicates"] for c in cells}, out)
         runs = {}
         for cell in study.cells:
             for replicate, seed in cell.seeds():
