@@ -154,7 +154,8 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
     if as_json:
         cells = [{"cell": c.name, "values": c.values, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
                   "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for c, k in zip(study.cells, costs)]
-        print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells}, indent=1, default=str))
+        print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells,
+                          "matches": [_match_json(m) for m in study.matches]}, indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
     console.print(f"study {escape(study.name)}: {total['runs']} runs in {total['cells']} cells "
@@ -165,9 +166,37 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
     console.print(f"total: {total['runs']} runs, {si(cost, 'FLOP')} = forward FLOPs per sample x training samples x "
                   "epochs, summed over runs (a training step costs about 3 forward passes)"
                   + ("; ~ marks sample counts from the official data set size" if total["approximate"] else ""))
+    _print_matches(study, console, si)
     if total["cells_without_estimate"]:
         console.print(f"no estimate for {len(total['cells_without_estimate'])} cells: their data set's size is "
                       "not known without its files")
+
+
+def _match_json(m: Any) -> dict[str, Any]:
+    return {"cell": m.cell_name, "reference": m.reference_name, "key": m.key, "value": m.value, "by": m.by,
+            "params": m.params, "reference_params": m.reference_params, "flops": m.flops,
+            "reference_flops": m.reference_flops, "mismatch": m.mismatch, "tolerance": m.tolerance}
+
+
+def _print_matches(study: Any, console: Console, si: Any) -> None:
+    """The solved values of `match:` and the mismatch left, one row per solved cell."""
+    from biasbench.study.naming import short_keys
+    from biasbench.termtable import TextTable, render, wrap
+
+    if not study.matches:
+        return
+    first = study.matches[0]
+    for line in wrap(f"match: {first.key} solved so that each cell's {first.by} equal its reference's within "
+                     f"{first.tolerance:.2%}:", console.width):
+        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
+    rows = []
+    for m in study.matches:
+        got, want = (m.params, m.reference_params) if m.by == "params" else (m.flops, m.reference_flops)
+        rows.append([m.cell_name, str(m.value), si(got), m.reference_name, si(want), f"{m.mismatch:+.2%}"])
+    table = TextTable(["cell", short_keys([first.key])[first.key], first.by, "reference", f"ref {first.by}", "mismatch"],
+                      rows, left={0, 3})
+    for text, style in render(table, console.width):
+        console.print(escape(text), style=style or None, overflow="ignore", crop=False, soft_wrap=True)
 
 
 def _plan_table(study: Any, costs: list[Any], si: Any, width: int) -> list[tuple[str, str]]:

@@ -32,10 +32,12 @@ from typing import Any
 
 from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
+from biasbench.study.match import Matched, check_spec, selects, solve_matches
 from biasbench.study.naming import MAX_NAME, cell_name
-from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, read_spec, spec_keys, time_minutes
+from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, MatchSpec, read_spec, spec_keys, time_minutes
 
-TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "failure", "analysis", "launcher", "smoke")
+TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "match", "failure", "analysis", "launcher",
+            "smoke")
 RECIPE_KEY = "recipe"  # a grid/zip key naming each cell's base recipe
 
 
@@ -77,6 +79,7 @@ class Study:
     analyses: dict[str, Any]  # name -> spec (specs.ANALYSES)
     launcher: LauncherSpec
     labels: list[str] = field(default_factory=list)
+    matches: list[Matched] = field(default_factory=list)  # capacity-matched cells (`match:`), solved
 
     @property
     def name(self) -> str:
@@ -210,17 +213,6 @@ def _check_keys(keys: list[str], base: dict[str, Any], set_keys: list[str], path
 # ---------------------------------------------------------------------------------------------
 
 
-def _matches(cell_values: dict[str, Any], entry: dict[str, Any]) -> bool:
-    for key, want in entry.items():
-        have = cell_values.get(key)
-        if isinstance(want, list) and not isinstance(have, list):
-            if have not in want:
-                return False
-        elif have != want:
-            return False
-    return True
-
-
 def _exclude(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str], path: Path,
              smoke: bool) -> list[dict[str, Any]]:
     """Drop the cells an `exclude` entry matches; an entry matching nothing is a typo (except in
@@ -235,9 +227,9 @@ def _exclude(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str],
             if key not in keys:
                 raise UserError(f"study `{path}`: `exclude[{i}]` names `{key}`, which is not a grid or zip key"
                                 f"{did_you_mean(str(key), keys)}")
-        if not smoke and not any(_matches(p, entry) for p in points):
+        if not smoke and not any(selects(p, entry) for p in points):
             raise UserError(f"study `{path}`: `exclude[{i}]` ({entry}) matches no cell; check its values")
-        points = [p for p in points if not _matches(p, entry)]
+        points = [p for p in points if not selects(p, entry)]
     return points
 
 
@@ -286,9 +278,13 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
         raise UserError(f"study `{path}` expands to no runs (every cell is excluded); check `exclude`")
     bases = _BaseRecipes(path, smoke, set_block)
     labels = _check_keys(keys, bases.raw(points[0].get(RECIPE_KEY, doc.get(RECIPE_KEY)))[1], list(set_block), path)
+    # Names come from the values as written (a solved key reads `match` there), so a solved
+    # value never renames a cell; the solve itself happens before any cell is built.
+    naming = name_keys(points, keys, [k for k in keys if len({repr(p[k]) for p in points}) > 1], zip_groups)
+    matches = _solve_matches(points, doc, keys, zip_groups, bases, path)
     varying = [k for k in keys if len({repr(p[k]) for p in points}) > 1]
-    naming = name_keys(points, keys, varying, zip_groups)
     cells = _cells(points, naming, doc, bases, path)
+    matches = [replace(m, cell_name=cells[m.cell].name, reference_name=cells[m.reference].name) for m in matches]
     _check_models(cells, path)
     failure = None
     if doc.get("failure") is not None:
@@ -297,7 +293,25 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     launcher = read_spec(LauncherSpec, doc.get("launcher"), "launcher")
     time_minutes(launcher.time)
     return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
-                 launcher, labels)
+                 launcher, labels, matches)
+
+
+def _solve_matches(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str],
+                   zip_groups: list[list[str]], bases: _BaseRecipes, path: Path) -> list[Matched]:
+    """`match:` solved on the points (their `match` values become numbers) before cells are named."""
+    if doc.get("match") is None:
+        return []
+    spec = read_spec(MatchSpec, doc["match"], "match")
+    try:
+        check_spec(spec, keys, "match")
+
+        def recipe_of(values: dict[str, Any]) -> Recipe:
+            source, raw = bases.raw(values.get(RECIPE_KEY, doc.get(RECIPE_KEY)))
+            return _cell_recipe(raw, values, doc, "match_probe", source, path)
+
+        return solve_matches(points, spec, zip_groups, recipe_of)
+    except UserError as e:
+        raise UserError(f"study `{path}`: {e}") from None
 
 
 def _check_models(cells: list[Any], path: Path) -> None:
@@ -395,7 +409,7 @@ def _analyses(doc: dict[str, Any], cells: list[Cell], path: Path) -> dict[str, A
                     raise UserError(f"study `{path}`: `analysis.{name}` names `{key}`, which is neither a grid/zip "
                                     f"key nor a recipe key of cell `{cell.name}`{did_you_mean(key, known)}") from None
         where = getattr(spec, "where", {})
-        if not any(_matches({k: cell.value(k) for k in where}, where) for cell in cells):
+        if not any(selects({k: cell.value(k) for k in where}, where) for cell in cells):
             raise UserError(f"study `{path}`: `analysis.{name}.where` ({where}) selects no cell; check its values")
         out[name] = spec
     return out

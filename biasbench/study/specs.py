@@ -236,6 +236,26 @@ def spec_keys(spec: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# match: capacity-matched cells, their `solve` key solved against a reference cell (match.py).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """Every cell that `cells` selects writes `match` as its `solve` value (an integer option: a
+    width); it is solved so that the cell's parameter count (or FLOPs) equals its reference
+    cell's within `tolerance` (relative). The reference is the cell `to` selects that shares
+    every key outside the zip group of `cells`' keys, and the `share` keys (like `pairs.match`)."""
+
+    solve: str
+    cells: dict[str, Any]
+    to: dict[str, Any]
+    share: list[str] = field(default_factory=list)
+    by: Literal["params", "flops"] = "params"
+    tolerance: float = 0.01
+
+
+# ---------------------------------------------------------------------------------------------
 # launcher: where the runs go on a Slurm cluster (command-line options override these).
 # ---------------------------------------------------------------------------------------------
 
