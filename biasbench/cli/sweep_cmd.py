@@ -104,8 +104,16 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
         if backend == "local" and jobs > cores:
             console.print(f"note: {jobs} workers on {cores} cores: they share the cores, one thread each")
     try:
-        sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
-                          console=Console(highlight=False, quiet=as_json))
+        run_console = Console(highlight=False, quiet=as_json)
+        decisions = None
+        if study.sequential is not None:
+            from biasbench.study.rounds import run_rounds
+
+            study, sweep, decisions = run_rounds(study, out, run_console, backend=backend, jobs=jobs, device=device,
+                                                 launcher=launcher)
+        else:
+            sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
+                              console=run_console)
     except KeyboardInterrupt:
         Console(stderr=True, highlight=False).print(
             "interrupted: every running run kept its last checkpoint"
@@ -116,11 +124,27 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
     failed = sum(1 for r in sweep.manifest.runs.values() if r.get("failed"))
     if as_json:
         print(json.dumps({"study": study.name, "out": str(out), "counts": counts, "failed": failed,
-                          "errors": sweep.errors, "notes": sweep.notes}, indent=1))
+                          "errors": sweep.errors, "notes": sweep.notes,
+                          **({"comparisons": [d.record() for d in decisions]} if decisions is not None else {})},
+                         indent=1))
     else:
         _print_outcome(study, out, counts, failed, sweep, console)
+        if decisions is not None:
+            _print_decisions(decisions, console)
     if sweep.errors:
         raise typer.Exit(1)
+
+
+def _print_decisions(decisions: list[Any], console: Console) -> None:
+    """How the comparisons of a `replicates: {until: decided}` study stopped."""
+    from biasbench.termtable import wrap
+
+    by_status = {s: sum(1 for d in decisions if d.status == s) for s in ("decided", "maximum", "continuing")}
+    text = (f"comparisons: {by_status['decided']} decided, {by_status['maximum']} undecided at the maximum"
+            + (f", {by_status['continuing']} still going on (a run failed; run the same command again)"
+               if by_status["continuing"] else ""))
+    for line in wrap(text, console.width):
+        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
 
 
 def _print_outcome(study: Any, out: Path, counts: dict[str, int], failed: int, sweep: Any, console: Console) -> None:
@@ -155,7 +179,8 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
         cells = [{"cell": c.name, "values": c.values, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
                   "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for c, k in zip(study.cells, costs)]
         print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells,
-                          "matches": [_match_json(m) for m in study.matches]}, indent=1, default=str))
+                          "matches": [_match_json(m) for m in study.matches],
+                          "sequential": None if study.sequential is None else vars(study.sequential)}, indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
     console.print(f"study {escape(study.name)}: {total['runs']} runs in {total['cells']} cells "
@@ -167,9 +192,24 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
                   "epochs, summed over runs (a training step costs about 3 forward passes)"
                   + ("; ~ marks sample counts from the official data set size" if total["approximate"] else ""))
     _print_matches(study, console, si)
+    _print_sequential(study, console)
     if total["cells_without_estimate"]:
         console.print(f"no estimate for {len(total['cells_without_estimate'])} cells: their data set's size is "
                       "not known without its files")
+
+
+def _print_sequential(study: Any, console: Console) -> None:
+    from biasbench.sequential import METHOD
+    from biasbench.termtable import wrap
+
+    seq = study.sequential
+    if seq is None:
+        return
+    text = (f"replicates until decided: every cell starts with {seq.min}; the comparisons of analysis.pairs "
+            f"still undecided get {seq.step} more seed(s) per round, up to {seq.max} ({METHOD}, alpha "
+            f"{seq.alpha:g}); the runs and cost above are the first round's")
+    for line in wrap(text, console.width):
+        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
 
 
 def _match_json(m: Any) -> dict[str, Any]:

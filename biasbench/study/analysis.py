@@ -454,6 +454,13 @@ class PairResult:
     favours_variant: bool | None
 
 
+def pair_cells(runs: StudyRuns, spec: Any) -> list[tuple[CellRuns, CellRuns]]:
+    """(baseline cell, variant cell) of every comparison `pairs` makes."""
+    _, blocks = _comparisons(runs, select(runs, spec.where), spec.by, spec.match, "pairs")
+    return [(side[spec.baseline], cell) for side in blocks.values() if spec.baseline in side
+            for value, cell in side.items() if value != spec.baseline]
+
+
 def pairs(runs: StudyRuns, spec: Any) -> tuple[list[PairResult], str]:
     """The comparisons and the count line ("15 of 16 favour dac; 9 significant ...")."""
     metric = runs.default_metric(spec.metric)

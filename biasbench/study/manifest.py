@@ -154,6 +154,8 @@ class Manifest:
             "cells": cells,
             "runs": runs,
         }
+        if old is not None and "sequential" in old.doc:  # the last round's decisions, until the next
+            doc["sequential"] = old.doc["sequential"]
         return cls(Path(out) / MANIFEST, doc)
 
     def update(self, key: str, **fields: Any) -> None:

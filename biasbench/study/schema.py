@@ -34,7 +34,8 @@ from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
 from biasbench.study.match import Matched, check_spec, selects, solve_matches
 from biasbench.study.naming import MAX_NAME, cell_name
-from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, MatchSpec, read_spec, spec_keys, time_minutes
+from biasbench.study.specs import (ANALYSES, Failure, LauncherSpec, MatchSpec, ReplicatesSpec, read_spec, spec_keys,
+                                   time_minutes)
 
 TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "match", "failure", "analysis", "launcher",
             "smoke")
@@ -80,6 +81,7 @@ class Study:
     launcher: LauncherSpec
     labels: list[str] = field(default_factory=list)
     matches: list[Matched] = field(default_factory=list)  # capacity-matched cells (`match:`), solved
+    sequential: ReplicatesSpec | None = None  # replicates: {min, max, until: decided}
 
     @property
     def name(self) -> str:
@@ -243,8 +245,9 @@ def _recipe_path(value: Any, path: Path, where: str) -> Path:
 def _cell_recipe(raw: dict[str, Any], values: dict[str, Any], doc: dict[str, Any], name: str,
                  source: Path, path: Path) -> Recipe:
     overrides = {k: v for k, v in values.items() if "." in k}
-    if "replicates" in doc:
-        overrides["train.replicates"] = doc["replicates"]
+    if "replicates" in doc:  # a sequential study starts every cell at its minimum
+        replicates = doc["replicates"]
+        overrides["train.replicates"] = replicates["min"] if isinstance(replicates, dict) else replicates
     overrides["output.name"] = name
     try:
         raw = apply_overrides({k: v for k, v in raw.items() if k != "smoke"}, overrides,  # smoke: applied or not
@@ -260,9 +263,7 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     doc = _read_study(path)
     if smoke:
         doc = _merge_smoke(doc, path)
-    replicates = doc.get("replicates")
-    if replicates is not None and (isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1):
-        raise UserError(f"study `{path}`: `replicates` must be an integer of at least 1, got {replicates!r}")
+    sequential = _sequential(doc, path)
     set_block = _mapping(doc, "set", path)
     for key in set_block:
         if str(key).startswith("output."):
@@ -293,7 +294,27 @@ def load_study(path: str | Path, smoke: bool = False) -> Study:
     launcher = read_spec(LauncherSpec, doc.get("launcher"), "launcher")
     time_minutes(launcher.time)
     return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
-                 launcher, labels, matches)
+                 launcher, labels, matches, sequential)
+
+
+def _sequential(doc: dict[str, Any], path: Path) -> ReplicatesSpec | None:
+    """`replicates`: a count, or {min, max, until: decided} (which needs the comparisons of
+    `analysis.pairs` to decide)."""
+    replicates = doc.get("replicates")
+    if isinstance(replicates, dict):
+        try:
+            spec = read_spec(ReplicatesSpec, replicates, "replicates")
+            spec.check("replicates")
+        except UserError as e:
+            raise UserError(f"study `{path}`: {e}") from None
+        if "pairs" not in (doc.get("analysis") or {}):
+            raise UserError(f"study `{path}`: `replicates: {{until: decided}}` decides the comparisons of "
+                            "`analysis.pairs`, and the study has none; add one (by, baseline) or give a count")
+        return spec
+    if replicates is not None and (isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1):
+        raise UserError(f"study `{path}`: `replicates` must be an integer of at least 1, or "
+                        f"{{min, max, until: decided}}, got {replicates!r}")
+    return None
 
 
 def _solve_matches(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str],
@@ -418,3 +439,10 @@ def _analyses(doc: dict[str, Any], cells: list[Cell], path: Path) -> dict[str, A
 def with_output_dir(cell: Cell, out: Path) -> Recipe:
     """The cell's recipe with its runs placed under `out` (out/CELL/seedS/)."""
     return replace(cell.recipe, output=replace(cell.recipe.output, dir=str(out)))
+
+
+def with_replicates(study: Study, counts: dict[str, int]) -> Study:
+    """The study with some cells' replicate counts changed (a sequential study's next round)."""
+    cells = [replace(c, recipe=replace(c.recipe, train=replace(c.recipe.train, replicates=counts[c.name])))
+             if c.name in counts else c for c in study.cells]
+    return replace(study, cells=cells)
