@@ -147,7 +147,10 @@ class Manifest:
             "kind": KIND, "schema_version": SCHEMA_VERSION,
             "study": {"path": str(study.path), "name": study.name, "smoke": study.smoke, "document": study.doc,
                       "keys": study.keys, "varying": study.varying, "naming": study.naming, "labels": study.labels,
-                      "zip_groups": study.zip_groups},
+                      "zip_groups": study.zip_groups,
+                      "matches": [{"cell": m.cell_name, "reference": m.reference_name, "key": m.key, "value": m.value,
+                                   "by": m.by, "tolerance": m.tolerance, "mismatch": m.mismatch}
+                                  for m in study.matches]},
             "backend": backend,
             "created": old.doc["created"] if old else now(),
             "updated": now(),
