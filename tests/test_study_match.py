@@ -153,3 +153,19 @@ def test_sgemm_study_solves_its_wide_arm():
         assert len(study.matches) == len(wide) > 0
         assert all(abs(m.mismatch) <= tolerance for m in study.matches)
         assert {m.cell_name for m in study.matches} == {c.name for c in wide}
+
+
+def test_vgg_matched_study_widens_the_baseline_and_keeps_the_papers_study():
+    repo = Path(__file__).parents[1]
+    study = load_study(repo / "studies/dac_vgg_cifar_matched.yaml")
+    solved = {(study.cell(m.cell_name).recipe.model.name, m.value) for m in study.matches}
+    assert solved == {("vgg20_16", 17), ("vgg14_32", 34)} and all(abs(m.mismatch) <= 0.03 for m in study.matches)
+    for m in study.matches:  # the solve holds for the models built for real (RGB input, 10 or 100 classes)
+        classes = 100 if study.cell(m.cell_name).recipe.data.name == "cifar100" else 10
+        counts = [real_params(study.cell(name), in_features=3, outputs=classes) for name in (m.cell_name,
+                                                                                                m.reference_name)]
+        assert counts == [m.params, m.reference_params]
+    net = build_model("vgg20_16", "baseline", num_classes=10, in_channels=3, input_shape=(3, 32, 32), first=17)
+    assert next(net.parameters()).shape[0] == 17  # `first` is the first conv's kernels
+    paper = load_study(repo / "studies/dac_vgg_cifar.yaml")  # the reproduction: the paper's kernels
+    assert not paper.matches and all("first" not in c.recipe.model.options for c in paper.cells)
