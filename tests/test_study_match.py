@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from biasbench.errors import UserError
 from biasbench.models import build_model
 from biasbench.study import load_study
 from tests.conftest import assert_fits, one_line_error, output_at, run_cli, tiny_recipe, write_recipe

@@ -180,7 +180,8 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
                   "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for c, k in zip(study.cells, costs)]
         print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells,
                           "matches": [_match_json(m) for m in study.matches],
-                          "sequential": None if study.sequential is None else vars(study.sequential)}, indent=1, default=str))
+                          "sequential": None if study.sequential is None else vars(study.sequential)},
+                         indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
     console.print(f"study {escape(study.name)}: {total['runs']} runs in {total['cells']} cells "
@@ -233,8 +234,8 @@ def _print_matches(study: Any, console: Console, si: Any) -> None:
     for m in study.matches:
         got, want = (m.params, m.reference_params) if m.by == "params" else (m.flops, m.reference_flops)
         rows.append([m.cell_name, str(m.value), si(got), m.reference_name, si(want), f"{m.mismatch:+.2%}"])
-    table = TextTable(["cell", short_keys([first.key])[first.key], first.by, "reference", f"ref {first.by}", "mismatch"],
-                      rows, left={0, 3})
+    heads = ["cell", short_keys([first.key])[first.key], first.by, "reference", f"ref {first.by}", "mismatch"]
+    table = TextTable(heads, rows, left={0, 3})
     for text, style in render(table, console.width):
         console.print(escape(text), style=style or None, overflow="ignore", crop=False, soft_wrap=True)
 

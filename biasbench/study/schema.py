@@ -10,7 +10,8 @@ anything runs.
         arm: [base, twin]
       - - {arm: base, model.options.width: 18} # ... or rows with the same keys
     exclude: [{model.options.depth: 16, arm: twin}]
-    replicates: 5
+    replicates: 5                              # or {min: 3, max: 20, until: decided} (rounds.py)
+    match: {solve: model.options.width, cells: {arm: base}, to: {arm: twin}}   # match.py
     failure: {metric: val_loss, above: 1.0}    # failed trainings besides divergence
     analysis: {failures: {by: model.variant}}  # what the study report draws (specs.py)
     launcher: {partition: gpu, time: "04:00:00", gpus_per_node: 1}
@@ -34,8 +35,16 @@ from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
 from biasbench.study.match import Matched, check_spec, selects, solve_matches
 from biasbench.study.naming import MAX_NAME, cell_name
-from biasbench.study.specs import (ANALYSES, Failure, LauncherSpec, MatchSpec, ReplicatesSpec, read_spec, spec_keys,
-                                   time_minutes)
+from biasbench.study.specs import (
+    ANALYSES,
+    Failure,
+    LauncherSpec,
+    MatchSpec,
+    ReplicatesSpec,
+    read_spec,
+    spec_keys,
+    time_minutes,
+)
 
 TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "match", "failure", "analysis", "launcher",
             "smoke")
