@@ -166,5 +166,9 @@ def test_vgg_matched_study_widens_the_baseline_and_keeps_the_papers_study():
         assert counts == [m.params, m.reference_params]
     net = build_model("vgg20_16", "baseline", num_classes=10, in_channels=3, input_shape=(3, 32, 32), first=17)
     assert next(net.parameters()).shape[0] == 17  # `first` is the first conv's kernels
+    from biasbench.study.rounds import check_comparisons
+
+    for smoke in (False, True):  # DAC against the matched baseline, per data set and net
+        check_comparisons(load_study(repo / "studies/dac_vgg_cifar_matched.yaml", smoke=smoke))
     paper = load_study(repo / "studies/dac_vgg_cifar.yaml")  # the reproduction: the paper's kernels
     assert not paper.matches and all("first" not in c.recipe.model.options for c in paper.cells)

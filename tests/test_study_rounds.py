@@ -90,3 +90,20 @@ def test_until_decided_needs_the_comparisons_of_pairs(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     code, _, err = run_cli(["sweep", str(path), "--dry-run"])
     one_line_error(code, err, "analysis.pairs")
+
+
+def test_comparisons_that_cannot_be_formed_are_refused_before_training(tmp_path):
+    # two cells of one arm in one comparison: found by --dry-run, not after the first round
+    path = rounds_study(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["grid"] = {"model.options.width": [8, 16]}
+    doc["analysis"]["pairs"]["where"] = {"arm": ["base", "dead"]}
+    path.write_text(yaml.safe_dump(doc))
+    assert run_cli(["sweep", str(path), "--dry-run"])[0] == 0  # width names cells: pairs per width
+    doc["zip"][0]["model.options.width"] = [8, 16, 8]
+    del doc["grid"]
+    doc["zip"][0]["arm"] = ["base", "dead", "dead"]
+    doc["zip"][0]["optim.lr"] = [0.05, 1.0e-6, 0.01]
+    path.write_text(yaml.safe_dump(doc))
+    code, _, err = run_cli(["sweep", str(path), "--dry-run"])
+    one_line_error(code, err, "are both `arm` = `dead` in one comparison")

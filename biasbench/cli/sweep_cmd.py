@@ -63,6 +63,13 @@ def sweep(
 
         check_slurm()
     study = load_study(study_path, smoke=smoke)
+    if study.sequential is not None:
+        from biasbench.study.rounds import check_comparisons
+
+        try:
+            check_comparisons(study)
+        except UserError as e:
+            raise UserError(f"study `{study_path}`: {e}") from None
     launcher = replace(study.launcher, **given)
     out = out if out is not None else Path("runs") / "studies" / study.name
     console = Console(highlight=False)

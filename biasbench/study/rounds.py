@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from biasbench.errors import UserError
 from biasbench.sequential import METHOD, Look, look, schedule
 from biasbench.study.manifest import MANIFEST, Manifest
 from biasbench.study.schema import Study, with_replicates
@@ -66,6 +67,18 @@ def decide(study: Study, out: Path) -> list[Decision]:
         status = DECIDED if result.decided else MAXIMUM if at_max else CONTINUING
         out_list.append(Decision(base.name, variant.name, n_plan, status, result.why, result))
     return out_list
+
+
+def check_comparisons(study: Study) -> None:
+    """The comparisons of `analysis.pairs` can be formed from the cells: found before the first
+    round trains, not after it (the same check the report makes, on cells without runs)."""
+    from biasbench.study.analysis import CellRuns, StudyRuns, pair_cells
+
+    runs = StudyRuns(Path("."), study.name, [CellRuns(c.name, c.values, []) for c in study.cells], study.varying,
+                     study.naming, study.zip_groups, study.failure, study.analyses, {}, {})
+    if not pair_cells(runs, study.analyses["pairs"]):
+        raise UserError("`replicates: {until: decided}` has no comparison to decide: `analysis.pairs` pairs no "
+                        "cell with its `baseline`; check `by` and `baseline`")
 
 
 def next_counts(study: Study, decisions: list[Decision]) -> dict[str, int]:
