@@ -65,7 +65,11 @@ def decide(study: Study, out: Path) -> list[Decision]:
         chosen = seeds[: usable[-1]]
         result = look([b_by_seed[s] for s in chosen], [v_by_seed[s] for s in chosen], looks, seq.alpha)
         status = DECIDED if result.decided else MAXIMUM if at_max else CONTINUING
-        out_list.append(Decision(base.name, variant.name, n_plan, status, result.why, result))
+        why = result.why
+        if status == MAXIMUM and len(seeds) < n_plan:  # tested at an earlier look: say why
+            why = (f"undecided at the maximum, {n_plan} replicates of which {len(seeds)} usable paired seeds "
+                   f"(failed or diverged runs); last look: {result.why}")
+        out_list.append(Decision(base.name, variant.name, n_plan, status, why, result))
     return out_list
 
 
