@@ -195,8 +195,8 @@ def test_launcher_time_formats():
 
 
 def test_dac_twin_matches_the_wide_baseline_in_parameters():
-    # The SGEMM study's arms: `wide` and `dac` share option widths, so parameter counts must match
-    # (the paper's pairs); `base` has the DAC twin's units and about half the parameters.
+    # The SGEMM study's arms: `wide` is solved by `match:` to `dac`'s parameter count (the paper's
+    # pairs, within the study's 5%); `base` has the DAC twin's units and about half the parameters.
     study = load_study("studies/dac_sgemm.yaml")
     for depth, units in ((8, 141), (16, 35)):
         counts = {}
@@ -210,7 +210,7 @@ def test_dac_twin_matches_the_wide_baseline_in_parameters():
                 assert hidden[0] == units  # base and dac build `units` units per layer
             else:
                 assert hidden[0] / units == pytest.approx(math.sqrt(2), rel=0.03)
-        assert counts["dac"] == pytest.approx(counts["wide"], rel=0.06)  # BN and the input layer: a few % at width 50
+        assert counts["wide"] == pytest.approx(counts["dac"], rel=0.05)
         assert counts["wide"] / counts["base"] == pytest.approx(2.0, rel=0.1)
 
 

@@ -266,6 +266,30 @@ def test_sigkill_part_way_then_the_same_command_finishes_the_sgemm_smoke_study(t
     assert histories(killed) == histories(whole)
 
 
+def test_more_replicates_of_a_finished_study_train_only_the_new_seeds(tmp_path, one_thread_workers):
+    # Growing `replicates` is growing the study, as a grown grid is: the finished seeds stay,
+    # only the new ones train (issue 25, item 16: it was refused as "other cells or replicates").
+    out = tmp_path / "out"
+    path = tiny_study(tmp_path, widths=(8,), replicates=1)
+    assert run_cli(["sweep", str(path), "--out", str(out), "--device", "cpu"])[0] == 0
+    before = {p: p.read_bytes() for p in out.rglob("results.json")}
+    assert len(before) == 2
+    path = tiny_study(tmp_path, widths=(8,), replicates=3)
+    code, text, err = run_cli(["sweep", str(path), "--out", str(out), "--device", "cpu"])
+    assert code == 0, err
+    assert all(p.read_bytes() == b for p, b in before.items())  # not trained again
+    runs = manifest(out)["runs"]
+    assert sorted(runs) == [f"variant={v},width=8/seed{s}" for v in ("baseline", "dac") for s in (0, 1, 2)]
+    assert {r["status"] for r in runs.values()} == {"completed"}
+    assert all(len(r["attempts"]) == 1 for r in runs.values())
+    assert len(re.findall(r"^\[\d/6\] completed ", text, re.M)) == 4  # the 4 new seeds, no others
+    assert "2 of them were finished before this sweep" in " ".join(text.split())
+    # fewer replicates would leave runs the report no longer reads: refused in one line
+    code, text, err = run_cli(["sweep", str(tiny_study(tmp_path, widths=(8,), replicates=2)), "--out", str(out),
+                               "--device", "cpu"])
+    one_line_error(code, err, "3 replicates there, 2 here: replicates can grow, not shrink")
+
+
 def test_a_grown_grid_keeps_its_folder_and_a_shrunk_one_is_refused(tmp_path):
     from biasbench.errors import UserError
     from biasbench.study.manifest import Manifest

@@ -85,6 +85,7 @@ def compare(
                             failure=rule.failed if rule else None)
     if rule is not None:
         result.notes.insert(0, f"failed trainings by the study's rule: {rule.describe()}")
+    result.notes += [f"fairness of the study's comparison {line}" for line in _study_fairness(results)]
     if json_out is not None and str(json_out) == "-":
         print(json.dumps(result.to_json(), indent=1))
         return
@@ -101,6 +102,16 @@ def _study_failure_rule(results: list[Path]):
     if len(results) == 1 and is_study_folder(results[0]):
         return study_failure_rule(results[0])
     return None
+
+
+def _study_fairness(results: list[Path]) -> list[str]:
+    """A single study folder: how each of its `analysis.pairs` comparisons was made fair."""
+    from biasbench.study.analysis import fairness_lines
+    from biasbench.study.manifest import is_study_folder
+
+    if len(results) == 1 and is_study_folder(results[0]):
+        return fairness_lines(results[0])
+    return []
 
 
 def write_json(path: Path, obj: Any) -> None:

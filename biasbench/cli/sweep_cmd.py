@@ -70,6 +70,13 @@ def sweep(
 
         check_slurm()
     study = load_study(study_path, smoke=smoke, plan_over=PLANNED_OVER if dry_run else None)
+    if study.sequential is not None:
+        from biasbench.study.rounds import check_comparisons
+
+        try:
+            check_comparisons(study)
+        except UserError as e:
+            raise UserError(f"study `{study_path}`: {e}") from None
     launcher = replace(study.launcher, **given)
     out = out if out is not None else Path("runs") / "studies" / study.name
     console = Console(highlight=False)
@@ -148,8 +155,16 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
         with crowding as crowded:
             if crowded:
                 Console(stderr=True, highlight=False).print(escape(crowded), style="yellow")
-            sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
-                              console=Console(highlight=False, quiet=as_json), slots=slots)
+            run_console = Console(highlight=False, quiet=as_json)
+            decisions = None
+            if study.sequential is not None:
+                from biasbench.study.rounds import run_rounds
+
+                study, sweep, decisions = run_rounds(study, out, run_console, backend=backend, jobs=jobs,
+                                                     device=device, launcher=launcher, slots=slots)
+            else:
+                sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
+                                  console=run_console, slots=slots)
     except KeyboardInterrupt:
         Console(stderr=True, highlight=False).print(
             "interrupted: every running run kept its last checkpoint"
@@ -160,11 +175,27 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
     failed = sum(1 for r in sweep.manifest.runs.values() if r.get("failed"))
     if as_json:
         print(json.dumps({"study": study.name, "out": str(out), "counts": counts, "failed": failed,
-                          "errors": sweep.errors, "notes": sweep.notes}, indent=1))
+                          "errors": sweep.errors, "notes": sweep.notes,
+                          **({"comparisons": [d.record() for d in decisions]} if decisions is not None else {})},
+                         indent=1))
     else:
         _print_outcome(study, out, counts, failed, sweep, console)
+        if decisions is not None:
+            _print_decisions(decisions, console)
     if sweep.errors:
         raise typer.Exit(1)
+
+
+def _print_decisions(decisions: list[Any], console: Console) -> None:
+    """How the comparisons of a `replicates: {until: decided}` study stopped."""
+    from biasbench.termtable import wrap
+
+    by_status = {s: sum(1 for d in decisions if d.status == s) for s in ("decided", "maximum", "continuing")}
+    text = (f"comparisons: {by_status['decided']} decided, {by_status['maximum']} undecided at the maximum"
+            + (f", {by_status['continuing']} still going on (a run failed; run the same command again)"
+               if by_status["continuing"] else ""))
+    for line in wrap(text, console.width):
+        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
 
 
 def _print_outcome(study: Any, out: Path, counts: dict[str, int], failed: int, sweep: Any, console: Console) -> None:
@@ -203,7 +234,10 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
     if as_json:
         cells = [{"cell": k.cell, "values": v, "runs": k.runs, "params": k.params, "flops_per_sample": k.flops,
                   "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for v, k in zip(values, costs)]
-        print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells}, indent=1, default=str))
+        print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells,
+                          "matches": [_match_json(m) for m in study.matches],
+                          "sequential": None if study.sequential is None else vars(study.sequential)},
+                         indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
     say(console, f"study {study.name}: {total['runs']} runs in {total['cells']} cells "
@@ -221,9 +255,52 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
     say(console, f"total: {total['runs']} runs, {si(cost, 'FLOP')} = forward FLOPs per sample x training samples x "
                   "epochs, summed over runs (a training step costs about 3 forward passes)"
                   + ("; ~ marks sample counts from the official data set size" if total["approximate"] else ""))
+    _print_matches(study, console, si)
+    _print_sequential(study, console)
     if total["cells_without_estimate"]:
         say(console, f"no estimate for {len(total['cells_without_estimate'])} cells: their data set's size is "
                       "not known without its files")
+
+
+def _print_sequential(study: Any, console: Console) -> None:
+    from biasbench.sequential import METHOD
+    from biasbench.termtable import wrap
+
+    seq = study.sequential
+    if seq is None:
+        return
+    text = (f"replicates until decided: every cell starts with {seq.min}; the comparisons of analysis.pairs "
+            f"still undecided get {seq.step} more seed(s) per round, up to {seq.max} ({METHOD}, alpha "
+            f"{seq.alpha:g}); the runs and cost above are the first round's")
+    for line in wrap(text, console.width):
+        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
+
+
+def _match_json(m: Any) -> dict[str, Any]:
+    return {"cell": m.cell_name, "reference": m.reference_name, "key": m.key, "value": m.value, "by": m.by,
+            "params": m.params, "reference_params": m.reference_params, "flops": m.flops,
+            "reference_flops": m.reference_flops, "mismatch": m.mismatch, "tolerance": m.tolerance}
+
+
+def _print_matches(study: Any, console: Console, si: Any) -> None:
+    """The solved values of `match:` and the mismatch left, one row per solved cell."""
+    from biasbench.study.naming import short_keys
+    from biasbench.termtable import TextTable, render, wrap
+
+    if not study.matches:
+        return
+    first = study.matches[0]
+    for line in wrap(f"match: {first.key} solved so that each cell's {first.by} equal its reference's within "
+                     f"{first.tolerance:.2%}:", console.width):
+        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
+    rows = []
+    for m in study.matches:
+        got, want = (m.params, m.reference_params) if m.by == "params" else (m.flops, m.reference_flops)
+        rows.append([m.cell_name, str(m.value), si(got), m.reference_name, si(want), f"{m.mismatch:+.2%}"])
+    heads = ["cell", short_keys([first.key])[first.key], first.by, "reference", f"ref {first.by}", "mismatch"]
+    table = TextTable(heads, rows, left={0, 3})
+    for text, style in render(table, console.width):
+        console.print(escape(text), style=style or None, overflow="ignore", crop=False, soft_wrap=True)
 
 
 def _plan_table(study: Any, values: list[dict[str, Any]], costs: list[Any], si: Any,

@@ -38,11 +38,19 @@ _VGG = dict(inputs="images", offers=("activations", "act_linear", "stages"))
 
 @register_model("vgg20_16", summary="DAC paper's plain net: 19 3x3 convs from 16 kernels (x2 after 7, 13)", **_VGG)
 def vgg20_16(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
-             downsample: bool = True) -> nn.Module:
-    return plain_vgg(variant, num_classes, in_channels, 19, 16, (7, 13), downsample)
+             downsample: bool = True, first: int = 16) -> nn.Module:
+    return plain_vgg(variant, num_classes, in_channels, 19, _kernels(first), (7, 13), downsample)
 
 
 @register_model("vgg14_32", summary="DAC paper's plain net: 13 3x3 convs from 32 kernels (x2 after 5, 9)", **_VGG)
 def vgg14_32(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple[int, ...],
-             downsample: bool = True) -> nn.Module:
-    return plain_vgg(variant, num_classes, in_channels, 13, 32, (5, 9), downsample)
+             downsample: bool = True, first: int = 32) -> nn.Module:
+    return plain_vgg(variant, num_classes, in_channels, 13, _kernels(first), (5, 9), downsample)
+
+
+def _kernels(first: int) -> int:
+    """`first`: kernels of the first conv (the paper's 16 or 32; others widen the net for a
+    capacity-matched baseline, `match:` in studies/dac_vgg_cifar_matched.yaml)."""
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise ValueError(f"first must be a positive number of kernels, got {first!r}")
+    return first

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class StudyRuns:
     analyses: dict[str, Any]
     statuses: dict[str, str]  # run key -> manifest status (pending, error, ... for runs without results)
     errors: dict[str, str]
+    matches: list[dict[str, Any]] = field(default_factory=list)  # `match:` solved cells (manifest)
+    sequential: dict[str, Any] | None = None  # replicates until decided: the last decisions (manifest)
     chosen_analyses: bool = False  # the study has no `analysis:`: biasbench chose these from its grid
 
     @property
@@ -120,7 +122,8 @@ def load_study_runs(out: Path) -> StudyRuns:
     for cell in cells:
         cell.usable = [d for d in cell.docs if d.get("status") == "completed" and not (failure and failure.failed(d))]
     runs = StudyRuns(Path(out), study["name"], cells, study["varying"], study.get("naming", study["varying"]),
-                     study["zip_groups"], failure, analyses, statuses, errors)
+                     study["zip_groups"], failure, analyses, statuses, errors,
+                     matches=study.get("matches", []), sequential=manifest.doc.get("sequential"))
     if "analysis" not in document:
         runs.analyses, runs.chosen_analyses = chosen_analyses(runs), True
     return runs
@@ -478,6 +481,61 @@ class PairResult:
     difference: stats.Difference | None
     p_holm: float | None
     favours_variant: bool | None
+    fairness: str = ""  # how the comparison was made fair (`fairness`)
+
+
+def _counted(cell: CellRuns) -> tuple[float | None, float | None]:
+    """(parameters, FLOPs per sample) of the cell's model, as its runs recorded them."""
+    for doc in cell.docs:
+        params = (doc.get("params") or {}).get("total")
+        flops = (doc.get("complexity") or {}).get("flops")
+        if params is not None:
+            return float(params), None if flops is None else float(flops)
+    return None, None
+
+
+def fairness(runs: StudyRuns, base: CellRuns, variant: CellRuns) -> str:
+    """How one comparison was made fair, in one line: tuning, capacity matching (with the
+    parameter and FLOP ratios either way), replicates and why they stopped."""
+    parts = ["not tuned (each side trains its recipe's values)"]
+    match = next((m for m in runs.matches if {m["cell"], m["reference"]} == {base.name, variant.name}), None)
+    (p_b, f_b), (p_v, f_v) = _counted(base), _counted(variant)
+    ratios = []
+    if p_b and p_v:
+        ratios.append(f"params {p_v / p_b:.2f}x")
+    if f_b and f_v:
+        ratios.append(f"FLOPs {f_v / f_b:.2f}x")
+    ratio_text = f" ({', '.join(ratios)} of the baseline)" if ratios else ""
+    if match is not None:
+        parts.append(f"matched by {match['by']}: `{match['key']}` of {match['cell']} solved to {match['value']}, "
+                     f"{match['mismatch']:+.2%}{ratio_text}")
+    else:
+        parts.append(f"not matched{ratio_text}")
+    decision = next((c for c in (runs.sequential or {}).get("comparisons", [])
+                     if (c["baseline"], c["variant"]) == (base.name, variant.name)), None)
+    if decision is not None:
+        parts.append(f"{decision['replicates']} replicates until decided: {decision['why']}")
+    else:
+        n_b, n_v = len(base.docs), len(variant.docs)
+        parts.append(f"{n_b if n_b == n_v else f'{n_b} and {n_v}'} replicates, fixed in advance")
+    return "; ".join(parts)
+
+
+def fairness_lines(out: Path) -> list[str]:
+    """The fairness line of every comparison of the study's `analysis.pairs` (for `compare`)."""
+    runs = load_study_runs(out)
+    spec = runs.analyses.get("pairs")
+    if spec is None:
+        return []
+    return [f"{variant.name} against {base.name}: {fairness(runs, base, variant)}"
+            for base, variant in pair_cells(runs, spec)]
+
+
+def pair_cells(runs: StudyRuns, spec: Any) -> list[tuple[CellRuns, CellRuns]]:
+    """(baseline cell, variant cell) of every comparison `pairs` makes."""
+    _, blocks = _comparisons(runs, select(runs, spec.where), spec.by, spec.match, "pairs")
+    return [(side[spec.baseline], cell) for side in blocks.values() if spec.baseline in side
+            for value, cell in side.items() if value != spec.baseline]
 
 
 def pairs(runs: StudyRuns, spec: Any) -> tuple[list[PairResult], str]:
@@ -505,12 +563,13 @@ def pairs(runs: StudyRuns, spec: Any) -> tuple[list[PairResult], str]:
                     b = [other.per_run[order[s]] for s in base.seeds]
                 diff = stats.difference(list(base.per_run), b, paired=paired)
             favours = None if diff is None else (diff.diff > 0) == hib and diff.diff != 0
-            results.append(PairResult(dict(zip(keys, key)), value, base, other, diff, None, favours))
+            results.append(PairResult(dict(zip(keys, key)), value, base, other, diff, None, favours,
+                                      fairness(runs, side[spec.baseline], cell)))
     tested = [i for i, r in enumerate(results) if r.difference is not None and r.difference.p_value is not None]
     adjusted = stats.holm([results[i].difference.p_value for i in tested])  # type: ignore[union-attr]
     for i, p in zip(tested, adjusted):
         r = results[i]
-        results[i] = PairResult(r.match, r.variant, r.baseline, r.other, r.difference, p, r.favours_variant)
+        results[i] = replace(r, p_holm=p)
     return results, _count_line(results, spec)
 
 

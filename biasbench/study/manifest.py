@@ -111,6 +111,21 @@ def set_aside(corrupt: CorruptManifest, cells: set[str]) -> str:
             "(finished runs kept; the earlier attempts' history is lost)")
 
 
+def _check_grown(old: Manifest, current: dict[str, int], out: Path) -> None:
+    """A study folder takes a grown study: new cells, and more replicates of a cell (its new
+    seeds train; the finished ones are kept, as a grown grid keeps its finished cells). A cell
+    dropped, or fewer replicates, would leave runs the report no longer reads: refused."""
+    where = old.doc["study"]["path"]
+    for name, n in ((c["name"], c["replicates"]) for c in old.doc["cells"]):
+        if name not in current:
+            raise UserError(f"`{out}` holds a sweep of other cells or replicates ({where}; cell `{name}` is not in "
+                            "this study); give this study another --out, or run the study that wrote it")
+        if current[name] < n:
+            raise UserError(f"`{out}` holds a sweep of other cells or replicates ({where}; cell `{name}` has {n} "
+                            f"replicates there, {current[name]} here: replicates can grow, not shrink); give this "
+                            "study another --out, or run the study that wrote it")
+
+
 class Manifest:
     """The study manifest document, with the run records keyed by `cell/seedS`."""
 
@@ -158,11 +173,7 @@ class Manifest:
             except CorruptManifest as e:
                 rebuilt = set_aside(e, {c.name for c in study.cells})
         if old is not None:
-            before = {c["name"]: c["replicates"] for c in old.doc["cells"]}
-            current = {c["name"]: c["replicates"] for c in cells}
-            if any(current.get(name) != n for name, n in before.items()):  # a grown grid is fine
-                raise UserError(f"`{out}` holds a sweep of other cells or replicates ({old.doc['study']['path']}); "
-                                "give this study another --out, or run the study that wrote it")
+            _check_grown(old, {c["name"]: c["replicates"] for c in cells}, out)
         runs = {}
         for cell in study.cells:
             for replicate, seed in cell.seeds():
@@ -174,13 +185,18 @@ class Manifest:
             "kind": KIND, "schema_version": SCHEMA_VERSION,
             "study": {"path": str(study.path), "name": study.name, "smoke": study.smoke, "document": study.doc,
                       "keys": study.keys, "varying": study.varying, "naming": study.naming, "labels": study.labels,
-                      "zip_groups": study.zip_groups},
+                      "zip_groups": study.zip_groups,
+                      "matches": [{"cell": m.cell_name, "reference": m.reference_name, "key": m.key, "value": m.value,
+                                   "by": m.by, "tolerance": m.tolerance, "mismatch": m.mismatch}
+                                  for m in study.matches]},
             "backend": backend,
             "created": old.doc["created"] if old else now(),
             "updated": now(),
             "cells": cells,
             "runs": runs,
         }
+        if old is not None and "sequential" in old.doc:  # the last round's decisions, until the next
+            doc["sequential"] = old.doc["sequential"]
         manifest = cls(Path(out) / MANIFEST, doc)
         manifest.rebuilt = rebuilt
         return manifest

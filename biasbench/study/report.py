@@ -286,7 +286,13 @@ def _pairs_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block
             ("p", f"**{line}**"),
             ("table", (["comparison", "variant", spec.baseline, "variant value", "difference", "95% CI", "p",
                         "p (Holm)", "favours variant"], rows, None)),
-            ("img", ("pairs", path))], {"pairs": results, "count": line}
+            ("img", ("pairs", path)),
+            ("p", "How each comparison was made fair: tuning, capacity (parameter and FLOP ratios of the variant "
+                  "to the baseline, as the runs counted them; `match:` solved cells), replicates and why they "
+                  "stopped."),
+            ("table", (["comparison", "variant", "fairness"],
+                       [[row[0], row[1], r.fairness] for row, r in zip(rows, results)], None))], \
+        {"pairs": results, "count": line}
 
 
 def _complexity_blocks(runs: an.StudyRuns, spec: Any, figs: Path) -> tuple[list[Block], Any]:

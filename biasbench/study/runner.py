@@ -10,6 +10,7 @@ refused. `Sweep` turns what the backend reports into manifest records and progre
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -256,8 +257,11 @@ def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str,
 
 
 def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1, device: str = "cpu",
-              launcher: Any = None, console: Any = None, slots: list[dict[str, str]] | None = None) -> Sweep:
-    """Lock DIR, reconcile the manifest with the run folders, train what is missing.
+              launcher: Any = None, console: Any = None, slots: list[dict[str, str]] | None = None,
+              after: Callable[[Manifest], None] | None = None) -> Sweep:
+    """Lock DIR, reconcile the manifest with the run folders, train what is missing; then, still
+    under the lock, `after(manifest)` (a sequential study's decisions) unless a run's bad input
+    stopped the sweep.
 
     Raises KeyboardInterrupt when stopped (every busy run checkpointed, the manifest written),
     and the first UserError a run raised (bad input: the sweep stops starting runs)."""
@@ -298,6 +302,8 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
             manifest.save(force=True)
         if sweep.user_error is not None:
             raise sweep.user_error
+        if after is not None:
+            after(manifest)
     return sweep
 
 

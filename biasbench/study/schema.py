@@ -10,7 +10,8 @@ anything runs.
         arm: [base, twin]
       - - {arm: base, model.options.width: 18} # ... or rows with the same keys
     exclude: [{model.options.depth: 16, arm: twin}]
-    replicates: 5
+    replicates: 5                              # or {min: 3, max: 20, until: decided} (rounds.py)
+    match: {solve: model.options.width, cells: {arm: base}, to: {arm: twin}}   # match.py
     failure: {metric: val_loss, above: 1.0}    # failed trainings besides divergence
     analysis: {failures: {by: model.variant}}  # what the study report draws (specs.py)
     launcher: {partition: gpu, time: "04:00:00", gpus_per_node: 1}
@@ -32,10 +33,22 @@ from typing import Any
 
 from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
+from biasbench.study.match import Matched, check_spec, selects, solve_matches
 from biasbench.study.naming import MAX_NAME, cell_names
-from biasbench.study.specs import ANALYSES, Failure, LauncherSpec, read_spec, spec_keys, tasks_per_run, time_minutes
+from biasbench.study.specs import (
+    ANALYSES,
+    Failure,
+    LauncherSpec,
+    MatchSpec,
+    ReplicatesSpec,
+    read_spec,
+    spec_keys,
+    tasks_per_run,
+    time_minutes,
+)
 
-TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "failure", "analysis", "launcher", "smoke")
+TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "match", "failure", "analysis", "launcher",
+            "smoke")
 RECIPE_KEY = "recipe"  # a grid/zip key naming each cell's base recipe
 
 
@@ -89,6 +102,8 @@ class Study:
     launcher: LauncherSpec
     labels: list[str] = field(default_factory=list)
     plan: CellPlan | None = None  # set when `cells` holds only representatives (load_study's plan_over)
+    matches: list[Matched] = field(default_factory=list)  # capacity-matched cells (`match:`), solved
+    sequential: ReplicatesSpec | None = None  # replicates: {min, max, until: decided}
 
     @property
     def name(self) -> str:
@@ -227,17 +242,6 @@ def _check_keys(keys: list[str], base: dict[str, Any], set_keys: list[str], path
 # ---------------------------------------------------------------------------------------------
 
 
-def _matches(cell_values: dict[str, Any], entry: dict[str, Any]) -> bool:
-    for key, want in entry.items():
-        have = cell_values.get(key)
-        if isinstance(want, list) and not isinstance(have, list):
-            if have not in want:
-                return False
-        elif have != want:
-            return False
-    return True
-
-
 def _exclude(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str], path: Path,
              smoke: bool) -> list[dict[str, Any]]:
     """Drop the cells an `exclude` entry matches; an entry matching nothing is a typo (except in
@@ -252,9 +256,9 @@ def _exclude(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str],
             if key not in keys:
                 raise UserError(f"study `{path}`: `exclude[{i}]` names `{key}`, which is not a grid or zip key"
                                 f"{did_you_mean(str(key), keys)}")
-        if not smoke and not any(_matches(p, entry) for p in points):
+        if not smoke and not any(selects(p, entry) for p in points):
             raise UserError(f"study `{path}`: `exclude[{i}]` ({entry}) matches no cell; check its values")
-        points = [p for p in points if not _matches(p, entry)]
+        points = [p for p in points if not selects(p, entry)]
     return points
 
 
@@ -268,8 +272,9 @@ def _recipe_path(value: Any, path: Path, where: str) -> Path:
 def _cell_recipe(raw: dict[str, Any], values: dict[str, Any], doc: dict[str, Any], name: str,
                  source: Path, path: Path) -> Recipe:
     overrides = {k: v for k, v in values.items() if "." in k}
-    if "replicates" in doc:
-        overrides["train.replicates"] = doc["replicates"]
+    if "replicates" in doc:  # a sequential study starts every cell at its minimum
+        replicates = doc["replicates"]
+        overrides["train.replicates"] = replicates["min"] if isinstance(replicates, dict) else replicates
     overrides["output.name"] = name
     try:
         raw = apply_overrides({k: v for k, v in raw.items() if k != "smoke"}, overrides,  # smoke: applied or not
@@ -290,9 +295,7 @@ def load_study(path: str | Path, smoke: bool = False, *, plan_over: int | None =
     doc = _read_study(path)
     if smoke:
         doc = _merge_smoke(doc, path)
-    replicates = doc.get("replicates")
-    if replicates is not None and (isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1):
-        raise UserError(f"study `{path}`: `replicates` must be an integer of at least 1, got {replicates!r}")
+    sequential = _sequential(doc, path)
     set_block = _mapping(doc, "set", path)
     for key in set_block:
         if str(key).startswith("output."):
@@ -308,14 +311,19 @@ def load_study(path: str | Path, smoke: bool = False, *, plan_over: int | None =
         raise UserError(f"study `{path}` expands to no runs (every cell is excluded); check `exclude`")
     bases = _BaseRecipes(path, smoke, set_block)
     labels = _check_keys(keys, bases.raw(points[0].get(RECIPE_KEY, doc.get(RECIPE_KEY)))[1], list(set_block), path)
-    varying = [k for k in keys if len({repr(v) for v in {id(p[k]): p[k] for p in points}.values()}) > 1]
-    naming = name_keys(points, keys, varying, zip_groups)
+    # Names come from the values as written (a solved key reads `match` there), so a solved
+    # value never renames a cell; the solve itself happens before any cell is built.
+    naming = name_keys(points, keys, _varying(points, keys), zip_groups)
+    matches = _solve_matches(points, doc, keys, zip_groups, bases, path)
+    varying = _varying(points, keys)
     plan = None
-    if plan_over is not None and len(points) > plan_over:
+    if plan_over is not None and len(points) > plan_over and not matches:
         plan, chosen = _plan(points, naming, path)
         cells = _cells([points[i] for i in chosen], naming, doc, bases, path)
     else:
         cells = _cells(points, naming, doc, bases, path)
+        matches = [replace(m, cell_name=cells[m.cell].name, reference_name=cells[m.reference].name)
+                   for m in matches]
     _check_models(cells, path)
     failure = None
     if doc.get("failure") is not None:
@@ -325,7 +333,7 @@ def load_study(path: str | Path, smoke: bool = False, *, plan_over: int | None =
     time_minutes(launcher.time)
     tasks_per_run(launcher)
     return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
-                 launcher, labels, plan)
+                 launcher, labels, plan, matches, sequential)
 
 
 COST_SECTIONS = ("model.", "data.", "train.")  # what a cell's cost estimate reads, besides `recipe`
@@ -360,6 +368,50 @@ def _plan(points: list[dict[str, Any]], naming: list[str], path: Path) -> tuple[
     order = sorted(chosen)
     index = {p: n for n, p in enumerate(order)}
     return CellPlan(names, points, [index[g] for g in group_point]), order
+
+
+def _varying(points: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """The keys that take more than one value. Values are told apart by identity first (every
+    point shares the value objects of the grid and zip rows it was made from), then by repr."""
+    return [k for k in keys if len({repr(v) for v in {id(p[k]): p[k] for p in points}.values()}) > 1]
+
+
+def _sequential(doc: dict[str, Any], path: Path) -> ReplicatesSpec | None:
+    """`replicates`: a count, or {min, max, until: decided} (which needs the comparisons of
+    `analysis.pairs` to decide)."""
+    replicates = doc.get("replicates")
+    if isinstance(replicates, dict):
+        try:
+            spec = read_spec(ReplicatesSpec, replicates, "replicates")
+            spec.check("replicates")
+        except UserError as e:
+            raise UserError(f"study `{path}`: {e}") from None
+        if "pairs" not in (doc.get("analysis") or {}):
+            raise UserError(f"study `{path}`: `replicates: {{until: decided}}` decides the comparisons of "
+                            "`analysis.pairs`, and the study has none; add one (by, baseline) or give a count")
+        return spec
+    if replicates is not None and (isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1):
+        raise UserError(f"study `{path}`: `replicates` must be an integer of at least 1, or "
+                        f"{{min, max, until: decided}}, got {replicates!r}")
+    return None
+
+
+def _solve_matches(points: list[dict[str, Any]], doc: dict[str, Any], keys: list[str],
+                   zip_groups: list[list[str]], bases: _BaseRecipes, path: Path) -> list[Matched]:
+    """`match:` solved on the points (their `match` values become numbers) before cells are named."""
+    if doc.get("match") is None:
+        return []
+    spec = read_spec(MatchSpec, doc["match"], "match")
+    try:
+        check_spec(spec, keys, "match")
+
+        def recipe_of(values: dict[str, Any]) -> Recipe:
+            source, raw = bases.raw(values.get(RECIPE_KEY, doc.get(RECIPE_KEY)))
+            return _cell_recipe(raw, values, doc, "match_probe", source, path)
+
+        return solve_matches(points, spec, zip_groups, recipe_of)
+    except UserError as e:
+        raise UserError(f"study `{path}`: {e}") from None
 
 
 def _check_models(cells: list[Any], path: Path) -> None:
@@ -456,7 +508,7 @@ def _analyses(doc: dict[str, Any], cells: list[Cell], path: Path) -> dict[str, A
                     raise UserError(f"study `{path}`: `analysis.{name}` names `{key}`, which is neither a grid/zip "
                                     f"key nor a recipe key of cell `{cell.name}`{did_you_mean(key, known)}") from None
         where = getattr(spec, "where", {})
-        if not any(_matches({k: cell.value(k) for k in where}, where) for cell in cells):
+        if not any(selects({k: cell.value(k) for k in where}, where) for cell in cells):
             raise UserError(f"study `{path}`: `analysis.{name}.where` ({where}) selects no cell; check its values")
         out[name] = spec
     return out
@@ -468,3 +520,10 @@ def with_output_dir(cell: Cell, out: Path) -> Recipe:
     tags = {**cell.recipe.output.tags, "study": Path(out).name, "cell": cell.name,
             **{k: str(v) for k, v in cell.values.items()}}
     return replace(cell.recipe, output=replace(cell.recipe.output, dir=str(out), tags=tags))
+
+
+def with_replicates(study: Study, counts: dict[str, int]) -> Study:
+    """The study with some cells' replicate counts changed (a sequential study's next round)."""
+    cells = [replace(c, recipe=replace(c.recipe, train=replace(c.recipe.train, replicates=counts[c.name])))
+             if c.name in counts else c for c in study.cells]
+    return replace(study, cells=cells)

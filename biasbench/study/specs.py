@@ -236,6 +236,55 @@ def spec_keys(spec: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# replicates: {min, max, until: decided}: seeds added round by round (biasbench/sequential.py).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicatesSpec:
+    """Every cell starts with `min` replicates; after each round the comparisons of
+    `analysis.pairs` still undecided get `step` more seeds on both sides, until the
+    group-sequential test decides or `max` is reached."""
+
+    min: int
+    max: int
+    until: Literal["decided"]
+    step: int = 1
+    alpha: float = 0.05
+
+    def check(self, where: str) -> None:
+        from biasbench.sequential import MAX_LOOK
+
+        if not 2 <= self.min <= self.max <= MAX_LOOK:
+            raise UserError(f"`{where}` needs 2 <= min <= max <= {MAX_LOOK} (a t-test needs 2 seeds), got min "
+                            f"{self.min}, max {self.max}")
+        if self.step < 1:
+            raise UserError(f"`{where}.step` must be at least 1, got {self.step}")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"`{where}.alpha` must be between 0 and 0.5, got {self.alpha}")
+
+
+# ---------------------------------------------------------------------------------------------
+# match: capacity-matched cells, their `solve` key solved against a reference cell (match.py).
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """Every cell that `cells` selects writes `match` as its `solve` value (an integer option: a
+    width); it is solved so that the cell's parameter count (or FLOPs) equals its reference
+    cell's within `tolerance` (relative). The reference is the cell `to` selects that shares
+    every key outside the zip group of `cells`' keys, and the `share` keys (like `pairs.match`)."""
+
+    solve: str
+    cells: dict[str, Any]
+    to: dict[str, Any]
+    share: list[str] = field(default_factory=list)
+    by: Literal["params", "flops"] = "params"
+    tolerance: float = 0.01
+
+
+# ---------------------------------------------------------------------------------------------
 # launcher: where the runs go on a Slurm cluster (command-line options override these).
 # ---------------------------------------------------------------------------------------------
 
