@@ -21,7 +21,6 @@ import torch
 from biasbench.data import build_data
 from biasbench.data.idx import RELEASES, read_release
 from biasbench.recipe import DataConfig
-from tests.conftest import run_cli
 
 pytestmark = pytest.mark.real
 REPO = Path(__file__).resolve().parent.parent
