@@ -112,8 +112,8 @@ def test_each_real_study_short_form_sweeps_learns_and_reports(tmp_path, study):
     manifest = json.loads((out / "study.json").read_text())
     assert len(docs) == len(manifest["runs"]) > 0
     assert all(d["status"] == "completed" and d["data"]["test_size"] == 10_000 for d in docs)
-    # every run learned: well above chance (10%) on the whole official test set
-    assert min(d["final"]["test_acc"] for d in docs) > 0.5, sorted(d["final"]["test_acc"] for d in docs)
+    # every run learned: at least three times chance (10%) on the whole official test set
+    assert min(d["final"]["test_acc"] for d in docs) > 0.3, sorted(d["final"]["test_acc"] for d in docs)
     result = biasbench("report", str(out), "--out", str(report))
     assert result.returncode == 0, result.stderr
     md = (report / "report.md").read_text()
