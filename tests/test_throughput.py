@@ -27,10 +27,10 @@ def fake_clock(monkeypatch):
     now, steps = [0.0], []
     real_step = trainer._optimizer_step
 
-    def step(run, loss):
+    def step(run, *args):
         steps.append(now[0])
         now[0] += FIRST_S if len(steps) == 1 else STEP_S
-        real_step(run, loss)
+        real_step(run, *args)
 
     monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     monkeypatch.setattr(trainer, "_optimizer_step", step)
