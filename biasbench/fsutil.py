@@ -84,12 +84,17 @@ def check_writable(folder: Path) -> None:
     if not where.is_dir():
         raise UserError(f"output folder `{folder}` is below `{where}`, which is a file; choose another --out")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TMP_SUFFIX, dir=where)
-        os.close(fd)
-        os.unlink(probe)
+        _write_probe(where)
     except OSError as e:
         raise UserError(f"cannot write in `{where}`: {os_reason(e)}; choose another --out or make it writable") \
             from None
+
+
+def _write_probe(folder: Path) -> None:
+    """Create and remove a temporary file in `folder`: OSError when it takes no new file."""
+    fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TMP_SUFFIX, dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output_file(path: Path, option: str) -> None:
@@ -103,9 +108,7 @@ def check_output_file(path: Path, option: str) -> None:
     if not where.is_dir():
         raise UserError(f"{option} `{path}` is below `{where}`, which is a file; give another path")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TMP_SUFFIX, dir=where)
-        os.close(fd)
-        os.unlink(probe)
+        _write_probe(where)
     except OSError as e:
         raise UserError(f"{option} `{path}`: cannot write in `{where}`: {os_reason(e)}; give a path in a "
                         "writable folder") from None
