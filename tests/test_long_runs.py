@@ -124,6 +124,7 @@ def test_early_stopped_run_records_why_and_resume_honours_it(tmp_path):
     (run / "results.json").unlink()
     code, out, err = run_cli(["train", str(tmp_path / "es.yaml"), "--resume", "--device", "cpu"])
     assert code == 0, err
+    assert "early stop" in out  # the run table says why the run ended, not only `completed`
     again = json.loads((run / "results.json").read_text())
     assert again["stop_reason"] == "early_stop" and _strip(again["history"]) == _strip(doc["history"])
     plain, _ = _train(tmp_path, "plain", train={"epochs": 3})

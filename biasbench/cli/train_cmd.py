@@ -191,7 +191,8 @@ def summary_rows(docs: list[dict]) -> list[dict[str, Any]]:
     for d in docs:
         metric = "acc" if d["task"] == "classification" else "loss"
         final, best = d.get("final", {}), d.get("best", {})
-        rows.append({"seed": d["seed"], "status": d["status"], "epochs": d["epochs_completed"], "metric": metric,
+        rows.append({"seed": d["seed"], "status": d["status"], "stop_reason": d.get("stop_reason"),
+                     "epochs": d["epochs_completed"], "metric": metric,
                      f"test_{metric}": final.get(f"test_{metric}"),
                      "selected_by": best.get("selected_by"), "best_epoch": best.get("epoch"),
                      "best_value": best.get(best["selected_by"]) if best else None,
@@ -206,7 +207,8 @@ def _cells(row: dict[str, Any]) -> list[str]:
     metric = row["metric"]
     fmt = (lambda v: f"{100 * v:.2f}%") if metric == "acc" else (lambda v: f"{v:.4g}")
     test, at_best = row[f"test_{metric}"], row[f"test_{metric}_at_best"]
-    return [str(row["seed"]), row["status"], str(row["epochs"]), fmt(test) if test is not None else "-",
+    status = "early stop" if row["stop_reason"] == "early_stop" else row["status"]  # completed, but said why
+    return [str(row["seed"]), status, str(row["epochs"]), fmt(test) if test is not None else "-",
             f"{fmt(row['best_value'])} @{row['best_epoch']}" if row["best_epoch"] else "-",
             fmt(at_best) if at_best is not None else "-", f"{row['params']:,}",
             f"{row['images_per_second']:,.0f}"]
