@@ -216,3 +216,17 @@ def test_dry_run_counts_the_training_subset(tmp_path):
     subset = from_dict({"data": {"name": "fashion_mnist", "root": str(tmp_path), "val_fraction": 0.1,
                                  "options": {"train_size": 10_000}}})
     assert _train_samples(full) == (54_000, False) and _train_samples(subset) == (9_000, False)
+
+
+def test_verify_false_checks_structure_only(tmp_path):
+    write_idx_set(tmp_path, gz=False)
+    labels = (np.arange(10_000) % 10).astype(np.uint8)  # the official size, not the official content
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    with pytest.raises(UserError, match="corrupt"):
+        build_data(cfg(tmp_path))  # auto compares it with the release
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((10_000, 28, 28), np.uint8)))
+    bundle = build_data(cfg(tmp_path, options={"verify": False}))  # false: no hash, structure still checked
+    assert set(bundle.info["checksum"].values()) == {"skipped"} and len(bundle.test) == 10_000
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels)[:-3])
+    with pytest.raises(UserError, match="truncated"):
+        build_data(cfg(tmp_path, options={"verify": False}))
