@@ -51,10 +51,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from biasbench.data import INPUT_KINDS, zeros_example
 from biasbench.errors import UserError
 from biasbench.layers.dac import DACConv2d, DACLinear
 from biasbench.layers.mba import MultiBiasActivation
 from biasbench.layers.preact import SharedBiasPreActivation
+from biasbench.models.contract import model_hooks
 from biasbench.params import count_by_role
 
 CONVENTION = "dac-paper"
@@ -241,7 +243,7 @@ def _counter(model: nn.Module, convention: str) -> Any:
     return _OperatorCounter(_FORMULA_RULES if convention == "dac-formula" else _RULES)
 
 
-def _run(model: nn.Module, x: torch.Tensor, tensors: dict[str, torch.Tensor] | None, convention: str) -> Any:
+def _run(model: nn.Module, x: Any, tensors: dict[str, torch.Tensor] | None, convention: str) -> Any:
     counter = _counter(model, convention)
     layers = _layers_as_operators(model) if convention != "thop" else contextlib.nullcontext()
     with layers, torch.no_grad(), counter:
@@ -256,14 +258,22 @@ class _NeedsValues(Exception):
     """A model built on meta whose forward fails there: it must be rebuilt on real tensors."""
 
 
+def _example_of(model: nn.Module) -> Callable[[tuple[int, ...], Any, torch.dtype], Any]:
+    """How one example of what the model reads is built: its input kind says (a graph model
+    reads a one-node graph); a batch of zeros for a module built some other way."""
+    hooks = model_hooks(model)
+    return INPUT_KINDS.get(hooks.spec.inputs).example if hooks is not None else zeros_example
+
+
 def _count(model: nn.Module, input_shape: tuple[int, ...], convention: str) -> Any:
     """Run one sample through the model on meta tensors; on real zeros where meta cannot."""
+    example = _example_of(model)
     first = next(itertools.chain(model.parameters(), model.buffers()), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     on_meta = {n: torch.empty_like(t, device="meta") for n, t in
                itertools.chain(model.named_parameters(), model.named_buffers())}
     try:
-        return _run(model, torch.zeros((1, *input_shape), device="meta", dtype=dtype), on_meta, convention)
+        return _run(model, example(input_shape, "meta", dtype), on_meta, convention)
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
         meta_error = e
     if math.prod(input_shape) <= REAL_FALLBACK_ELEMENTS and first is not None and first.is_meta:
@@ -276,7 +286,7 @@ def _count(model: nn.Module, input_shape: tuple[int, ...], convention: str) -> A
     torch.set_num_threads(1)  # one small sample: one thread is fastest, and far faster on a busy machine
     try:
         device = first.device if first is not None else "cpu"
-        return _run(model, torch.zeros((1, *input_shape), device=device, dtype=dtype), None, convention)
+        return _run(model, example(input_shape, device, dtype), None, convention)
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
         raise UserError(f"cannot count this model on an input of shape {'x'.join(map(str, input_shape))}: "
                         f"{_first_line(e)}") from None

@@ -507,7 +507,7 @@ def _accumulated_step(run: Run, batches: list[tuple[Any, torch.Tensor]], sums: _
     for x, y in batches:
         weight = len(y) / total
         x, y, share = run.ctx.shard(x, y)
-        if isinstance(x, torch.Tensor) and x.dim() == 4:  # (not a graph batch)
+        if isinstance(x, torch.Tensor) and x.dim() == 4:  # image batches; other kinds' batches pass as they are
             x = x.contiguous(memory_format=to_format)
         with run.autocast():
             out = run.step_model(x)
@@ -688,9 +688,6 @@ def _complexity(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[st
     """MACs and FLOPs per sample (biasbench.count), or None for a model the counter cannot trace."""
     from biasbench.count import complexity
 
-    hooks = model_hooks(model)
-    if hooks is not None and hooks.spec.inputs == "graphs":
-        return {"error": "not counted: count runs one sample of a fixed shape, a graph model reads a whole graph"}
     try:
         return complexity(model, input_shape)
     except Exception as e:  # counting must never lose a finished run's results

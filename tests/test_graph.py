@@ -126,7 +126,7 @@ def test_raa_is_the_hidden_activation_and_arr_reads_each_hidden_layers_aggregati
     assert len(responses) == 2 and term.dims == [8, 8]
 
 
-def test_training_a_gcn_writes_results_without_a_complexity_count(tmp_path):
+def test_training_a_gcn_writes_results_with_a_per_node_count(tmp_path):
     doc = tiny_recipe(tmp_path, model={"name": "gcn", "variant": "dnrt", "options": {"hidden": 16}},
                       data={"name": "sbm_graph"}, optim={"name": "adam", "lr": 0.01},
                       train={"epochs": 2, "batch_size": 1000, "eval_batch_size": 1000})
@@ -135,5 +135,22 @@ def test_training_a_gcn_writes_results_without_a_complexity_count(tmp_path):
     (path,) = (tmp_path / "runs").rglob("results.json")
     results = json.loads(path.read_text())
     assert results["data"]["nodes"] == 600 and results["data"]["train_size"] + results["data"]["val_size"] == 481
-    assert results["complexity"]["error"].startswith("not counted")
+    # counted on one node of the graph's features (the graph kind's example), as `count` does
+    assert results["complexity"]["input_shape"] == [16] and results["complexity"]["params"]["total"] > 0
+    mm = results["complexity"]["flops_by_operator"]["aten::mm"]
+    assert mm == 2 * (16 * 16 + 16 * 3)  # GCNConv's two weight products per node: 16 -> 16 -> 3
     assert len(results["history"]) == 2 and "test_acc" in results["final"]
+
+
+@pytest.mark.parametrize("model, macs_per_product", [("gcn", 1), ("graphsage", 2)])
+def test_count_counts_a_graph_model_on_one_node(model, macs_per_product):
+    """A node's own cost: every layer's weight product (GraphSAGE: its root and neighbour
+    weights; a node without edges aggregates nothing); with no edge no message is counted."""
+    features, hidden, classes = 12, 8, 3
+    code, out, err = run_cli(["count", "--model", model, "--features", str(features), "--option", f"hidden={hidden}",
+                              "--num-classes", str(classes), "--json"])
+    assert code == 0, err
+    row = json.loads(out)["variants"]["baseline"]
+    assert row["macs"] == macs_per_product * (features * hidden + hidden * classes)
+    net = build_model(model, num_classes=classes, in_channels=features, input_shape=(features,), hidden=hidden)
+    assert row["params"]["total"] == sum(p.numel() for p in net.parameters())

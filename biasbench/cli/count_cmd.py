@@ -32,10 +32,8 @@ def _options(pairs: list[str], flag: str) -> dict[str, Any]:
 
 def _shape(spec: Any, recipe_shape: tuple[int, ...] | None, features: int | None, input_size: int | None,
            in_channels: int | None) -> tuple[int, ...]:
-    """The input shape to count, from the flags, the recipe or the model's kind of input."""
-    if spec.inputs == "graphs":
-        raise UserError(f"model `{spec.name}` reads a whole graph; count runs one sample of a fixed shape and "
-                        "does not count graph models (their parameters: biasbench train writes them)")
+    """The input shape to count, from the flags, the recipe or the model's kind of input (one
+    example of it: `biasbench.data.INPUT_KINDS` says how a kind builds one)."""
     if features is not None:
         if input_size is not None or in_channels is not None:
             raise UserError("--features gives a flat input; do not combine it with --input-size / --in-channels")

@@ -13,10 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import torch
 
+from biasbench.data.augment import (
+    PerImageAugment,
+    apply_eval_images,
+    augment_options,
+    check_image_batch,
+    get_augment,
+)
 from biasbench.errors import UserError
 from biasbench.registry import Registry
 
@@ -28,6 +36,10 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def numbers(self) -> dict[str, torch.Tensor]:
+        """The tensors `refuse_non_finite` checks, by what a message calls them."""
+        return {"inputs": self.x, "targets": self.y}
 
 
 @dataclass
@@ -41,12 +53,42 @@ class FileSplit:
     def __len__(self) -> int:
         return len(self.y)
 
+    def numbers(self) -> dict[str, torch.Tensor]:
+        return {}  # images as files: decoded to integers, which cannot be NaN
+
+
+class BatchLoader(Protocol):
+    """What the trainer reads from any loader: batches (inputs, targets) on `device`, where the
+    inputs are whatever the model's forward takes (a tensor, or a kind's own batch object that
+    `__len__` counts and `[part]` slices along its examples, for data-parallel ranks)."""
+
+    device: torch.device
+    y: torch.Tensor  # the split's targets
+
+    def set_epoch(self, epoch: int, position: dict[str, Any] | None = None) -> None: ...
+    def position(self) -> dict[str, Any]: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Any: ...
+
+
+class KindSplit(Protocol):
+    """A split of another input kind than tensors or image files (a graph's labelled nodes): it
+    brings its own loader, and says which of its tensors must be finite. `data/loader.py` batches
+    `Split` and `FileSplit` itself and hands any other split this way, knowing no kind by name."""
+
+    y: torch.Tensor
+
+    def __len__(self) -> int: ...
+    def numbers(self) -> dict[str, torch.Tensor]: ...
+    def loader(self, cfg: Any, batch_size: int, device: torch.device, shuffle: bool = False,
+               seed: int = 0) -> BatchLoader: ...
+
 
 @dataclass
 class DataBundle:
-    train: Split | FileSplit
-    val: Split | FileSplit | None
-    test: Split | FileSplit
+    train: Split | FileSplit | KindSplit
+    val: Split | FileSplit | KindSplit | None
+    test: Split | FileSplit | KindSplit
     task: Literal["classification", "regression"]
     num_outputs: int  # classes, or regression targets
     input_shape: tuple[int, ...]
@@ -73,22 +115,89 @@ def _from_the_data(options: dict[str, Any]) -> Shape | None:
 
 
 @dataclass(frozen=True)
+class Sizes:
+    """How many examples a data set's splits hold, as its declaration knows them."""
+
+    train: int  # the training split, before `data.val_fraction` / `data.val_folds` take a part (see below)
+    test: int
+    # True: validation is carved from `train` by the recipe's data.val_fraction / val_folds;
+    # False: `train` is already what the model trains on (the set has its own validation part).
+    carves_validation: bool = True
+    exact: bool = False  # read from the files on this machine; False: the official release's sizes
+
+
+@dataclass(frozen=True)
+class Download:
+    """Where a data set read from files comes from, and whether `data.download: true` can fetch it."""
+
+    source: str  # the page or address its files come from
+    fetch: bool = False  # `data.download: true` fetches the files (through torchvision)
+    also: str = ""  # another way to get them, said in every missing-data message
+
+
+InputKindName = Literal["images", "features", "sequences", "task_rows", "graphs"]
+
+
+@dataclass(frozen=True)
+class InputKind:
+    """What one example of a data set is, and what generic code needs to handle it without
+    knowing the kind: `example` builds the one-example batch `count` runs through a model (a
+    batch of shape (1, *input_shape) of zeros unless the kind says otherwise)."""
+
+    name: str
+    example: Callable[[tuple[int, ...], torch.device | str, torch.dtype], Any]
+
+
+def zeros_example(input_shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros((1, *input_shape), device=device, dtype=dtype)
+
+
+INPUT_KINDS: Registry[InputKind] = Registry("input kind")
+for _kind in ("images", "features", "sequences", "task_rows"):
+    INPUT_KINDS.register(_kind)(InputKind(_kind, zeros_example))
+
+
+def _sizes_by_building(cfg: Any) -> Sizes | None:
+    return None
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
-    """What a data set is, declared with its registration (read without loading it)."""
+    """What a data set is, declared with its registration (read without loading it): what
+    `list datasets`, `count`, the cost estimate of `sweep --dry-run` and every missing-data
+    message read."""
 
     summary: str
     bundled: bool  # ships with an installed package or is generated: no data.root needed
+    kind: InputKindName  # what one example is (INPUT_KINDS)
     task: str = "classification"
     # (input shape, outputs) under these data.options; None: only the data can tell
     shape: Callable[[dict[str, Any]], Shape | None] = _from_the_data
+    # Split sizes under a recipe's `data` section (options, root): from the files' headers where
+    # they are on this machine, else the official release's; None: only loading the data tells.
+    # A bundled set is built to count it (milliseconds) and may leave this out.
+    sizes: Callable[[Any], Sizes | None] = _sizes_by_building
+    download: Download | None = None  # where the files come from (every set read from data.root declares it)
     reads_root: bool = True  # (when not bundled) read from files under data.root; False: built from other sets
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_KINDS.names():
+            raise ValueError(f"input kind {self.kind!r} is not one of {', '.join(INPUT_KINDS.names())}")
+        if self.bundled or not self.reads_root:
+            return
+        if self.download is None:
+            raise ValueError(f"data set `{self.summary}` reads data.root: declare its `download` (where the files "
+                             "come from)")
+        if self.sizes is _sizes_by_building:
+            raise ValueError(f"data set `{self.summary}` reads data.root: declare its `sizes` (a function that may "
+                             "return None when only the data can tell)")
 
 
 _INFO: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, info: DatasetInfo | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    _INFO[name] = info or DatasetInfo("", bundled=False)
+def register_dataset(name: str, info: DatasetInfo) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    _INFO[name] = info
     return DATASETS.register(name)
 
 
@@ -101,14 +210,34 @@ def dataset_info(name: str) -> DatasetInfo:
     return _INFO[name]
 
 
+def fetch_hint(cfg: Any, name: str, words: str = " (or data.download: true to fetch it)") -> str:
+    """`words` when data set `name` declares that `data.download: true` fetches it and the
+    recipe has not set it; else nothing."""
+    download = dataset_info(name).download
+    return words if download is not None and download.fetch and not cfg.download else ""
+
+
+def where_from(name: str) -> str:
+    """Where a missing data set's files come from, as its declaration says."""
+    download = dataset_info(name).download
+    if download is None:
+        return ""
+    return f" (from {download.source}" + (f"; {download.also}" if download.also else "") + ")"
+
+
+def data_root(cfg: Any, name: str, expected: str) -> Path:
+    """`data.root` as a path; a clear line when it is not set."""
+    if not cfg.root:
+        raise UserError(f"data set `{name}` needs data.root, the folder holding {expected}; "
+                        f"set it with --set data.root=PATH{fetch_hint(cfg, name)}")
+    return Path(cfg.root).expanduser()
+
+
 def check_data(cfg: Any) -> None:
     """What `build_data` refuses first, without reading any data: an unknown data set or
     augmentation, an augmentation option, a data set read from disk whose `data.root` does not
     exist (unless `data.download: true`). `train` and a sweep check it before any run starts;
     the loader then checks the files."""
-    from biasbench.data.augment import augment_options, get_augment
-    from biasbench.data.common import _download_hint, data_root
-
     info = dataset_info(cfg.name)
     get_augment(cfg.augment)
     augment_options(cfg.augment, cfg.augment_options)
@@ -116,15 +245,13 @@ def check_data(cfg: Any) -> None:
         return
     root = data_root(cfg, cfg.name, "its files (docs/data.md)")
     if not root.is_dir():
-        fetch = ", or set data.download: true to fetch it" if _download_hint(cfg, cfg.name) else ""
-        raise UserError(f"data set `{cfg.name}`: data.root `{root}` does not exist; download the data set and "
-                        f"point data.root at it (docs/data.md){fetch}")
+        raise UserError(f"data set `{cfg.name}`: data.root `{root}` does not exist; download the data set"
+                        f"{where_from(cfg.name)} and point data.root at it (docs/data.md)"
+                        f"{fetch_hint(cfg, cfg.name, ', or set data.download: true to fetch it')}")
 
 
 def build_data(cfg: Any, replicate: int = 0) -> DataBundle:
     """Build the data set a recipe's `data` section names; `replicate` picks the K-fold fold."""
-    from biasbench.data.augment import PerImageAugment, augment_options, check_image_batch, get_augment
-
     builder = DATASETS.get(cfg.name)
     aug = get_augment(cfg.augment)  # an unknown augmentation or option fails before any loading
     options = augment_options(cfg.augment, cfg.augment_options)
@@ -148,16 +275,10 @@ def refuse_non_finite(bundle: DataBundle, name: str) -> None:
     """NaN or infinity in a data set's numbers would train (and be judged a diverged run, or
     skew every statistic), so every loader's output is refused in one line that names the split,
     the first bad example and what to do. Images stored as integers cannot hold either."""
-    from biasbench.data.graph import GraphSplit
-
     for part, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)):
-        if isinstance(split, GraphSplit):
-            tensors = {"node features": split.graph.x}
-        elif isinstance(split, Split):
-            tensors = {"inputs": split.x, "targets": split.y}
-        else:
+        if split is None:
             continue
-        for what, t in tensors.items():
+        for what, t in split.numbers().items():
             if not t.is_floating_point():
                 continue
             bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
@@ -170,8 +291,6 @@ def refuse_non_finite(bundle: DataBundle, name: str) -> None:
 
 def apply_eval_transform(bundle: DataBundle, transform: Callable[[Any], torch.Tensor], name: str) -> DataBundle:
     """Transform the validation and test images once (e.g. resize 36 + centre-crop 32)."""
-    from biasbench.data.augment import apply_eval_images
-
     def apply(split: Split | None) -> Split | None:
         return None if split is None else Split(apply_eval_images(transform, split.x), split.y)
 

@@ -39,7 +39,7 @@ def _with_validation(cfg, replicate: int, x: torch.Tensor, y: torch.Tensor) -> t
 
 
 @register_dataset("digits", DatasetInfo("scikit-learn's 8x8 handwritten digits", bundled=True,
-                                          shape=lambda o: ((1, 8, 8), 10)))
+                                          kind="images", shape=lambda o: ((1, 8, 8), 10)))
 def digits(cfg, replicate: int = 0) -> DataBundle:
     from sklearn.datasets import load_digits
 
@@ -64,7 +64,7 @@ def _mnist1d_arrays(num_samples: int, seed: int):
 
 
 @register_dataset("mnist1d", DatasetInfo("MNIST-1D (mnist1d package), 40 features", bundled=True,
-                                           shape=lambda o: ((40,), 10)))
+                                           kind="features", shape=lambda o: ((40,), 10)))
 def mnist1d(cfg, replicate: int = 0) -> DataBundle:
     opts = check_options("mnist1d", cfg.options, {"num_samples": 5000, "seed": 42})
     if opts["num_samples"] < 50:
@@ -84,7 +84,8 @@ def _synthetic_shape(o: dict) -> tuple[tuple[int, ...], int]:
 
 
 @register_dataset("synthetic", DatasetInfo("Gaussian clusters or a smooth regression (option task)", bundled=True,
-                                             task="classification or regression", shape=_synthetic_shape))
+                                             kind="features", task="classification or regression",
+                                             shape=_synthetic_shape))
 def synthetic(cfg, replicate: int = 0) -> DataBundle:
     opts = check_options("synthetic", cfg.options, {"task": "classification", "num_samples": 2000,
                                                       "features": 16, "classes": 4, "noise": 1.0, "seed": 0})

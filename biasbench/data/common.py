@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from biasbench.data import DataBundle, Split
+from biasbench.data import DataBundle, Split, data_root, fetch_hint, where_from
 from biasbench.data.bundled import check_options  # one implementation, shared with the bundled sets
 from biasbench.data.splits import validation_split
 from biasbench.errors import UserError, did_you_mean
@@ -19,19 +19,6 @@ __all__ = ["HOLDOUT_SEED", "NORMALIZATIONS", "check_options", "data_root", "requ
            "normalization", "image_bundle"]
 
 
-def data_root(cfg: Any, name: str, expected: str) -> Path:
-    """`data.root` as a path; a clear line when it is not set."""
-    if not cfg.root:
-        raise UserError(f"data set `{name}` needs data.root, the folder holding {expected}; "
-                        f"set it with --set data.root=PATH{_download_hint(cfg, name)}")
-    return Path(cfg.root).expanduser()
-
-
-def _download_hint(cfg: Any, name: str) -> str:
-    downloadable = name in ("cifar10", "cifar100", "mnist", "fashion_mnist", "kmnist", "svhn")
-    return " (or data.download: true to fetch it)" if downloadable and not cfg.download else ""
-
-
 def require_files(cfg: Any, name: str, root: Path, files: Iterable[str]) -> None:
     """One line naming every expected file that is missing under `root`."""
     files = list(files)
@@ -40,8 +27,8 @@ def require_files(cfg: Any, name: str, root: Path, files: Iterable[str]) -> None
         return
     where = f"data.root `{root}`" + ("" if root.is_dir() else " (which does not exist)")
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    hint = (" or set data.download: true to fetch them" if _download_hint(cfg, name) else
-            "; download the data set yourself and point data.root at it")
+    hint = fetch_hint(cfg, name, " or set data.download: true to fetch them") or (
+        f"; download the data set yourself{where_from(name)} and point data.root at it")
     raise UserError(f"data set `{name}`: {where} lacks {shown}; put the files there{hint}")
 
 

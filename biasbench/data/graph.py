@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, DatasetInfo, register_dataset
+from biasbench.data import INPUT_KINDS, DataBundle, DatasetInfo, Download, InputKind, Sizes, register_dataset
 from biasbench.data.common import check_options, data_root, require_files
+from biasbench.data.loader import epoch_generator
 from biasbench.data.splits import fraction_split, validation_split
 from biasbench.errors import UserError
 
@@ -64,6 +65,14 @@ class GraphSplit:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    def numbers(self) -> dict[str, torch.Tensor]:
+        return {"node features": self.graph.x}
+
+    def loader(self, cfg: Any, batch_size: int, device: torch.device, shuffle: bool = False,
+               seed: int = 0) -> GraphLoader:
+        """Node classification: the whole graph in every batch (the `KindSplit` seam)."""
+        return graph_loader(self, cfg, batch_size, device, shuffle, seed)
+
 
 @dataclass
 class GraphBatch:
@@ -79,6 +88,18 @@ class GraphBatch:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+
+def one_node_graph(input_shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> GraphBatch:
+    """What `count` runs a graph model on: one node of `input_shape` (F,) features, no edge, its
+    logits read. Counted per node: what a node's own features cost; the messages of its
+    neighbours add per edge, which a graph of its own would decide."""
+    return GraphBatch(torch.zeros((1, *input_shape), device=device, dtype=dtype),
+                      torch.zeros((2, 0), device=device, dtype=torch.int64),
+                      torch.zeros(1, device=device, dtype=torch.int64))
+
+
+INPUT_KINDS.register("graphs")(InputKind("graphs", one_node_graph))
 
 
 class GraphLoader:
@@ -103,8 +124,6 @@ class GraphLoader:
         return -(-len(self.y) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[GraphBatch, torch.Tensor]]:
-        from biasbench.data.loader import epoch_generator
-
         order = (torch.randperm(len(self.y), generator=epoch_generator(self.seed, self.epoch)).to(self.device)
                  if self.shuffle else torch.arange(len(self.y), device=self.device))
         first, self._first = self._first, 0  # a mid-epoch start applies to one pass
@@ -152,7 +171,8 @@ def _sbm_shape(o: dict) -> tuple[tuple[int, ...], int]:
 
 
 @register_dataset("sbm_graph", DatasetInfo("a stochastic block model graph with class-dependent node features",
-                                             bundled=True, task="node classification", shape=_sbm_shape))
+                                             bundled=True, kind="graphs", task="node classification",
+                                             shape=_sbm_shape))
 def sbm_graph(cfg: Any, replicate: int = 0) -> DataBundle:
     o = check_options("sbm_graph", cfg.options, _SBM)
     if int(o["nodes"]) < 10 or int(o["classes"]) < 2 or not 0 <= o["p_out"] <= 1 or not 0 <= o["p_in"] <= 1:
@@ -206,9 +226,25 @@ def read_dgraphfin(path: Path) -> tuple[Graph, dict[str, torch.Tensor]]:
     return Graph(features, edge_index, torch.from_numpy(y.astype(np.int64))), splits
 
 
+def dgraphfin_sizes(cfg: Any) -> Sizes | None:
+    """The release's train and test node arrays, counted in `dgraphfin.npz` where it is under
+    data.root (no size is published with the release); None without it."""
+    path = Path(cfg.root).expanduser() / DGRAPH_FILE if cfg.root else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            train, test = (f[a] for a in ("train_mask", "test_mask"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return None  # training says what is wrong with the file; an estimate only lacks its size
+    count = [int(a.sum()) if a.dtype == bool else a.size for a in (train, test)]
+    return Sizes(count[0], count[1], carves_validation=False, exact=True)
+
+
 @register_dataset("dgraphfin", DatasetInfo("DGraph-Fin (dgraphfin.npz): 3.7M users, 4.3M edges, fraud or not",
-                                             bundled=False, task="node classification",
-                                             shape=lambda o: ((17,), 2)))
+                                             bundled=False, kind="graphs", task="node classification",
+                                             shape=lambda o: ((17,), 2), sizes=dgraphfin_sizes,
+                                             download=Download("dgraph.xinye.com (after registering)")))
 def dgraphfin(cfg: Any, replicate: int = 0) -> DataBundle:
     check_options("dgraphfin", cfg.options, {})
     if cfg.val_folds:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, DatasetInfo, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Download, Sizes, fetch_hint, register_dataset, where_from
 from biasbench.data.common import HOLDOUT_SEED, check_options, data_root, image_bundle
 from biasbench.data.splits import fraction_split
+from biasbench.data.torchvision_sets import download_with
 from biasbench.errors import UserError
 
 STEMS = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -98,10 +100,9 @@ def require_release(cfg: Any, root: Path, release: Release) -> None:
     if not missing:
         return
     where = f"data.root `{root}`" + ("" if root.is_dir() else " (which does not exist)")
-    fetch = "" if cfg.download else ", or set data.download: true to fetch them"
     raise UserError(f"data set `{release.name}`: {where} lacks {', '.join(missing)} (.gz or not, flat or in "
-                    f"`{release.folder}/raw/`); put the official files there (`make real-data` installs MNIST and "
-                    f"Fashion-MNIST){fetch}")
+                    f"`{release.folder}/raw/`); put the official files there{where_from(release.name)}"
+                    f"{fetch_hint(cfg, release.name, ', or set data.download: true to fetch them')}")
 
 
 def _decompress(path: Path, data: bytes) -> bytes:
@@ -218,11 +219,7 @@ def _idx_set(cfg: Any, replicate: int, name: str) -> DataBundle:
                         f"10, one per class), got {size!r}")
     root = data_root(cfg, name, f"the four IDX files (flat, or in `{release.folder}/raw/`)")
     if cfg.download:
-        from torchvision import datasets
-
-        from biasbench.data.torchvision_sets import _download
-
-        _download(name, lambda: getattr(datasets, release.folder)(str(root), train=True, download=True))
+        download_with(name, release.folder, str(root), train=True)
     require_release(cfg, root, release)
     files = read_release(root, release, verify=opts["verify"])
 
@@ -244,16 +241,57 @@ def _idx_set(cfg: Any, replicate: int, name: str) -> DataBundle:
     return image_bundle(cfg, replicate, train_x, train_y, test_x, test_y, 10, info)
 
 
-@register_dataset("mnist", DatasetInfo("MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
+def example_count(path: Path) -> int:
+    """The number of examples an IDX file's header declares (its first dimension), read from its
+    first 8 bytes (through gzip where it is gzipped): no content read, no check."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+            head = f.read(8)
+    except (EOFError, OSError, zlib.error):
+        head = b""
+    if len(head) < 8:
+        raise UserError(f"`{path}` is too short for an IDX header; replace it with the official file")
+    return int.from_bytes(head[4:8], "big")
+
+
+def idx_sizes(name: str) -> Callable[[Any], Sizes]:
+    """The set's sizes from its label files' headers where they are under data.root, else the
+    official release's (60,000 and 10,000); `data.options.train_size` caps the training split."""
+    release = RELEASES[name]
+
+    def sizes(cfg: Any) -> Sizes:
+        found = {role: locate(Path(cfg.root).expanduser(), release, role) if cfg.root else None
+                 for role in ("train_labels", "test_labels")}
+        exact = None not in found.values()
+        train, test = ((example_count(found[r][0]) for r in ("train_labels", "test_labels")) if exact else
+                       (OFFICIAL_SIZES[r] - 8 for r in ("train_labels", "test_labels")))
+        subset = cfg.options.get("train_size")
+        if isinstance(subset, int) and not isinstance(subset, bool):
+            train = min(train, subset)
+        return Sizes(train, test, exact=exact)
+
+    return sizes
+
+
+def _idx_info(name: str, summary: str, page: str, also: str = "") -> DatasetInfo:
+    return DatasetInfo(summary, bundled=False, kind="images", shape=lambda o: ((1, 28, 28), 10),
+                       sizes=idx_sizes(name), download=Download(page, fetch=True, also=also))
+
+
+@register_dataset("mnist", _idx_info("mnist", "MNIST", "yann.lecun.com/exdb/mnist", "`make real-data` installs it"))
 def mnist(cfg: Any, replicate: int = 0) -> DataBundle:
     return _idx_set(cfg, replicate, "mnist")
 
 
-@register_dataset("fashion_mnist", DatasetInfo("Fashion-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
+@register_dataset("fashion_mnist", _idx_info("fashion_mnist", "Fashion-MNIST",
+                                             "github.com/zalandoresearch/fashion-mnist",
+                                             "`make real-data` installs it"))
 def fashion_mnist(cfg: Any, replicate: int = 0) -> DataBundle:
     return _idx_set(cfg, replicate, "fashion_mnist")
 
 
-@register_dataset("kmnist", DatasetInfo("Kuzushiji-MNIST", bundled=False, shape=lambda o: ((1, 28, 28), 10)))
+@register_dataset("kmnist", _idx_info("kmnist", "Kuzushiji-MNIST", "github.com/rois-codh/kmnist"))
 def kmnist(cfg: Any, replicate: int = 0) -> DataBundle:
     return _idx_set(cfg, replicate, "kmnist")

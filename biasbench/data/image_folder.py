@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, DatasetInfo, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Download, Sizes, register_dataset
 from biasbench.data import cache as cache_mod
 from biasbench.data.common import HOLDOUT_SEED, check_options, data_root, image_bundle, require_files
 from biasbench.data.splits import fraction_split
@@ -173,17 +173,26 @@ def _folder_shape(classes: int):
     return shape
 
 
-@register_dataset("imagenette", DatasetInfo("Imagenette (160 px release)", bundled=False, shape=_folder_shape(10)))
+_FASTAI = Download("github.com/fastai/imagenette (the 160 px release, extracted)")
+
+
+@register_dataset("imagenette", DatasetInfo("Imagenette (160 px release)", bundled=False, kind="images",
+                                            shape=_folder_shape(10), sizes=lambda cfg: Sizes(9_469, 3_925),
+                                            download=_FASTAI))
 def imagenette(cfg: Any, replicate: int = 0) -> DataBundle:
     return _folder_set(cfg, replicate, "imagenette", "imagenette2-160")
 
 
-@register_dataset("imagewoof", DatasetInfo("Imagewoof (160 px release)", bundled=False, shape=_folder_shape(10)))
+@register_dataset("imagewoof", DatasetInfo("Imagewoof (160 px release)", bundled=False, kind="images",
+                                           shape=_folder_shape(10), sizes=lambda cfg: Sizes(9_025, 3_929),
+                                           download=_FASTAI))
 def imagewoof(cfg: Any, replicate: int = 0) -> DataBundle:
     return _folder_set(cfg, replicate, "imagewoof", "imagewoof2-160")
 
 
-@register_dataset("image_folder", DatasetInfo("your own train/<class>/ test/<class>/ folders", bundled=False))
+@register_dataset("image_folder", DatasetInfo("your own train/<class>/ test/<class>/ folders", bundled=False,
+                                              kind="images", sizes=lambda cfg: None,  # only its folders tell
+                                              download=Download("your own images")))
 def image_folder(cfg: Any, replicate: int = 0) -> DataBundle:
     """root/train/<class>/...; test/ is the test set (else val/, else a fixed 20% of train/)."""
     opts = _image_options("image_folder", cfg, {"test_fraction": 0.2})
@@ -261,7 +270,17 @@ def read_isic_csv(path: Path) -> tuple[list[str], list[int]]:
     return images, labels
 
 
-@register_dataset("isic2019", DatasetInfo("ISIC 2019 skin lesions, 8 classes", bundled=False, shape=_folder_shape(8)))
+def _isic_sizes(cfg: Any) -> Sizes:
+    """25,331 labelled training images, less the test part `data.options.test_fraction` holds out
+    (ISIC 2019 has no labelled official test set)."""
+    train = round(25_331 * (1 - float(cfg.options.get("test_fraction", 0.2))))
+    return Sizes(train, 25_331 - train)
+
+
+@register_dataset("isic2019", DatasetInfo("ISIC 2019 skin lesions, 8 classes", bundled=False, kind="images",
+                                          shape=_folder_shape(8), sizes=_isic_sizes,
+                                          download=Download("challenge.isic-archive.com/data (2019: training "
+                                                            "images and ground truth)")))
 def isic2019(cfg: Any, replicate: int = 0) -> DataBundle:
     """8 classes; no labelled official test set: a fixed stratified test_fraction of the training images."""
     opts = _image_options("isic2019", cfg, {"test_fraction": 0.2})

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from biasbench.data import DataBundle, FileSplit, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Download, FileSplit, Sizes, register_dataset
 from biasbench.data.common import check_options, data_root, normalization
 from biasbench.data.image_folder import IMAGE_SUFFIXES
 from biasbench.data.splits import validation_split
@@ -91,7 +91,23 @@ def _classes(root: Path, class_list: str | None) -> list[str]:
     return classes
 
 
-@register_dataset("imagenet")
+def _imagenet_sizes(cfg: Any) -> Sizes | None:
+    """ImageNet-1K's 1,281,167 training and 50,000 validation images; a class subset
+    (`data.options.classes`): only its folders tell."""
+    return Sizes(1_281_167, 50_000) if cfg.options.get("classes") is None else None
+
+
+def _imagenet_shape(options: dict[str, Any]) -> tuple[tuple[int, ...], int] | None:
+    """(3, S, S) for image_size S, 1,000 classes; a class subset: only its list tells how many."""
+    side = int(options.get("image_size", OPTIONS["image_size"]))
+    return ((3, side, side), 1000) if options.get("classes") is None else None
+
+
+@register_dataset("imagenet", DatasetInfo("ImageNet-1K (or a class subset), JPEG folders streamed from disk",
+                                          bundled=False, kind="images",
+                                          shape=_imagenet_shape, sizes=_imagenet_sizes,
+                                          download=Download("image-net.org (after registering), val/ sorted into "
+                                                            "class folders")))
 def imagenet(cfg: Any, replicate: int = 0) -> DataBundle:
     opts = check_options("imagenet", cfg.options, OPTIONS)
     side = opts["image_size"]

@@ -21,13 +21,13 @@ import contextlib
 import os
 import random
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from biasbench.data import DataBundle, FileSplit, Split
+from biasbench.data import BatchLoader, DataBundle, FileSplit, KindSplit, Split
 from biasbench.data.augment import (
     Augment,
     Image,
@@ -38,9 +38,6 @@ from biasbench.data.augment import (
     no_augment,
 )
 from biasbench.errors import UserError
-
-if TYPE_CHECKING:
-    from biasbench.data.graph import GraphLoader
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
@@ -294,18 +291,17 @@ class FileEvalLoader:
 
 
 def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.device, seed: int,
-                      workers: int | None = None) -> TensorLoader | ImageLoader | GraphLoader:
+                      workers: int | None = None) -> TensorLoader | ImageLoader | BatchLoader:
     """The training batches for a recipe's `data` section.
 
     Batched augmentations (`none`, `crop_flip`) give a `TensorLoader`; per-image pipelines
     (`vit`, `timm`) an `ImageLoader` with `workers` processes (default: `cfg.workers`, else up to
     8, one per core). Either offers `set_epoch(e)`, `__len__`, `__iter__` yielding (x, y) on
-    `device`, and attributes `device` and `y` (the training targets).
+    `device`, and attributes `device` and `y` (the training targets). A split of another input
+    kind (`KindSplit`: a graph's nodes) brings its own loader.
     """
-    from biasbench.data.graph import GraphSplit, graph_loader
-
-    if isinstance(bundle.train, GraphSplit):  # node classification: the whole graph in every batch
-        return graph_loader(bundle.train, cfg, batch_size, device, shuffle=True, seed=seed)
+    if not isinstance(bundle.train, (Split, FileSplit)):
+        return bundle.train.loader(cfg, batch_size, device, shuffle=True, seed=seed)
     aug = get_augment(cfg.augment)
     if isinstance(aug, PerImageAugment):
         workers = workers if workers is not None else cfg.workers
@@ -316,16 +312,15 @@ def make_train_loader(bundle: DataBundle, cfg, batch_size: int, device: torch.de
     return TensorLoader(bundle, bundle.train, batch_size, device, shuffle=True, augment=aug, seed=seed)
 
 
-def make_eval_loader(bundle: DataBundle, split: Split | FileSplit, cfg, batch_size: int,
-                     device: torch.device) -> TensorLoader | FileEvalLoader | GraphLoader:
+def make_eval_loader(bundle: DataBundle, split: Split | FileSplit | KindSplit, cfg, batch_size: int,
+                     device: torch.device) -> TensorLoader | FileEvalLoader | BatchLoader:
     """Evaluation batches of a split, in order: in-memory splits are already transformed (see
-    `build_data`); image files get the pipeline's evaluation transform as they are read."""
-    from biasbench.data.graph import GraphSplit, graph_loader
-
+    `build_data`); image files get the pipeline's evaluation transform as they are read; a split
+    of another kind brings its own loader."""
     if isinstance(split, Split):
         return TensorLoader(bundle, split, batch_size, device)
-    if isinstance(split, GraphSplit):
-        return graph_loader(split, cfg, batch_size, device)
+    if not isinstance(split, FileSplit):
+        return split.loader(cfg, batch_size, device)
     aug = get_augment(cfg.augment)
     transform = aug.eval(bundle.input_shape[-1], augment_options(cfg.augment, cfg.augment_options))
     return FileEvalLoader(bundle, split, batch_size, device, transform, workers=cfg.workers)

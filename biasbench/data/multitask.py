@@ -91,7 +91,8 @@ def _one_task(cfg: Any, replicate: int, t: int, spec: dict[str, Any]) -> tuple[s
 
 
 @register_dataset("multitask", DatasetInfo("tasks from other registered sets, task id in the last column",
-                                             bundled=False, reads_root=False))
+                                             bundled=False, kind="task_rows", reads_root=False,
+                                             sizes=lambda cfg: None))  # only building its tasks tells
 def multitask(cfg: Any, replicate: int = 0) -> DataBundle:
     names, parts, outputs = [], [], []
     for t, spec in enumerate(_task_specs(cfg)):

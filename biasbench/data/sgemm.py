@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, DatasetInfo, Split, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Download, Sizes, Split, register_dataset
 from biasbench.data.common import HOLDOUT_SEED, check_options, data_root, require_files
 from biasbench.data.splits import fraction_split, validation_split
 from biasbench.errors import UserError
@@ -82,8 +82,19 @@ def _split_fractions(opts: dict[str, Any]) -> tuple[float, float, float]:
     return float(split[0]), float(split[1]), float(split[2])
 
 
+SGEMM_ROWS = 241_600  # kernel configurations in the UCI release
+
+
+def _sgemm_sizes(cfg: Any) -> Sizes:
+    """The rows `data.options.split` gives training and test (validation: its own fraction)."""
+    f_train, _, f_test = _split_fractions({"split": [0.70, 0.15, 0.15], **cfg.options})
+    return Sizes(round(SGEMM_ROWS * f_train), round(SGEMM_ROWS * f_test), carves_validation=False)
+
+
 @register_dataset("sgemm", DatasetInfo("SGEMM GPU kernel performance (UCI), log2 run time", bundled=False,
-                                         task="regression", shape=lambda o: ((14,), 1)))
+                                         kind="features", task="regression", shape=lambda o: ((14,), 1),
+                                         sizes=_sgemm_sizes,
+                                         download=Download("archive.ics.uci.edu/dataset/440 (sgemm_product.csv)")))
 def sgemm(cfg: Any, replicate: int = 0) -> DataBundle:
     opts = check_options("sgemm", cfg.options, {"target": "mean", "split": [0.70, 0.15, 0.15]})
     if opts["target"] not in TARGETS:

@@ -36,8 +36,8 @@ def _signal_shape(o: dict) -> tuple[tuple[int, ...], int]:
 
 
 @register_dataset("periodic_signal", DatasetInfo("periodic signal to generate or forecast (bias-only RNN)",
-                                                 bundled=True,
-                                                   task="regression", shape=_signal_shape))
+                                                 bundled=True, kind="sequences",
+                                                 task="regression", shape=_signal_shape))
 def periodic_signal(cfg: Any, replicate: int = 0) -> DataBundle:
     o = check_options("periodic_signal", cfg.options, _DEFAULTS)
     n, length, harmonics = int(o["num_samples"]), int(o["length"]), int(o["harmonics"])

@@ -32,7 +32,7 @@ def templates(classes: int, channels: int, size: int, g: torch.Generator) -> tor
 
 
 @register_dataset("synthetic_images", DatasetInfo("generated class-template images (image_size, default 32 px)",
-                                                    bundled=True, shape=_shape))
+                                                    bundled=True, kind="images", shape=_shape))
 def synthetic_images(cfg: Any, replicate: int = 0) -> DataBundle:
     o = check_options("synthetic_images", cfg.options, _OPTIONS)
     size, channels, classes, n = (int(o[k]) for k in ("image_size", "channels", "classes", "num_samples"))

@@ -14,21 +14,26 @@ Test sets are the official test splits; validation comes from the training set t
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from biasbench.data import DataBundle, DatasetInfo, register_dataset
+from biasbench.data import DataBundle, DatasetInfo, Download, Sizes, register_dataset
 from biasbench.data.common import check_options, data_root, image_bundle, require_files
-from biasbench.data.imbalance import check_imbalance, long_tailed_subset
+from biasbench.data.imbalance import check_imbalance, exponential_profile, long_tailed_subset
 from biasbench.errors import UserError
 
 
-def _download(name: str, fetch) -> None:
+def download_with(name: str, tv_class: str, root: str, **split: Any) -> None:
+    """Fetch data set `name` with torchvision's class `tv_class` into `root` (`data.download:
+    true`); a failure is one line."""
+    from torchvision import datasets
+
     try:
-        fetch()
+        getattr(datasets, tv_class)(root, download=True, **split)
     except Exception as e:  # network, disk or checksum failure: one line, not a traceback
         raise UserError(f"could not download data set `{name}` ({type(e).__name__}: {e}); check the "
                         "network, or fetch the files by hand and set data.download: false") from None
@@ -114,7 +119,7 @@ def _cifar(cfg: Any, replicate: int, name: str, tv_class: str, label_key: str, n
     cls = getattr(datasets, tv_class)
     root = data_root(cfg, name, f"`{cls.base_folder}/`")
     if cfg.download:
-        _download(name, lambda: cls(str(root), train=True, download=True))
+        download_with(name, tv_class, str(root), train=True)
     folder = root / cls.base_folder
     train_files = [f for f, _ in cls.train_list]
     test_files = [f for f, _ in cls.test_list]
@@ -148,12 +153,30 @@ def _check_labels(name: str, num_classes: int, *labels: torch.Tensor) -> None:
                             "download the data set again")
 
 
-@register_dataset("cifar10", DatasetInfo("CIFAR-10", bundled=False, shape=lambda o: ((3, 32, 32), 10)))
+def _cifar_sizes(name: str, classes: int) -> Callable[[Any], Sizes]:
+    """The official 50,000 training images (as many per class), or the long-tailed subset
+    `data.options.imbalance` keeps; 10,000 test images."""
+    def sizes(cfg: Any) -> Sizes:
+        beta = check_imbalance(name, cfg.options.get("imbalance"))
+        per_class = 50_000 // classes
+        train = sum(exponential_profile(per_class, classes, float(beta))) if beta is not None else 50_000
+        return Sizes(train, 10_000)
+
+    return sizes
+
+
+_CIFAR_PAGE = Download("www.cs.toronto.edu/~kriz/cifar.html", fetch=True)
+
+
+@register_dataset("cifar10", DatasetInfo("CIFAR-10", bundled=False, kind="images", shape=lambda o: ((3, 32, 32), 10),
+                                         sizes=_cifar_sizes("cifar10", 10), download=_CIFAR_PAGE))
 def cifar10(cfg: Any, replicate: int = 0) -> DataBundle:
     return _cifar(cfg, replicate, "cifar10", "CIFAR10", "labels", "label_names")
 
 
-@register_dataset("cifar100", DatasetInfo("CIFAR-100 (fine labels)", bundled=False, shape=lambda o: ((3, 32, 32), 100)))
+@register_dataset("cifar100", DatasetInfo("CIFAR-100 (fine labels)", bundled=False, kind="images",
+                                          shape=lambda o: ((3, 32, 32), 100), sizes=_cifar_sizes("cifar100", 100),
+                                          download=_CIFAR_PAGE))
 def cifar100(cfg: Any, replicate: int = 0) -> DataBundle:
     return _cifar(cfg, replicate, "cifar100", "CIFAR100", "fine_labels", "fine_label_names")
 
@@ -179,7 +202,14 @@ def _svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.from_numpy(y)
 
 
-@register_dataset("svhn", DatasetInfo("SVHN cropped digits", bundled=False, shape=lambda o: ((3, 32, 32), 10)))
+def _svhn_sizes(cfg: Any) -> Sizes:
+    """73,257 training digits (+ 531,131 with `data.options.extra`), 26,032 test digits."""
+    return Sizes(73_257 + (531_131 if cfg.options.get("extra") else 0), 26_032)
+
+
+@register_dataset("svhn", DatasetInfo("SVHN cropped digits", bundled=False, kind="images",
+                                      shape=lambda o: ((3, 32, 32), 10), sizes=_svhn_sizes,
+                                      download=Download("ufldl.stanford.edu/housenumbers", fetch=True)))
 def svhn(cfg: Any, replicate: int = 0) -> DataBundle:
     from torchvision.datasets import SVHN
 
@@ -188,7 +218,7 @@ def svhn(cfg: Any, replicate: int = 0) -> DataBundle:
     splits = ["train", "test"] + (["extra"] if opts["extra"] else [])
     if cfg.download:
         for split in splits:
-            _download("svhn", lambda split=split: SVHN(str(root), split=split, download=True))
+            download_with("svhn", "SVHN", str(root), split=split)
     files = {split: SVHN.split_list[split][1] for split in splits}
     require_files(cfg, "svhn", root, files.values())
     if opts["verify"]:

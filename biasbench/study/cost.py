@@ -2,9 +2,10 @@
 
 FLOPs come from `biasbench.count` (the DAC paper's convention, one forward pass); a training
 step costs about three forward passes, which the printed total says rather than hides. Training
-samples are exact for the bundled sets (they are built, in milliseconds) and come from the
-official training-set sizes for the paper sets (which may not be on this machine), less the
-validation part the recipe carves out; those figures are marked approximate.
+samples are exact for the bundled sets (they are built, in milliseconds); for the others they
+come from the data set's declaration (`DatasetInfo.sizes`: counted in its files' headers where
+the files are on this machine, else the official release's sizes, which are marked approximate),
+less the validation part the recipe carves out.
 """
 
 from __future__ import annotations
@@ -18,12 +19,6 @@ from typing import Any
 from biasbench.recipe import Recipe
 from biasbench.study.schema import Cell, Study
 
-# Training images of the paper sets before the validation split: the official training sets;
-# ISIC 2019 less its default 20% test part (it has no labelled official test set).
-TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion_mnist": 60_000,
-               "kmnist": 60_000, "svhn": 73_257, "imagenette": 9_469, "imagewoof": 9_025,
-               "isic2019": round(25_331 * 0.8), "sgemm": 241_600}
-
 
 @dataclass(slots=True)  # not frozen: a 100,000-cell plan makes as many, and frozen init is 5x slower
 class CellCost:
@@ -31,7 +26,7 @@ class CellCost:
     runs: int
     params: int
     flops: int  # forward FLOPs per sample
-    samples: int | None  # training samples per epoch (None: unknown data set)
+    samples: int | None  # training samples per epoch (None: the data set's declaration cannot tell)
     epochs: int
     exact: bool  # samples built from the data, not from the official size
 
@@ -42,21 +37,22 @@ class CellCost:
 
 
 def _train_samples(recipe: Recipe) -> tuple[int | None, bool]:
+    """Training samples per epoch and whether they are exact: a bundled set is built (milliseconds);
+    any other set's declaration says (`DatasetInfo.sizes`: its files' headers where they are here,
+    else the official sizes), less the validation part the recipe carves out."""
     from biasbench.data import build_data, dataset_info
 
     data = recipe.data
-    if dataset_info(data.name).bundled:  # shipped or generated: built in milliseconds, counted exactly
+    info = dataset_info(data.name)
+    if info.bundled:  # shipped or generated: built in milliseconds, counted exactly
         return len(build_data(data).train), True
-    size = TRAIN_SIZES.get(data.name)
-    if size is None:
+    sizes = info.sizes(data)
+    if sizes is None:
         return None, False
-    if data.name == "sgemm":
-        return round(241_600 * 0.70), False  # the DAC paper's 70/15/15 split
-    subset = data.options.get("train_size")  # a fixed training subset (the IDX sets' short forms)
-    if isinstance(subset, int) and not isinstance(subset, bool):
-        size = min(size, subset)
+    if not sizes.carves_validation:
+        return sizes.train, sizes.exact
     held = 1 / data.val_folds if data.val_folds else data.val_fraction
-    return round(size * (1 - held)), False
+    return round(sizes.train * (1 - held)), sizes.exact
 
 
 def estimate(cells: list[Cell]) -> list[CellCost]:
