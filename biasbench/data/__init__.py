@@ -2,7 +2,8 @@
 
 A data set builder is a function `(cfg: DataConfig, replicate: int = 0) -> DataBundle`,
 registered with `@register_dataset(name, info=DatasetInfo(...))` (see docs/data.md for every
-set); the info is what `biasbench list datasets` and `count` read without loading anything. Sets live in memory
+set); the info is what `list datasets`, `count`, `sweep --dry-run` and the missing-data messages
+read without loading anything: input kind, shape, sizes, where the files come from. Sets live in memory
 as tensors (uint8 images or float features) and are batched by `TensorLoader` without
 per-sample Python work, or by `ImageLoader` when `data.augment` names a per-image pipeline.
 Sets too large for memory (ImageNet) stay on disk as `FileSplit`s, decoded per image in
