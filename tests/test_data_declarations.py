@@ -127,3 +127,17 @@ def test_every_input_kind_builds_one_example_of_a_declared_shape():
         assert len(example) == 1  # one example, whatever its type: a tensor batch, a graph's node
         x = example if isinstance(example, torch.Tensor) else example.x
         assert math.prod(x.shape) == (5 if AXES[name] == 1 else 2 ** AXES[name])
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_data_download_true_is_refused_where_the_declaration_says_it_cannot_fetch(name, tmp_path):
+    from biasbench.data import check_data
+
+    download = dataset_info(name).download
+    cfg = DataConfig(name=name, root=str(tmp_path), download=True)
+    if download is None or download.fetch:
+        check_data(cfg)  # torchvision fetches it when it is built; a set without files has nothing to fetch
+        return
+    with pytest.raises(UserError, match="cannot be downloaded") as caught:
+        check_data(cfg)
+    assert download.source in str(caught.value) and "\n" not in str(caught.value)

@@ -242,6 +242,7 @@ def check_data(cfg: Any) -> None:
     info = dataset_info(cfg.name)
     get_augment(cfg.augment)
     augment_options(cfg.augment, cfg.augment_options)
+    refuse_unfetchable(cfg)
     if info.bundled or not info.reads_root or cfg.download:
         return
     root = data_root(cfg, cfg.name, "its files (docs/data.md)")
@@ -251,9 +252,21 @@ def check_data(cfg: Any) -> None:
                         f"{fetch_hint(cfg, cfg.name, ', or set data.download: true to fetch it')}")
 
 
+def refuse_unfetchable(cfg: Any) -> None:
+    """`data.download: true` for a set read from files that its declaration says cannot be fetched:
+    one line saying where they come from (it would otherwise be ignored, or fail inside
+    torchvision). Sets without files of their own take it as it is (`multitask` hands it to its
+    tasks)."""
+    download = dataset_info(cfg.name).download
+    if cfg.download and download is not None and not download.fetch:
+        raise UserError(f"data set `{cfg.name}` cannot be downloaded by biasbench (data.download: true): get its "
+                        f"files{where_from(cfg.name)}, point data.root at them and set data.download: false")
+
+
 def build_data(cfg: Any, replicate: int = 0) -> DataBundle:
     """Build the data set a recipe's `data` section names; `replicate` picks the K-fold fold."""
     builder = DATASETS.get(cfg.name)
+    refuse_unfetchable(cfg)
     aug = get_augment(cfg.augment)  # an unknown augmentation or option fails before any loading
     options = augment_options(cfg.augment, cfg.augment_options)
     bundle = builder(cfg, replicate=replicate)
