@@ -136,9 +136,6 @@ class Download:
     also: str = ""  # another way to get them, said in every missing-data message
 
 
-InputKindName = Literal["images", "features", "sequences", "task_rows", "graphs"]
-
-
 @dataclass(frozen=True)
 class InputKind:
     """What one example of a data set is, and what generic code needs to handle it without
@@ -170,7 +167,7 @@ class DatasetInfo:
 
     summary: str
     bundled: bool  # ships with an installed package or is generated: no data.root needed
-    kind: InputKindName  # what one example is (INPUT_KINDS)
+    kind: str  # what one example is: a name in INPUT_KINDS (images, features, sequences, task_rows, graphs)
     task: str = "classification"
     # (input shape, outputs) under these data.options; None: only the data can tell
     shape: Callable[[dict[str, Any]], Shape | None] = _from_the_data
