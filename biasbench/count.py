@@ -32,9 +32,9 @@ whatever the input size) under a `TorchDispatchMode` that sees every aten operat
 the rules above. A layer that declares a counted operator is counted as a whole module: while
 counting, its forward is swapped for its custom operator (namespace `biasbench_count`) that the
 counter sees as one operator with the layer's rule, so its internals (grouped convs, kernels)
-never reach the count. This module names no layer class. A model whose forward reads input *values* (multitask's task
-ids) cannot run on meta; for inputs up to `REAL_FALLBACK_ELEMENTS` it is counted on a real zero
-input instead. fvcore traces with torch.jit, which cannot run on meta tensors: `fvcore` counts
+never reach the count. This module names no layer class. A model whose forward reads input
+*values* (multitask's task ids) cannot run on meta; for inputs up to `REAL_FALLBACK_ELEMENTS` it
+is counted on a real zero input instead. fvcore traces with torch.jit, which cannot run on meta tensors: `fvcore` counts
 on a real model and input.
 """
 

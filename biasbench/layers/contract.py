@@ -19,7 +19,7 @@ A layer says what it is next to its code; nothing elsewhere names layer classes:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -79,7 +79,6 @@ class LayerCost:
 
     operator: CountedOperator | None = None  # None: its internals are counted operator by operator
     thop: ThopRule | None = None  # its row in thop's module table; None: it has none
-    notes: str = field(default="", compare=False)  # the rule in words, for docs and `count --help`
 
 
 @runtime_checkable

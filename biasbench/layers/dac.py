@@ -95,7 +95,7 @@ class DACLinear(_FusedKernel, nn.Module):
     """Dense layer with one pre-activation bias per weight (DAC paper, eq. 4)."""
 
     param_roles = {"weight": "weight", "unshared_bias": "bias", "bias": "bias"}
-    cost = LayerCost(_DENSE_OPERATOR, notes="3 FLOPs per multiply-add (+ the bias in front of each weight)")
+    cost = LayerCost(_DENSE_OPERATOR)  # 3 FLOPs per multiply-add (+ the bias in front of each weight)
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  activation: str | ActivationFn = "relu", impl: Impl = "auto",
@@ -141,7 +141,7 @@ class DACConv2d(_FusedKernel, nn.Module):
     """
 
     param_roles = {"weight": "weight", "unshared_bias": "bias", "bias": "bias"}
-    cost = LayerCost(_CONV_OPERATOR, notes="2 per multiply-add + the cached pre-activation additions")
+    cost = LayerCost(_CONV_OPERATOR)  # 2 per multiply-add + the cached pre-activation additions
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, *,

@@ -37,7 +37,7 @@ _OPERATOR = counted_operator("multi_bias(Tensor x, int K, int dim) -> Tensor",
 
 class MultiBiasActivation(nn.Module):
     param_roles = {"bias": "bias"}
-    cost = LayerCost(_OPERATOR, notes="one addition per output element")
+    cost = LayerCost(_OPERATOR)  # one addition per output element
 
     def __init__(self, channels: int, K: int, *, groups: int = 1, feature_dim: int = 1, pre_relu: bool = False,
                  init: str | Sequence[float] = "zeros", lr_mult: float = 1.0, decay: bool = True,

@@ -26,7 +26,7 @@ _OPERATOR = counted_operator("shared_bias_preact(Tensor x) -> Tensor", lambda x:
 
 class SharedBiasPreActivation(nn.Module):
     param_roles = {"bias": "bias"}
-    cost = LayerCost(_OPERATOR, notes="one addition per element")
+    cost = LayerCost(_OPERATOR)  # one addition per element
 
     def __init__(self, channels: int, activation: str | ActivationFn = "relu", *, feature_dim: int = 1,
                  device=None, dtype=None) -> None:

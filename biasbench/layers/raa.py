@@ -80,7 +80,7 @@ class _RAABase(nn.Module):
     # by default, like the other 1-d parameters of a ViT; frozen in plain bias-only training).
     param_roles = {"weight": "other", "bias": "bias"}
     # `count` sees the reference's operators on meta (the shift's multiply-adds); thop: the shift
-    cost = LayerCost(thop=_thop_shift, notes="the shift's d multiply-adds per position")
+    cost = LayerCost(thop=_thop_shift)
     impl: Impl = "auto"  # set on an instance to force "cpp" or "reference"
 
     @classmethod
