@@ -19,21 +19,22 @@ The default convention ("dac-paper"), for one input sample in inference mode:
 - activations, max pooling (comparisons, as fvcore and thop leave them), residual additions and
   reshapes: not counted (the paper ignores activation costs; every operator without a rule is
   listed under `skipped_ops`, ReLU and pure data movement excepted, never silently dropped);
-- DAC conv with kernel-shared biases: 2 per multiply-add plus the *cached* pre-activation
-  additions, out*in per input position the kernel reads (the paper's m*n*s*t; for a strided
-  conv the cache covers every input position a tap touches). Fully unshared biases cannot be
-  cached: one addition per multiply-add. DAC dense: 3 per multiply-add (2 + the bias addition);
-- MBA: one addition per output element (K*C per position); shared-bias pre-activation: one
-  per element.
+- a biasbench layer that declares an operator cost (`cost = LayerCost(...)`, layers/contract.py)
+  is counted by its own rule, next to its code: DAC conv with kernel-shared biases: 2 per
+  multiply-add plus the *cached* pre-activation additions, out*in per input position the kernel
+  reads (the paper's m*n*s*t; for a strided conv the cache covers every input position a tap
+  touches); fully unshared biases cannot be cached: one addition per multiply-add. DAC dense: 3
+  per multiply-add (2 + the bias addition); MBA: one addition per output element (K*C per
+  position); shared-bias pre-activation: one per element.
 
 How: the forward runs on the *meta* device (shapes only: counting never allocates activations,
 whatever the input size) under a `TorchDispatchMode` that sees every aten operator and applies
-the rules above. DAC, MBA and shared-bias pre-activation layers are counted as whole modules:
-while counting, their forward is swapped for a custom operator (namespace `biasbench_count`)
-that the counter sees as one operator with its own rule, so their internals (grouped convs,
-kernels) never reach the count. A model whose forward reads input *values* (multitask's task
-ids) cannot run on meta; for inputs up to `REAL_FALLBACK_ELEMENTS` it is counted on a real zero
-input instead. fvcore traces with torch.jit, which cannot run on meta tensors: `fvcore` counts
+the rules above. A layer that declares a counted operator is counted as a whole module: while
+counting, its forward is swapped for its custom operator (namespace `biasbench_count`) that the
+counter sees as one operator with the layer's rule, so its internals (grouped convs, kernels)
+never reach the count. This module names no layer class. A model whose forward reads input
+*values* (multitask's task ids) cannot run on meta; for inputs up to `REAL_FALLBACK_ELEMENTS` it
+is counted on a real zero input instead. fvcore traces with torch.jit, which cannot run on meta tensors: `fvcore` counts
 on a real model and input.
 """
 
@@ -47,17 +48,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from biasbench.count_thop import ThopCounter
 from biasbench.data import INPUT_KINDS, zeros_example
 from biasbench.errors import UserError
-from biasbench.layers.dac import DACConv2d, DACLinear
-from biasbench.layers.mba import MultiBiasActivation
-from biasbench.layers.preact import SharedBiasPreActivation
+from biasbench.layers.contract import (
+    COUNTED_OPERATORS,
+    CountedOperator,
+    Rule,
+    bias_additions,
+    layer_cost,
+    touched_positions,
+)
 from biasbench.models.contract import model_hooks
 from biasbench.params import count_by_role
+
+__all__ = ["CONVENTION", "CONVENTIONS", "complexity", "count_built", "data_shape", "ratios", "touched_positions"]
 
 CONVENTION = "dac-paper"
 # name -> (the unit of its figure, what it counts): `count --convention`, docs/dac.md op by op
@@ -72,40 +80,15 @@ CONVENTIONS: dict[str, tuple[str, str]] = {
 }
 REAL_FALLBACK_ELEMENTS = 1 << 20  # input elements per sample a real (not meta) count may allocate
 
-# -- custom operators that stand for whole layers while counting --------------------------------
-_LIB = torch.library.Library("biasbench_count", "DEF")
-_LIB.define("dac_conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, bool cached) -> Tensor")
-_LIB.define("dac_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
-_LIB.define("multi_bias(Tensor x, int K, int dim) -> Tensor")
-_LIB.define("shared_bias_preact(Tensor x) -> Tensor")
-# The stand-ins only need the right output shapes: later layers' counts depend on shapes alone.
-_LIB.impl("dac_conv2d", lambda x, w, b, s, p, cached: F.conv2d(x, w, b, s, p), "CompositeExplicitAutograd")
-_LIB.impl("dac_linear", lambda x, w, b: F.linear(x, w, b), "CompositeExplicitAutograd")
-_LIB.impl("multi_bias", lambda x, k, dim: torch.cat([x] * k, dim=dim), "CompositeExplicitAutograd")
-_LIB.impl("shared_bias_preact", lambda x: x.clone(), "CompositeExplicitAutograd")
-_OPS = torch.ops.biasbench_count
-
-
-def _stand_in(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    if isinstance(module, DACConv2d):
-        cached = module.unshared_bias.dim() == 2
-        return lambda x: _OPS.dac_conv2d(x, module.weight, module.bias, module.stride, module.padding, cached)
-    if isinstance(module, DACLinear):
-        return lambda x: _OPS.dac_linear(x, module.weight, module.bias)
-    if isinstance(module, MultiBiasActivation):
-        return lambda x: _OPS.multi_bias(x, module.K, module.feature_dim)
-    if isinstance(module, SharedBiasPreActivation):
-        return lambda x: _OPS.shared_bias_preact(x)
-    return None
-
 
 @contextlib.contextmanager
 def _layers_as_operators(model: nn.Module) -> Iterator[None]:
+    """Every layer that declares a counted operator runs as that operator (its rule, not its insides)."""
     swapped = []
     for module in model.modules():
-        stand_in = _stand_in(module)
-        if stand_in is not None:
-            module.forward = stand_in  # instance attribute shadows the class's forward
+        cost = layer_cost(module)
+        if cost is not None and cost.operator is not None:
+            module.forward = cost.operator.stand_in(module)  # instance attribute shadows the class's forward
             swapped.append(module)
     try:
         yield
@@ -115,20 +98,10 @@ def _layers_as_operators(model: nn.Module) -> Iterator[None]:
 
 
 # -- rules: (args, output) -> (FLOPs, multiply-adds) ---------------------------------------------
-def touched_positions(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Input positions along one axis that some kernel tap reads (padding excluded)."""
-    out = (size + 2 * padding - kernel) // stride + 1
-    return len({o * stride - padding + a for o in range(out) for a in range(kernel)} & set(range(size)))
-
-
-def _bias_adds(bias: Any, out: torch.Tensor) -> int:
-    return out.numel() if isinstance(bias, torch.Tensor) else 0
-
-
 def _conv(args, out):  # convolution(x, weight, bias, stride, padding, dilation, transposed, out_pad, groups)
     w = args[1]
     macs = out.numel() * math.prod(w.shape[1:])  # w.shape[1] is in / groups
-    return 2 * macs + _bias_adds(args[2], out), macs
+    return 2 * macs + bias_additions(args[2], out), macs
 
 
 def _addmm(args, out):  # addmm(bias, x, w^T): a dense layer with its bias
@@ -153,47 +126,12 @@ def _pool(args, out):  # global average pooling: one addition per input element
     return args[0].numel(), 0
 
 
-def _dac_conv(args, out):
-    x, w, bias, stride, padding, cached = args
-    n, c_in, h, wd = x.shape
-    c_out, _, k, _ = w.shape
-    macs = out.numel() * c_in * k * k
-    if cached:  # phi(B[i,j] + z[j, p]) once per (i, j, input position read)
-        adds = n * c_out * c_in * touched_positions(h, k, stride, padding) * touched_positions(wd, k, stride, padding)
-    else:  # one bias per weight: one addition per multiply-add
-        adds = macs
-    return 2 * macs + _bias_adds(bias, out) + adds, macs
-
-
-def _dac_conv_at_outputs(args, out):
-    """The DAC paper's formula read literally: `m n s t` cached additions, s x t the output grid."""
-    x, w, bias, stride, padding, cached = args
-    if not cached:
-        return _dac_conv(args, out)
-    macs = out.numel() * x.shape[1] * w.shape[2] * w.shape[3]
-    adds = out.shape[0] * w.shape[0] * x.shape[1] * out.shape[2] * out.shape[3]
-    return 2 * macs + _bias_adds(bias, out) + adds, macs
-
-
-def _dac_dense(args, out):
-    macs = out.numel() * args[1].shape[1]
-    return 2 * macs + _bias_adds(args[2], out) + macs, macs  # + one bias addition per weight
-
-
-def _elementwise_out(args, out):
-    return out.numel(), 0
-
-
 aten = torch.ops.aten
-_RULES: dict[Any, Callable[[tuple, torch.Tensor], tuple[int, int]]] = {
+_RULES: dict[Any, Rule] = {
     aten.convolution: _conv, aten.addmm: _addmm, aten.mm: _matmul, aten.bmm: _matmul,
     aten.native_batch_norm: _batch_norm, aten._native_batch_norm_legit_no_training: _batch_norm,
     aten.native_layer_norm: _layer_norm, aten.mean: _pool, aten._adaptive_avg_pool2d: _pool,
-    _OPS.dac_conv2d: _dac_conv, _OPS.dac_linear: _dac_dense,
-    _OPS.multi_bias: _elementwise_out, _OPS.shared_bias_preact: _elementwise_out,
 }
-# `dac-formula`: dac-paper, but a DAC conv's cache at its output positions (the text's +5.5%)
-_FORMULA_RULES = {**_RULES, _OPS.dac_conv2d: _dac_conv_at_outputs}
 # No arithmetic (views, copies, allocation, concatenation, padding) or ReLU, as fvcore had it.
 _QUIET = {getattr(aten, name) for name in (
     "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze", "slice",
@@ -210,9 +148,11 @@ class _OperatorCounter(TorchDispatchMode):
         # to disable dynamo, which imports it on first use (seconds).
         return False
 
-    def __init__(self, rules: dict[Any, Callable[[tuple, torch.Tensor], tuple[int, int]]] = _RULES) -> None:
+    def __init__(self, convention: str = CONVENTION,
+                 operators: dict[Any, CountedOperator] = COUNTED_OPERATORS) -> None:
         super().__init__()
-        self.rules = rules
+        # the aten rules, and every operator a layer declared with its rule for this convention
+        self.rules = {**_RULES, **{packet: op.rule(convention) for packet, op in operators.items()}}
         self.flops: Counter[str] = Counter()
         self.macs_by_op: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
@@ -237,10 +177,8 @@ class _OperatorCounter(TorchDispatchMode):
 
 def _counter(model: nn.Module, convention: str) -> Any:
     if convention == "thop":
-        from biasbench.count_thop import ThopCounter
-
         return ThopCounter(model)
-    return _OperatorCounter(_FORMULA_RULES if convention == "dac-formula" else _RULES)
+    return _OperatorCounter(convention)
 
 
 def _run(model: nn.Module, x: Any, tensors: dict[str, torch.Tensor] | None, convention: str) -> Any:

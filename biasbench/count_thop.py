@@ -15,8 +15,9 @@ gets none). Per sample, in thop's units (multiply-adds for conv and dense):
   tokens): 0, as thop, which counts only the modules in its table. Leaf modules with parameters
   but no rule (e.g. DAC, MBA) are listed as not counted rather than silently zero.
 
-One addition, which the DNRT paper's Table 4 implies (+1.82 M for ViT-Tiny, +7.24 M for TNT-S,
-the shifts' multiply-adds): RAA's shift, a dense layer from the d activations to one value,
+Additions: a biasbench layer may declare its own row (`cost = LayerCost(thop=...)`,
+layers/contract.py): RAA does, as the DNRT paper's Table 4 implies (+1.82 M for ViT-Tiny,
++7.24 M for TNT-S, the shifts' multiply-adds): a dense layer from the d activations to one value,
 d multiply-adds per token (`RAA`) or per pixel (`RAA2d`).
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from biasbench.layers.raa import RAA, RAA2d
+from biasbench.layers.contract import layer_cost
 
 Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor], int]
 
@@ -62,10 +63,6 @@ def _softmax(m: Any, x: torch.Tensor, y: torch.Tensor) -> int:
     return x.numel() // n * (3 * n - 1)
 
 
-def _raa_shift(m: Any, x: torch.Tensor, y: torch.Tensor) -> int:
-    return x.numel()  # d multiply-adds for each of numel / d positions
-
-
 def _zero(m: Any, x: torch.Tensor, y: torch.Tensor) -> int:
     return 0
 
@@ -80,8 +77,17 @@ RULES: dict[type, Rule] = {
     **{t: _zero for t in (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
                           nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Dropout, nn.ZeroPad2d, nn.PixelShuffle,
                           nn.Sequential)},
-    nn.Linear: _linear, nn.Softmax: _softmax, RAA: _raa_shift, RAA2d: _raa_shift,
+    nn.Linear: _linear, nn.Softmax: _softmax,
 }
+
+
+def thop_rule(module: nn.Module) -> Rule | None:
+    """thop's rule for the module's exact class, or the row the layer declares."""
+    rule = RULES.get(type(module))
+    if rule is None:
+        cost = layer_cost(module)
+        rule = cost.thop if cost is not None else None
+    return rule
 
 
 class ThopCounter:
@@ -100,7 +106,7 @@ class ThopCounter:
 
     def __enter__(self) -> ThopCounter:
         for module in self.model.modules():
-            rule = RULES.get(type(module))
+            rule = thop_rule(module)
             name = type(module).__name__
             if rule is not None:
                 self._handles.append(module.register_forward_hook(self._hook(rule, name)))

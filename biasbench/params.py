@@ -3,8 +3,11 @@
 The optimiser (L2 / weight decay on weights only), `count` (weights / biases / other) and
 bias-only training all ask this module. What a layer may declare, and how:
 
-- `ParamRoles`: a class attribute `param_roles = {"unshared_bias": "bias", ...}`; parameters it
-  does not name follow the rules in `_role`;
+- `DeclaresRoles`: a class attribute `param_roles = {"unshared_bias": "bias", ...}` naming the
+  role of EVERY parameter the module owns directly (biasbench's own layers all declare one; a
+  test holds them to it). A parameter a declaring module leaves out is an error, never guessed:
+  a `bias_scale` is not a bias because of its name. Only modules that declare nothing (torch's,
+  timm's) have their roles read from parameter names (`guessed_role`);
 - `ParamSettings`: a method `param_settings()` returning {attribute: ParamSettings(lr_mult,
   decay)} for parameters that train differently from their role's group (MBA's biases in the
   authors' caffe form: twice the learning rate, no decay).
@@ -40,8 +43,16 @@ class DeclaresSettings(Protocol):
 
 
 def _role(module: nn.Module, attr: str) -> Role:
-    if isinstance(module, DeclaresRoles) and attr in module.param_roles:
+    if isinstance(module, DeclaresRoles):
+        if attr not in module.param_roles:
+            raise ValueError(f"{type(module).__name__} declares param_roles without its parameter `{attr}`: "
+                             "name its role (weight, bias or other) there")
         return module.param_roles[attr]
+    return guessed_role(module, attr)
+
+
+def guessed_role(module: nn.Module, attr: str) -> Role:
+    """The role of a parameter of a module that declares none (torch's, timm's), from its name."""
     if attr == "bias" or attr.endswith("_bias") or attr.startswith("bias"):
         return "bias"
     if isinstance(module, _NORMS):

@@ -41,6 +41,7 @@ from biasbench.ema import ModelEma
 from biasbench.env import environment, peak_memory_mb, reset_peak_memory
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_json, check_writable, ensure_dir, hold_lock, refuse_if_locked, remove_orphans
+from biasbench.layers.contract import kernels_to_warm
 from biasbench.loggers import RunInfo, RunLoggers, check_loggers
 from biasbench.losses import Criterion
 from biasbench.models import build_model, model_hooks
@@ -639,17 +640,12 @@ _ANNOUNCED: set[tuple[str, ...]] = set()  # kernels warm_up has said it builds, 
 
 
 def warm_up(run: Run, console: Console) -> float:
-    """Build the fused kernels a model's DAC or RAA layers call before the clock starts: the first
-    run on a machine compiles them (10-20 s each on the CPU), which must not count as training
-    time. One forward pass in eval mode on two test examples, RNG untouched. Returns the seconds
-    it took."""
-    from biasbench.layers.dac import DACConv2d, DACLinear
-    from biasbench.layers.raa import RAA, RAA2d
-
-    modules = list(run.model.modules())
-    kinds = ["DAC"] * any(isinstance(m, (DACConv2d, DACLinear)) for m in modules) + \
-        ["RAA"] * (run.device.type == "cpu" and any(isinstance(m, (RAA, RAA2d)) for m in modules))
-    if not kinds:  # (RAA has no CUDA kernel: nothing to build there)
+    """Build the fused kernels the model's layers declare (`warm_up_kernel`, layers/contract.py)
+    before the clock starts: the first run on a machine compiles them (10-20 s each on the CPU),
+    which must not count as training time. One forward pass in eval mode on two test examples,
+    RNG untouched. Returns the seconds it took."""
+    kinds = kernels_to_warm(run.model, run.device)
+    if not kinds:
         return 0.0
     where = "Triton" if run.device.type == "cuda" else "C++"
     if (where, *kinds) not in _ANNOUNCED:  # once per command (train_recipe clears it), not per replicate

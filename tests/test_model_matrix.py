@@ -88,6 +88,26 @@ def baseline_unit(v, unit, args, kwargs) -> int:
     return act_params(a, c_in) + c_in * c_out + c_out
 
 
+def dropped_shift(unit, args, kwargs) -> int:
+    """Section 1: a linear operator's bias that feeds a moved activation (the model says
+    `feeds_activation=True`) is dropped: its c_out parameters."""
+    if unit in ("conv2d", "act_conv2d"):
+        bias = _arg(args, kwargs, 5, "bias", False)
+    elif unit in ("linear", "act_linear"):
+        bias = _arg(args, kwargs, 2, "bias", True)
+    else:
+        return 0
+    return args[1] if bias and kwargs.get("feeds_activation", False) else 0
+
+
+def moves_shifts(formula):
+    """A formula of a variant that moves activations downstream: less the dropped biases."""
+    def counted(v, unit, args, kwargs) -> int:
+        return formula(v, unit, args, kwargs) - dropped_shift(unit, args, kwargs)
+    return counted
+
+
+@moves_shifts
 def dac_unit(v, unit, args, kwargs) -> int:  # section 1: one bias per (output, input) pair; BN' loses beta
     if unit == "norm":
         return args[0] * (1 if _arg(args, kwargs, 2, "feeds_activation", True) else 2)
@@ -102,6 +122,7 @@ def dac_unit(v, unit, args, kwargs) -> int:  # section 1: one bias per (output, 
     return baseline_unit(v, unit, args, kwargs)
 
 
+@moves_shifts
 def preact_unit(v, unit, args, kwargs) -> int:  # DAC Table 3: one shared bias per input channel
     if unit in ("norm", "backbone_act"):
         return dac_unit(v, unit, args, kwargs)

@@ -67,6 +67,8 @@ class DynamicMultiBiasLinear(nn.Module):
 class DynamicModulatedConv2d(nn.Module):
     """Conv2d whose output channels are rescaled by `1 + tanh(m(x))`, m read from GAP(input)."""
 
+    param_roles: dict[str, str] = {}  # its parameters are its conv's and its modulator's
+
     def __init__(
         self,
         in_channels: int,

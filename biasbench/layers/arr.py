@@ -60,6 +60,8 @@ class ResponseTap:
 class AggregatedResponseLoss(nn.Module):
     """`lam * mean_j mean_i ||x_ij - mu_{y_i, j}||_1 / d_j` with per-class running means."""
 
+    param_roles: dict[str, str] = {}  # none: the means are buffers
+
     def __init__(
         self,
         tap: ResponseTap | None,

@@ -19,8 +19,10 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from biasbench.layers.contract import LayerCost, bias_additions, counted_operator, touched_positions
 from biasbench.layers.dac_activation import ActivationFn, is_relu, resolve_activation
 from biasbench.layers.dac_dispatch import dac_conv2d, dac_linear
 
@@ -36,10 +38,64 @@ def _square(value: int | tuple[int, int], what: str) -> int:
     return a
 
 
-class DACLinear(nn.Module):
+# -- cost (`biasbench count`, docs/dac.md) ----------------------------------------------------------
+def _conv_cost(args, out):
+    """2 per multiply-add, + a layer bias, + the pre-activation additions: with kernel-shared biases
+    cached once per (output, input, input position a tap reads), the paper's m*n*s*t; fully
+    unshared biases cannot be cached: one addition per multiply-add."""
+    x, w, bias, stride, padding, cached = args
+    n, c_in, h, wd = x.shape
+    c_out, _, k, _ = w.shape
+    macs = out.numel() * c_in * k * k
+    if cached:
+        adds = n * c_out * c_in * touched_positions(h, k, stride, padding) * touched_positions(wd, k, stride, padding)
+    else:
+        adds = macs
+    return 2 * macs + bias_additions(bias, out) + adds, macs
+
+
+def _conv_cost_at_outputs(args, out):
+    """`dac-formula`: the DAC paper's formula read literally, `m n s t` cached additions with s x t
+    the output grid."""
+    x, w, bias, stride, padding, cached = args
+    if not cached:
+        return _conv_cost(args, out)
+    macs = out.numel() * x.shape[1] * w.shape[2] * w.shape[3]
+    adds = out.shape[0] * w.shape[0] * x.shape[1] * out.shape[2] * out.shape[3]
+    return 2 * macs + bias_additions(bias, out) + adds, macs
+
+
+def _dense_cost(args, out):
+    """3 per multiply-add: 2, + the bias addition in front of each weight; + a layer bias."""
+    macs = out.numel() * args[1].shape[1]
+    return 2 * macs + bias_additions(args[2], out) + macs, macs
+
+
+_CONV_OPERATOR = counted_operator(
+    "dac_conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, bool cached) -> Tensor",
+    lambda x, w, b, s, p, cached: F.conv2d(x, w, b, s, p),
+    lambda m, x: (x, m.weight, m.bias, m.stride, m.padding, m.unshared_bias.dim() == 2),
+    {"dac-paper": _conv_cost, "dac-formula": _conv_cost_at_outputs})
+_DENSE_OPERATOR = counted_operator(
+    "dac_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
+    lambda x, w, b: F.linear(x, w, b),
+    lambda m, x: (x, m.weight, m.bias),
+    {"dac-paper": _dense_cost})
+
+
+class _FusedKernel:
+    """DAC layers build their fused kernel (Triton on CUDA, C++ on the CPU) on their first call."""
+
+    @classmethod
+    def warm_up_kernel(cls, device: torch.device) -> str | None:
+        return "DAC"
+
+
+class DACLinear(_FusedKernel, nn.Module):
     """Dense layer with one pre-activation bias per weight (DAC paper, eq. 4)."""
 
     param_roles = {"weight": "weight", "unshared_bias": "bias", "bias": "bias"}
+    cost = LayerCost(_DENSE_OPERATOR)  # 3 FLOPs per multiply-add (+ the bias in front of each weight)
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
                  activation: str | ActivationFn = "relu", impl: Impl = "auto",
@@ -77,7 +133,7 @@ class DACLinear(nn.Module):
                 f"bias={self.bias is not None}, activation={self.activation_name}, impl={self.impl}")
 
 
-class DACConv2d(nn.Module):
+class DACConv2d(_FusedKernel, nn.Module):
     """2-d convolution with pre-activation biases per (output, input) channel (DAC eq. 5).
 
     bias_sharing="kernel": B is (out, in), shared over kernel positions (the paper's choice).
@@ -85,6 +141,7 @@ class DACConv2d(nn.Module):
     """
 
     param_roles = {"weight": "weight", "unshared_bias": "bias", "bias": "bias"}
+    cost = LayerCost(_CONV_OPERATOR)  # 2 per multiply-add + the cached pre-activation additions
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, *,

@@ -15,10 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from biasbench.layers.contract import copy_operator
 from biasbench.layers.dac import DACConv2d
 
 
 class GroupedDACConv2d(nn.Module):
+    param_roles: dict[str, str] = {}  # its parameters are its DAC convs'
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0, *, groups: int, bias: bool = False, **dac_options) -> None:
         super().__init__()
@@ -34,6 +36,12 @@ class GroupedDACConv2d(nn.Module):
     def reset_parameters(self) -> None:
         for conv in self.convs:
             conv.reset_parameters()
+
+    def take_operator(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """`convert`'s copy rule: a grouped conv's weight (and bias) split by group, one slice each."""
+        biases = bias.chunk(self.groups) if bias is not None else [None] * self.groups
+        for conv, w, b in zip(self.convs, weight.chunk(self.groups), biases, strict=True):
+            copy_operator(conv, w, b)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         parts = z.chunk(self.groups, dim=1)

@@ -21,11 +21,23 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from biasbench.layers.contract import LayerCost, counted_operator
 from biasbench.params import ParamSettings
+
+
+def _cost(args, out):
+    """One addition per output element (K*C per position); the ReLUs are not counted."""
+    return out.numel(), 0
+
+
+_OPERATOR = counted_operator("multi_bias(Tensor x, int K, int dim) -> Tensor",
+                             lambda x, k, dim: torch.cat([x] * k, dim=dim),
+                             lambda m, x: (x, m.K, m.feature_dim), {"dac-paper": _cost})
 
 
 class MultiBiasActivation(nn.Module):
     param_roles = {"bias": "bias"}
+    cost = LayerCost(_OPERATOR)  # one addition per output element
 
     def __init__(self, channels: int, K: int, *, groups: int = 1, feature_dim: int = 1, pre_relu: bool = False,
                  init: str | Sequence[float] = "zeros", lr_mult: float = 1.0, decay: bool = True,

@@ -11,6 +11,10 @@ from torch import nn
 
 
 class _NoShift:
+    # the scale multiplies activations, it is not a connection weight (as for any norm); BN' has
+    # no shift parameter, only the running mean
+    param_roles = {"weight": "other"}
+
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.weight is not None:

@@ -11,11 +11,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from biasbench.layers.contract import LayerCost, counted_operator
 from biasbench.layers.dac_activation import ActivationFn, resolve_activation
+
+
+def _cost(args, out):
+    """One addition per element; phi is not counted."""
+    return out.numel(), 0
+
+
+_OPERATOR = counted_operator("shared_bias_preact(Tensor x) -> Tensor", lambda x: x.clone(), lambda m, x: (x,),
+                             {"dac-paper": _cost})
 
 
 class SharedBiasPreActivation(nn.Module):
     param_roles = {"bias": "bias"}
+    cost = LayerCost(_OPERATOR)  # one addition per element
 
     def __init__(self, channels: int, activation: str | ActivationFn = "relu", *, feature_dim: int = 1,
                  device=None, dtype=None) -> None:

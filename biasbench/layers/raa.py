@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biasbench.layers.contract import LayerCost
+
 Form = Literal["gelu", "relu"]
 Impl = Literal["auto", "cpp", "reference"]
 _FORMS = ("gelu", "relu")
@@ -66,11 +68,25 @@ def raa_function(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, form
     return raa_reference(x, weight, bias, form, two_d)
 
 
+def _thop_shift(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """thop has no RAA row; the DNRT paper's Table 4 implies this one (+1.82 M for ViT-Tiny, +7.24 M
+    for TNT-S): the shift, a dense layer from the d activations to one value, d multiply-adds per
+    token (per pixel for RAA2d)."""
+    return x.numel()
+
+
 class _RAABase(nn.Module):
     # w is the gate of a threshold, not a connection between units: role "other" (no weight decay
     # by default, like the other 1-d parameters of a ViT; frozen in plain bias-only training).
     param_roles = {"weight": "other", "bias": "bias"}
+    # `count` sees the reference's operators on meta (the shift's multiply-adds); thop: the shift
+    cost = LayerCost(thop=_thop_shift)
     impl: Impl = "auto"  # set on an instance to force "cpp" or "reference"
+
+    @classmethod
+    def warm_up_kernel(cls, device: torch.device) -> str | None:
+        """The fused C++ kernel, on the CPU only (RAA has no CUDA kernel)."""
+        return "RAA" if device.type == "cpu" else None
 
     def __init__(
         self,

@@ -35,10 +35,10 @@ class DMBVariant(Variant):
 
     def act_conv2d(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                    padding: int = 0, bias: bool = False, *, groups: int = 1, role: str | None = None,
-                   stage: int | None = None, **kwargs: Any) -> nn.Module:
+                   stage: int | None = None, feeds_activation: bool = False, **kwargs: Any) -> nn.Module:
         if role != "block_conv2":
             return super().act_conv2d(in_channels, out_channels, kernel_size, stride, padding, bias, groups=groups,
-                                      role=role, stage=stage, **kwargs)
+                                      role=role, stage=stage, feeds_activation=feeds_activation, **kwargs)
         # The author's layer keeps its conv bias whatever the baseline conv had (bias=True).
         return nn.Sequential(
             self.act(in_channels, dims=2),

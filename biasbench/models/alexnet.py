@@ -29,14 +29,14 @@ MIN_SIDE = 29  # the 11x11 / stride 4 stem must leave 8 positions for the three 
 
 def alexnet_cifar(v: Variant, in_channels: int, num_classes: int, width: int = 64) -> StagedNet:
     c1, c2, c3, c4 = width, 3 * width, 6 * width, 4 * width  # 64, 192, 384, 256
-    bias = not v.removes_activation_shift  # each conv's bias feeds an activation
+    feeds = {"bias": True, "feeds_activation": True}  # no norms: each conv's bias feeds an activation
     stages = [
-        nn.Sequential(v.conv2d(in_channels, c1, 11, stride=4, padding=5, bias=bias, role="stem")),
-        nn.Sequential(nn.MaxPool2d(2), v.act_conv2d(c1, c2, 5, padding=2, bias=bias, stage=1)),
+        nn.Sequential(v.conv2d(in_channels, c1, 11, stride=4, padding=5, role="stem", **feeds)),
+        nn.Sequential(nn.MaxPool2d(2), v.act_conv2d(c1, c2, 5, padding=2, stage=1, **feeds)),
         nn.Sequential(nn.MaxPool2d(2),
-                      v.act_conv2d(c2, c3, 3, padding=1, bias=bias, stage=2),
-                      v.act_conv2d(c3, c4, 3, padding=1, bias=bias, stage=3),
-                      v.act_conv2d(c4, c4, 3, padding=1, bias=bias, stage=3)),
+                      v.act_conv2d(c2, c3, 3, padding=1, stage=2, **feeds),
+                      v.act_conv2d(c3, c4, 3, padding=1, stage=3, **feeds),
+                      v.act_conv2d(c4, c4, 3, padding=1, stage=3, **feeds)),
     ]
     head = nn.Sequential(nn.MaxPool2d(2), v.act_pool_linear(c4, num_classes, stage=3))
     return StagedNet(nn.Identity(), stages, head, [c1, c2, c4])

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biasbench.errors import UserError
-from biasbench.layers.grouped_dac import GroupedDACConv2d
+from biasbench.layers.contract import TakesOperator, copy_operator
 from biasbench.models.contract import ModelHooks, ModelSpec, Taps, attach_hooks, check_applies, class_token, pooled
 from biasbench.models.variants import Variant, build_variant
 
@@ -341,22 +341,26 @@ def _unit(v: Variant, sink: Sink, op: nn.Module, bias: bool) -> nn.Module:
     return v.act_pool_linear(op.in_features, op.out_features, **({} if bias else {"bias": False}), **extra)
 
 
-def _copy_weights(op: nn.Module, unit: nn.Module) -> bool:
-    """The operator's weight (and bias) into the unit's linear part; False when no part has the
-    operator's shape (MBA's operators read K times the inputs)."""
-    if isinstance(unit, GroupedDACConv2d):  # one DAC conv per group: the weight's slices
-        biases = op.bias.chunk(unit.groups) if op.bias is not None else [None] * unit.groups
-        targets = list(zip(unit.convs, op.weight.chunk(unit.groups), biases, strict=True))
-    else:
-        parts = [m for m in unit.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)
-                 and m.weight.shape == op.weight.shape]
-        targets = [(parts[0], op.weight, op.bias)] if len(parts) == 1 else []
-    with torch.no_grad():
-        for m, w, b in targets:
-            m.weight.copy_(w)
-            if b is not None and m.bias is not None:
-                m.bias.copy_(b)
-    return bool(targets)
+def _receiver(unit: nn.Module, weight: torch.Tensor) -> nn.Module | None:
+    """The part of `unit` that takes the original operator's weight: the outermost one with a
+    declared copy rule (`take_operator`, layers/contract.py), else the one part whose `.weight`
+    has the operator's shape; None when there is none (MBA's operators read K times the inputs)."""
+    declared = [m for m in unit.modules() if isinstance(m, TakesOperator)]
+    if declared:
+        return declared[0]  # modules() is outermost first
+    parts = [m for m in unit.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)
+             and m.weight.shape == weight.shape]
+    return parts[0] if len(parts) == 1 else None
+
+
+def _copy_weights(op: nn.Module, unit: nn.Module, keep_bias: bool) -> bool:
+    """The operator's weight (and bias, unless the variant removed it) into the unit by the
+    receiving layer's copy rule; False when no part takes it (the unit starts fresh, reported)."""
+    target = _receiver(unit, op.weight)
+    if target is None:
+        return False
+    copy_operator(target, op.weight, op.bias if keep_bias else None)
+    return True
 
 
 def _without_shift(gm: fx.GraphModule, node: fx.Node, v: Variant) -> bool:
@@ -411,7 +415,7 @@ def _apply_units(gm: fx.GraphModule, p: Plan, v: Variant) -> tuple[Plan, int, in
         for op_node, unit in ops.items():
             op = _module(gm, op_node)
             shifts += op.bias is not None and op_node in shifted
-            fresh += not _copy_weights(op, unit)
+            fresh += not _copy_weights(op, unit, keep_bias=op_node not in shifted)
             gm.add_submodule(op_node.target, unit)
             op_node.args = (act.args[0],)
         if act.users:  # what is left reaches additions: the backbone's activation

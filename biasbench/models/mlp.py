@@ -34,14 +34,15 @@ def mlp(variant: Variant, num_classes: int, in_channels: int, input_shape: tuple
         depth: int = 3, width: int = 128, shape: str = "rectangular", bn: bool = True) -> nn.Module:
     in_features = math.prod(input_shape)
     widths = hidden_widths(depth, width, shape, variant.dense_width_factor)
-    # Without BN, the Linear feeding an activation carries the shift itself, unless the variant
-    # moves that shift downstream.
-    shift = not bn and not variant.removes_activation_shift
-    layers: list[nn.Module] = [nn.Flatten(), variant.linear(in_features, widths[0], bias=shift)]
+    # Without BN, a hidden Linear feeds its activation directly and carries the shift itself (the
+    # variant drops it when it moves the shift downstream); with BN, the norm's shift does.
+    direct = not bn
+    layers: list[nn.Module] = [nn.Flatten(), variant.linear(in_features, widths[0], bias=direct,
+                                                            feeds_activation=direct)]
     if bn:
         layers.append(variant.norm(widths[0], dims=1))
     for w_in, w_out in zip(widths[:-1], widths[1:]):
-        layers.append(variant.act_linear(w_in, w_out, bias=shift))
+        layers.append(variant.act_linear(w_in, w_out, bias=direct, feeds_activation=direct))
         if bn:
             layers.append(variant.norm(w_out, dims=1))
     layers.append(variant.act_linear(widths[-1], num_classes, bias=True))

@@ -87,6 +87,8 @@ class Block(nn.Module):
 class Stage(nn.Module):
     """Patch embedding (conv + LayerNorm), position embeddings at `grid`, blocks."""
 
+    param_roles = {"pos_embed": "other", "cls_token": "other"}  # embeddings: no decay, not biases
+
     def __init__(self, in_ch: int, dim: int, patch: int, grid: int, blocks: list[Block], class_token: bool):
         super().__init__()
         self.proj = nn.Conv2d(in_ch, dim, kernel_size=patch, stride=patch)

@@ -2,7 +2,8 @@
 
 Every "activation followed by linear operator" unit becomes a DAC layer (the activation moves
 inside, with one bias per (output, input) pair); BN that fed the activation loses its shift and
-an activation with no linear operator behind it disappears (both from `Variant`). Stems stay
+an activation with no linear operator behind it disappears (the rule `dac` shares with `preact`:
+models/preactivation.py). Stems stay
 plain: they read raw pixels. The head `activation -> GAP -> dense` becomes `GAP -> DAC dense`:
 pooling is linear, so the dense layer after it is where the pre-activation sits (our choice;
 spec section 1, "the final dense layer after global average pooling").
@@ -26,11 +27,11 @@ from typing import Any
 from torch import nn
 
 from biasbench.errors import UserError
-from biasbench.layers.activations import ELEMENTWISE, activation
 from biasbench.layers.dac import DACConv2d, DACLinear
 from biasbench.layers.grouped_dac import GroupedDACConv2d
 from biasbench.layers.preact import SharedBiasPreActivation
-from biasbench.models.variants import VARIANTS, Variant, factory_options
+from biasbench.models.preactivation import PreActivationVariant
+from biasbench.models.variants import VARIANTS, factory_options
 
 
 def _layer_options(kwargs: dict[str, Any], what: str) -> dict[str, Any]:
@@ -42,14 +43,10 @@ def _layer_options(kwargs: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 @VARIANTS.register("dac")
-class DACVariant(Variant):
+class DACVariant(PreActivationVariant):
     name = "dac"
     summary = "pre-activation with unshared biases, one per (output, input) pair (DAC)"
-    requires = frozenset({"act_linear"})
-    activations = ELEMENTWISE
-    activation_rule = "pre-activates each input with an element-wise phi (GDN mixes channels)"
     mechanism = (DACConv2d, DACLinear, GroupedDACConv2d, SharedBiasPreActivation)  # the last: depthwise
-    removes_activation_shift = True
     # DAC dense layers carry one bias per weight; the paper's MLP twin narrows widths by about
     # sqrt(2) so that weights halve and the total stays at the baseline's count.
     dense_width_factor = 1 / math.sqrt(2)
@@ -60,32 +57,20 @@ class DACVariant(Variant):
             raise UserError(f"variant `dac`: bias_sharing must be `kernel` or `none`, got {bias_sharing!r}")
         self.bias_sharing = bias_sharing
 
-    @property
-    def phi(self):
-        return activation(self.activation or "relu").elementwise
+    def preactivated_linear(self, in_features: int, out_features: int, bias: bool, feature_dim: int,
+                            **kwargs: Any) -> list[nn.Module]:
+        return [DACLinear(in_features, out_features, bias=bias, activation=self.phi,
+                          **_layer_options(kwargs, "DACLinear"))]
 
-    def act_linear(self, in_features: int, out_features: int, bias: bool = True, *, role: str | None = None,
-                   stage: int | None = None, **kwargs: Any) -> nn.Module:
-        return DACLinear(in_features, out_features, bias=bias, activation=self.phi,
-                         **_layer_options(kwargs, "DACLinear"))
-
-    def act_conv2d(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                   padding: int = 0, bias: bool = False, *, groups: int = 1, role: str | None = None,
-                   stage: int | None = None, **kwargs: Any) -> nn.Module:
+    def preactivated_conv2d(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int,
+                            bias: bool, groups: int, **kwargs: Any) -> list[nn.Module]:
         options = _layer_options(kwargs, "a DAC conv")
         depthwise = groups == in_channels == out_channels
         if depthwise and self.bias_sharing == "kernel":  # DAC reduces to a standard connection
-            return nn.Sequential(
-                SharedBiasPreActivation(in_channels, activation=self.phi, **options),  # phi(z_c + b_c)
-                nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
-                          bias=bias, **options))
+            return [SharedBiasPreActivation(in_channels, activation=self.phi, **options),  # phi(z_c + b_c)
+                    nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
+                              bias=bias, **options)]
         layer = dict(bias_sharing=self.bias_sharing, activation=self.phi, bias=bias, **options)
         if groups > 1:
-            return GroupedDACConv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, **layer)
-        return DACConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, **layer)
-
-    def act_pool_linear(self, in_channels: int, out_features: int, *, stage: int | None = None,
-                        **kwargs: Any) -> nn.Module:
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             DACLinear(in_channels, out_features, activation=self.phi,
-                                       **_layer_options(kwargs, "DACLinear")))
+            return [GroupedDACConv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, **layer)]
+        return [DACConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, **layer)]

@@ -111,21 +111,24 @@ class MultiBiasVariant(Variant):
                                    lr_mult=self.lr_mult, decay=self.decay, **factory)
 
     def act_linear(self, in_features: int, out_features: int, bias: bool = True, *, role: str | None = None,
-                   stage: int | None = None, **kwargs: Any) -> nn.Module:
+                   stage: int | None = None, feeds_activation: bool = False, **kwargs: Any) -> nn.Module:
         if not self._place(stage):
-            return super().act_linear(in_features, out_features, bias, role=role, stage=stage, **kwargs)
+            return super().act_linear(in_features, out_features, bias, role=role, stage=stage,
+                                      feeds_activation=feeds_activation, **kwargs)
         return nn.Sequential(self._mba(in_features, stage, feature_dim=-1, **factory_options(kwargs)),
-                             nn.Linear(self.K * in_features, out_features, bias=bias, **kwargs))
+                             nn.Linear(self.K * in_features, out_features, bias=self.keeps_bias(bias, feeds_activation),
+                                       **kwargs))
 
     def act_conv2d(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                    padding: int = 0, bias: bool = False, *, groups: int = 1, role: str | None = None,
-                   stage: int | None = None, **kwargs: Any) -> nn.Module:
+                   stage: int | None = None, feeds_activation: bool = False, **kwargs: Any) -> nn.Module:
         if not self._place(stage):
             return super().act_conv2d(in_channels, out_channels, kernel_size, stride, padding, bias, groups=groups,
-                                      role=role, stage=stage, **kwargs)
+                                      role=role, stage=stage, feeds_activation=feeds_activation, **kwargs)
         return nn.Sequential(self._mba(in_channels, stage, groups, **factory_options(kwargs)),
                              nn.Conv2d(self.K * in_channels, out_channels, kernel_size, stride=stride,
-                                       padding=padding, groups=groups, bias=bias, **kwargs))
+                                       padding=padding, groups=groups, bias=self.keeps_bias(bias, feeds_activation),
+                                       **kwargs))
 
     def act_pool_linear(self, in_channels: int, out_features: int, *, stage: int | None = None,
                         **kwargs: Any) -> nn.Module:

@@ -11,7 +11,17 @@ give the linear operator pre-activations of its own. A norm (or linear bias) tha
 activation then loses its shift when `removes_activation_shift` is set (BN -> BN'), and an
 activation on a path with no linear operator to take it over (the ResNet v1 identity path) is
 removed without replacement (`backbone_act`). The rule lives here, once: models never test which
-variant they are built with.
+variant they are built with. A model says only what each unit's output feeds: `norm` assumes it
+feeds an activation (`feeds_activation=False` where it does not), the linear units assume it
+does not (`feeds_activation=True` where a linear operator's bias feeds an activation directly,
+with no norm between); the variant drops the shift (`keeps_bias`).
+
+`norm(num_features, dims, feeds_activation, **options)` returns a module that maps (N, C, H, W)
+(dims=2) or (N, C) (dims=1) to the same shape, takes BatchNorm's keyword options (eps, momentum,
+affine, track_running_stats, device, dtype), and, when `feeds_activation` and the variant removes
+the activation's shift, has no shift parameter. That is the whole contract: models read nothing
+else from a norm (no `num_features`, no `weight`); `convert` asks it only for a BN' when the
+variant removes shifts.
 
 Every unit takes `**kwargs` for the layer it wraps (dilation, device, dtype, ...) and the conv
 units take `groups`; `role` names a position ("block_conv2", "shortcut", "mlp_fc2") and `stage`
@@ -25,7 +35,7 @@ import copy
 import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -33,10 +43,8 @@ from biasbench.errors import UserError, did_you_mean
 from biasbench.layers.activations import activation as lookup_activation
 from biasbench.layers.activations import make_activation
 from biasbench.layers.norm import BatchNorm1dNoShift, BatchNorm2dNoShift
+from biasbench.models.spec import ModelSpec, Taps
 from biasbench.registry import Registry
-
-if TYPE_CHECKING:
-    from biasbench.models.contract import ModelSpec, Taps
 
 
 class Variant:
@@ -44,7 +52,7 @@ class Variant:
 
     name: ClassVar[str] = "baseline"
     summary: ClassVar[str] = "the ordinary post-activated network"
-    # Capabilities (models/contract.CAPABILITIES) a model must offer for this variant.
+    # Capabilities (models/spec.CAPABILITIES) a model must offer for this variant.
     requires: ClassVar[frozenset[str]] = frozenset()
     # The activations the mechanism's formula allows (None: every one in the table), and why.
     activations: ClassVar[tuple[str, ...] | None] = None
@@ -117,7 +125,14 @@ class Variant:
             return nn.Identity()
         return self.act(num_features, dims)
 
-    # -- norms ---------------------------------------------------------------------------------
+    # -- shifts --------------------------------------------------------------------------------
+    def keeps_bias(self, bias: bool, feeds_activation: bool) -> bool:
+        """Whether a linear operator asked for with `bias` gets one: not when its output feeds an
+        activation this variant moves into the next linear operator (that operator's biases take
+        the shift over; spec section 1)."""
+        return bias and not (feeds_activation and self.removes_activation_shift)
+
+    # -- norms (contract: module docstring) -------------------------------------------------------
     def norm(self, num_features: int, dims: int = 2, feeds_activation: bool = True, **kwargs: Any) -> nn.Module:
         """BatchNorm; without its shift when the activation it feeds is moved downstream."""
         if feeds_activation and self.removes_activation_shift:
@@ -127,16 +142,18 @@ class Variant:
 
     # -- "activation followed by linear operator" units ------------------------------------------
     def act_linear(self, in_features: int, out_features: int, bias: bool = True, *, role: str | None = None,
-                   stage: int | None = None, **kwargs: Any) -> nn.Module:
-        return nn.Sequential(self.act(in_features, dims=1), nn.Linear(in_features, out_features, bias=bias, **kwargs))
+                   stage: int | None = None, feeds_activation: bool = False, **kwargs: Any) -> nn.Module:
+        return nn.Sequential(self.act(in_features, dims=1),
+                             nn.Linear(in_features, out_features, bias=self.keeps_bias(bias, feeds_activation),
+                                       **kwargs))
 
     def act_conv2d(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                    padding: int = 0, bias: bool = False, *, groups: int = 1, role: str | None = None,
-                   stage: int | None = None, **kwargs: Any) -> nn.Module:
+                   stage: int | None = None, feeds_activation: bool = False, **kwargs: Any) -> nn.Module:
         return nn.Sequential(
             self.act(in_channels, dims=2),
             nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
-                      bias=bias, **kwargs),
+                      bias=self.keeps_bias(bias, feeds_activation), **kwargs),
         )
 
     def act_pool_linear(self, in_channels: int, out_features: int, *, stage: int | None = None,
@@ -148,13 +165,13 @@ class Variant:
     # -- plain operators reading un-activated input (stems) --------------------------------------
     def conv2d(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                padding: int = 0, bias: bool = False, *, groups: int = 1, role: str | None = None,
-               **kwargs: Any) -> nn.Module:
+               feeds_activation: bool = False, **kwargs: Any) -> nn.Module:
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, groups=groups,
-                         bias=bias, **kwargs)
+                         bias=self.keeps_bias(bias, feeds_activation), **kwargs)
 
     def linear(self, in_features: int, out_features: int, bias: bool = True, *, role: str | None = None,
-               **kwargs: Any) -> nn.Module:
-        return nn.Linear(in_features, out_features, bias=bias, **kwargs)
+               feeds_activation: bool = False, **kwargs: Any) -> nn.Module:
+        return nn.Linear(in_features, out_features, bias=self.keeps_bias(bias, feeds_activation), **kwargs)
 
 
 def factory_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:

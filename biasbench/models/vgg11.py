@@ -26,10 +26,12 @@ CONFIG_A = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")
 
 def vgg11_cifar(v: Variant, in_channels: int, num_classes: int, width: int = 64) -> StagedNet:
     stages: list[list[nn.Module]] = [[]]
+    widths: list[int] = [0]  # each stage's output channels (its last conv's)
     c_in, reads = in_channels, None  # reads: the stage whose features the next activation reads
     for item in CONFIG_A[:-1]:
         if item == "M":
             stages.append([nn.MaxPool2d(2)])
+            widths.append(c_in)
             continue
         c_out = int(item) * width
         if reads is None:
@@ -37,8 +39,8 @@ def vgg11_cifar(v: Variant, in_channels: int, num_classes: int, width: int = 64)
         else:
             conv = v.act_conv2d(c_in, c_out, 3, padding=1, bias=True, stage=reads)
         stages[-1] += [conv, v.norm(c_out)]
+        widths[-1] = c_out
         c_in, reads = c_out, len(stages)
-    widths = [layers[-1].num_features for layers in stages]  # each stage ends in its last BN
     head = nn.Sequential(nn.MaxPool2d(2), v.act_pool_linear(c_in, num_classes, stage=reads))
     return StagedNet(nn.Identity(), [nn.Sequential(*layers) for layers in stages], head, widths)
 

@@ -64,7 +64,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.fc1 = variant.linear(dim, hidden, bias=not variant.removes_activation_shift, role="mlp_fc1")
+        self.fc1 = variant.linear(dim, hidden, bias=True, role="mlp_fc1", feeds_activation=True)
         self.act_fc2 = variant.act_linear(hidden, dim, bias=True, role="mlp_fc2")
         self.drop_path = DropPath(drop_path)
 
@@ -74,6 +74,8 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    param_roles = {"cls_token": "other", "pos_embed": "other"}  # embeddings: no decay, not biases
+
     def __init__(
         self,
         variant: Variant,
