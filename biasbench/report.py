@@ -8,16 +8,14 @@ style of the DAC paper's figures 5 and 6, the estimate against FLOPs and against
 point per group, 95% CI error bars for n >= 2, a note for n = 1, a line per variant joining
 configurations). Each figure's plotted numbers are written beside it as JSON, so tests (and
 readers) can check them against the tables. A variant has the same colour in every figure
-(the paper's: baseline orange, DAC blue).
+(the paper's: baseline orange, DAC blue). `biasbench.render` writes the document and the figure
+files, as it does the study report's.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import html
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,51 +27,25 @@ import matplotlib.lines  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
-from tabulate import tabulate  # noqa: E402
 
+from biasbench import render  # noqa: E402
 from biasbench.compare import CompareResult, GroupSummary, Run, group_runs, used_runs  # noqa: E402
 from biasbench.errors import UserError  # noqa: E402
-from biasbench.fsutil import (  # noqa: E402
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
-    ensure_dir,
-    writing,  # noqa: E402
-)
+from biasbench.fsutil import atomic_write_json, atomic_write_text, ensure_dir, writing  # noqa: E402
+from biasbench.render import FIT, colors, is_percent, save_figure  # noqa: E402
 from biasbench.tables import comparison_table, failures_table, group_table, si_prefix  # noqa: E402
 from biasbench.termtable import TextTable  # noqa: E402
 
 FORMATS = ("md", "html")
-# One colour per variant in every figure and every report; the DAC paper draws the baseline
-# orange and DAC blue. Variants not listed take the spare colours in name order.
-VARIANT_COLORS = {"baseline": "tab:orange", "dac": "tab:blue", "preact": "tab:green", "mba": "tab:red",
-                  "dmb": "tab:purple", "raa": "tab:brown", "arr": "tab:pink", "dnrt": "tab:olive"}
-SPARE_COLORS = ("tab:cyan", "tab:gray", "black", "gold", "teal", "navy", "maroon", "lime")
+__all__ = ["SPARE_COLORS", "VARIANT_COLORS", "write_report"]  # the colours' old home: tune.py reads them here
+SPARE_COLORS, VARIANT_COLORS = render.SPARE_COLORS, render.VARIANT_COLORS
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")
-FIT = "fix the folder's permissions or choose another --out"
 
 
 def variant_colors(variants: Sequence[str]) -> dict[str, str]:
-    spare = iter(SPARE_COLORS * (1 + len(variants) // len(SPARE_COLORS)))
-    return {v: VARIANT_COLORS.get(v) or next(spare) for v in sorted(set(variants))}
-
-
-def _save(fig: Any, path: Path, data: dict[str, Any]) -> Path:
-    """The PNG and, beside it, the plotted numbers and each panel's axis limits as JSON (same
-    name, .json)."""
-    data["axes"] = [{"title": ax.get_title(), "xlim": list(ax.get_xlim()), "ylim": list(ax.get_ylim()),
-                     "xscale": ax.get_xscale(), "yscale": ax.get_yscale()} for ax in fig.get_axes()]
-    with writing(path, FIT):
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-    with writing(path.with_suffix(".json"), FIT):
-        atomic_write_json(path.with_suffix(".json"), data)
-    return path
-
-
-def _percent(metric: str) -> bool:
-    return metric.endswith("_acc")
+    """Every variant in its colour of every report (biasbench.render.colors)."""
+    return colors(sorted(set(variants)))
 
 
 def _metric_range(values: Sequence[float], percent: bool, linear: bool = True) -> tuple[float, float]:
@@ -155,7 +127,7 @@ def learning_curves(result: CompareResult, runs: Sequence[Run], path: Path,
     fig.suptitle(f"learning curves: replicate mean, band lowest to highest replicate; on {result.metric}, a bar: "
                  f"the {result.estimator} estimate across the epochs it averages", fontsize=10)
     fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(labels) + 2) // 3), 1, 0.96))
-    return _save(fig, path, data)
+    return save_figure(fig, path, data)
 
 
 def _plot_curve(ax: Any, key: str, used: Sequence[Run], s: GroupSummary, style: dict[str, Any], alpha: float
@@ -243,7 +215,7 @@ def estimates_plot(result: CompareResult, path: Path) -> Path | None:
     shown = [s for s in result.groups if s.estimate is not None]
     if not shown:
         return None
-    percent = _percent(result.metric)
+    percent = is_percent(result.metric)
     colors = variant_colors([s.variant for s in result.groups])
     points = [_point(s, 100.0 if percent else 1.0, colors[s.variant]) for s in shown]
     fig, ax = plt.subplots(figsize=(7.2, 1.2 + 0.38 * len(shown)))
@@ -263,7 +235,7 @@ def estimates_plot(result: CompareResult, path: Path) -> Path | None:
     ax.set_title(_fit_title(f"{result.estimator} estimate of {result.metric} per group; {note}"), fontsize=9)
     data = {"estimator": result.estimator, "metric": result.metric, "unit": "%" if percent else result.metric,
             "points": points, "note": note}
-    return _save(fig, path, data)
+    return save_figure(fig, path, data)
 
 
 def _value_label(result: CompareResult, percent: bool) -> str:
@@ -306,7 +278,7 @@ def complexity_plot(result: CompareResult, runs: Sequence[Run], path: Path, *, x
              if (v := s.flops if x == "flops" else s.params) and s.estimate is not None}
     if not sizes:
         return None
-    percent = _percent(result.metric)
+    percent = is_percent(result.metric)
     prefix, unit_scale = si_prefix(max(sizes.values()))
     x_unit = f"{prefix}FLOPs" if x == "flops" else (f"parameters ({prefix})" if prefix else "parameters")
     colors = variant_colors([s.variant for s in result.groups])
@@ -335,7 +307,7 @@ def complexity_plot(result: CompareResult, runs: Sequence[Run], path: Path, *, x
     ax.set_title(_fit_title(f"{result.estimator} estimate of {result.metric}; {note}", 80), fontsize=9)
     data = {"estimator": result.estimator, "metric": result.metric, "x": x, "x_unit": x_unit,
             "y_unit": "%" if percent else result.metric, "points": points, "note": note}
-    return _save(fig, path, data)
+    return save_figure(fig, path, data)
 
 
 def _complexity_axes(ax: Any, points: list[dict[str, Any]], markers: dict[str, str], x_unit: str, flops: bool,
@@ -406,8 +378,8 @@ def write_report(result: CompareResult, runs: Sequence[Run], out: Path, fmt: str
                             "replicates; a line joins configurations of one variant."))
     with writing(out / "compare.json", FIT):
         atomic_write_json(out / "compare.json", result.to_json())
-    sections = _sections(result, runs, figures, out)
-    doc = _markdown(sections) if fmt == "md" else _html(sections)
+    sections = _sections(result, runs, figures)
+    doc = render.markdown(sections, out) if fmt == "md" else render.html(sections, "biasbench report", out)
     target = out / f"report.{fmt}"
     with writing(target, FIT):
         atomic_write_text(target, doc)
@@ -420,8 +392,7 @@ def _table_block(t: TextTable) -> list[Any]:
         [("p", t.caption)] if t.caption else [])
 
 
-def _sections(result: CompareResult, runs: Sequence[Run], figures: list[tuple[str, Path, str]], out: Path
-              ) -> list[Any]:
+def _sections(result: CompareResult, runs: Sequence[Run], figures: list[tuple[str, Path, str]]) -> list[Any]:
     """The report as (kind, payload) blocks, rendered to Markdown or HTML."""
     blocks: list[Any] = [
         ("h1", "biasbench report"),
@@ -444,58 +415,6 @@ def _sections(result: CompareResult, runs: Sequence[Run], figures: list[tuple[st
     elif not any(s.flops for s in result.groups):
         blocks.append(("p", "No FLOP counts in these results files, so there is no figure against FLOPs."))
     for title, path, caption in figures:
-        blocks += [("h3", title), ("img", (title, os.path.relpath(path, out), path)), ("p", caption)]
+        blocks += [("h3", title), ("img", (title, path)), ("p", caption)]
     blocks += [("h2", "Runs (provenance)"), *_table_block(provenance_table(runs, result))]
     return blocks
-
-
-def md_escape(text: str) -> str:
-    """Text for a Markdown file, HTML-escaped as the HTML report escapes it: Markdown renderers
-    pass raw HTML through, so a run named `<img onerror=...>` would run in a viewer."""
-    return html.escape(str(text), quote=False)
-
-
-def _markdown(blocks: list[Any]) -> str:
-    esc = md_escape
-    parts = []
-    for kind, payload in blocks:
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"{'#' * int(kind[1])} {esc(payload)}")
-        elif kind == "p":
-            parts.append(esc(payload))
-        elif kind == "table":
-            headers, rows = payload  # labels hold `[key=value]`; `|` would end a cell
-            parts.append(tabulate([[esc(c).replace("|", "\\|") for c in r] for r in rows],
-                                  headers=[esc(h) for h in headers], tablefmt="github", disable_numparse=True))
-        elif kind == "list":
-            parts.append("\n".join(f"- {esc(x)}" for x in payload))
-        elif kind == "img":
-            title, rel, _ = payload
-            parts.append(f"![{esc(title)}]({Path(rel).as_posix()})")
-    return "\n\n".join(parts) + "\n"
-
-
-def _html(blocks: list[Any]) -> str:
-    """One file: tables as HTML, images embedded as data URIs (it opens anywhere, alone)."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>biasbench report</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>",
-    ]
-    for kind, payload in blocks:
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(payload)}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(payload)}</p>")
-        elif kind == "table":
-            headers, rows = payload
-            parts.append(tabulate(rows, headers=headers, tablefmt="html", disable_numparse=True))
-        elif kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in payload) + "</ul>")
-        elif kind == "img":
-            title, rel, path = payload
-            data = base64.b64encode(Path(path).read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(title)}' title='{html.escape(rel)}' "
-                         f"src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"

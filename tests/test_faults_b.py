@@ -225,64 +225,65 @@ def test_a_100000_cell_study_is_counted_in_under_5_cpu_seconds(tmp_path):
 
 def _pair(diff: float, p: float, favours: bool):
     from biasbench import stats
-    from biasbench.study import analysis as an
+    from biasbench.study.analyses.pairs import PairResult
+    from biasbench.study.analysis import Estimate
 
-    est = an.Estimate(0.9, 0.01, 3)
+    est = Estimate(0.9, 0.01, 3)
     d = stats.Difference(3, 3, diff, "welch", 0.01, 4.0, (diff - 0.01, diff + 0.01), p, 0.01, 0.01, None)
-    return an.PairResult({"depth": 1}, "dac", est, est, d, p, favours)
+    return PairResult({"depth": 1}, "dac", est, est, d, p, favours)
 
 
 def test_the_pairs_line_counts_significant_results_in_both_directions():
     from types import SimpleNamespace
 
-    from biasbench.study import analysis as an
+    from biasbench.study.analyses.pairs import _count_line
 
     # two significant results favour the baseline, one the variant, one is not significant
     results = [_pair(-0.05, 0.001, False), _pair(-0.04, 0.01, False), _pair(0.03, 0.02, True),
                _pair(0.01, 0.4, True), _pair(0.0, 1.0, False)]
-    line = an._count_line(results, SimpleNamespace(baseline="baseline"))
+    line = _count_line(results, SimpleNamespace(baseline="baseline"))
     assert line.startswith("2 of 5 favour dac, 2 favour baseline, 1 tied;"), line
     assert "significant at p < 0.05: 1 for dac, 2 for baseline" in line
     assert "after Holm adjustment across the 5 tested: 1 for dac, 2 for baseline" in line
 
 
 def test_a_tie_for_best_bolds_every_tied_column():
-    from biasbench.study import analysis as an
+    from biasbench.study.analyses.table import _best_marks
+    from biasbench.study.analysis import Estimate
 
-    ests = [an.Estimate(v, 0.01, 3) for v in (0.95, 0.95, 0.95, 0.90)]
+    ests = [Estimate(v, 0.01, 3) for v in (0.95, 0.95, 0.95, 0.90)]
     columns = [("baseline",), ("dac",), ("mba",), ("abn",)]
-    assert an._best_marks(ests, columns, "test_acc", "robust") == [True, True, True, False]
-    assert an._best_marks(ests[1:], columns[1:], "test_acc", "robust") == [True, True, False]
-    assert an._best_marks([an.Estimate(0.2, None, 1), an.Estimate(0.1, None, 1)], columns[:2], "test_loss",
-                          "final") == [False, True]
+    assert _best_marks(ests, columns, "test_acc", "robust") == [True, True, True, False]
+    assert _best_marks(ests[1:], columns[1:], "test_acc", "robust") == [True, True, False]
+    assert _best_marks([Estimate(0.2, None, 1), Estimate(0.1, None, 1)], columns[:2], "test_loss",
+                       "final") == [False, True]
 
 
-def _captured_figures(monkeypatch):
-    from biasbench.study import report
-
+def _captured_figures(monkeypatch, *modules):
+    """The figures the analysis modules save, kept open (not written) by their name."""
     figures = {}
 
-    def keep(fig, path):
+    def keep(fig, path, data=None):
         figures[path.name] = fig
         return path
 
-    monkeypatch.setattr(report, "_save", keep)
+    for module in modules:
+        monkeypatch.setattr(module, "save_figure", keep)
     return figures
 
 
 def test_the_complexity_figure_never_draws_a_negative_loss(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from biasbench.study import analysis as an
-    from biasbench.study import report
+    from biasbench.study.analyses import complexity
 
-    points = [an.ComplexityPoint((), "baseline", 1, 1e6, 100, 0.02, 0.05),  # MSE 0.02 +- 0.05: would reach -0.03
-              an.ComplexityPoint((), "baseline", 2, 2e6, 200, 0.30, 0.05)]
-    monkeypatch.setattr(an, "complexity", lambda runs, spec: (points, "test_loss"))
-    figures = _captured_figures(monkeypatch)
+    point = complexity.ComplexityPoint
+    points = [point((), "baseline", 1, 1e6, 100, 0.02, 0.05),  # MSE 0.02 +- 0.05: would reach -0.03
+              point((), "baseline", 2, 2e6, 200, 0.30, 0.05)]
+    figures = _captured_figures(monkeypatch, complexity)
     spec = SimpleNamespace(metric="test_loss", panels=[], lines="model.variant", along="depth", baseline="baseline",
                            estimator="final")
-    blocks, _ = report._complexity_blocks(SimpleNamespace(default_metric=lambda m: m), spec, tmp_path)
+    blocks = complexity.complexity_blocks(SimpleNamespace(default_metric=lambda m: m), spec, points, tmp_path)
     ax = figures["complexity_flops.png"].axes[0]
     bars = ax.containers[0].lines[2][0].get_segments()
     lows = [min(seg[:, 1]) for seg in bars]
@@ -293,16 +294,15 @@ def test_the_complexity_figure_never_draws_a_negative_loss(monkeypatch, tmp_path
 def test_by_width_and_efficiency_mark_points_of_one_value(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    from biasbench.study import analysis as an
-    from biasbench.study import report
+    from biasbench.study.analyses import by_width, efficiency
 
-    figures = _captured_figures(monkeypatch)
+    figures = _captured_figures(monkeypatch, by_width, efficiency)
     runs = SimpleNamespace(default_metric=lambda m: m)
-    monkeypatch.setattr(an, "by_width", lambda r, s: [an.WidthPoint(None, "dac", 8, 8.0, 0.9, 0.01, 3),
-                                                      an.WidthPoint(None, "dac", 16, 16.0, 0.92, None, 1)])
+    points = [by_width.WidthPoint(None, "dac", 8, 8.0, 0.9, 0.01, 3), by_width.WidthPoint(None, "dac", 16, 16.0, 0.92,
+                                                                                          None, 1)]
     spec = SimpleNamespace(metric="test_acc", log=False, baseline="baseline", shape=None, series="model.variant",
                            depth="depth", estimator="final", average_width=[])
-    blocks, _ = report._by_width_blocks(runs, spec, tmp_path)
+    blocks = by_width.by_width_blocks(runs, spec, points, tmp_path)
     from matplotlib.collections import PathCollection
 
     hollow = [c for c in figures["by_width.png"].axes[0].collections if isinstance(c, PathCollection)]
@@ -312,26 +312,25 @@ def test_by_width_and_efficiency_mark_points_of_one_value(monkeypatch, tmp_path)
     assert [row[5] for row in table] == ["1", "n = 1"]
     assert "1 point(s) rest on one value" in blocks[0][1]
 
-    monkeypatch.setattr(an, "efficiency", lambda r, s: [an.EfficiencyPoint(2, "wide", -0.1, 0.02, 3),
-                                                        an.EfficiencyPoint(2, "dac", -0.2, None, 1)])
+    points = [efficiency.EfficiencyPoint(2, "wide", -0.1, 0.02, 3), efficiency.EfficiencyPoint(2, "dac", -0.2, None, 1)]
     spec = SimpleNamespace(metric="test_loss", weights="wide", biases="dac", x="depth", normal="base", over="seed")
-    blocks, _ = report._efficiency_blocks(runs, spec, tmp_path)
+    blocks = efficiency.efficiency_blocks(runs, spec, points, tmp_path)
     hollow = [c for c in figures["efficiency.png"].axes[0].collections if isinstance(c, PathCollection)]
     assert len(hollow) == 1 and tuple(hollow[0].get_offsets()[0]) == (2.0, -0.2)
     assert [row[3] for row in next(b for b in blocks if b[0] == "table")[1][1]] == ["0.02", "n = 1"]
 
 
 def test_markdown_reports_escape_names_as_the_html_does(tmp_path):
-    from biasbench import report as plain
-    from biasbench.study import report
+    from biasbench import render
 
     hostile = "<img src=x onerror=alert(1)>"
     blocks = [("h1", f"Study {hostile}"), ("p", f"run {hostile}"), ("list", [hostile]),
               ("table", (["cell", hostile], [[hostile, "0.9"]], [[False, True]]))]
-    for text, times in ((report._markdown(blocks, tmp_path), 5), (report._html(blocks, hostile), 6)):  # + <title>
+    for text, times in ((render.markdown(blocks, tmp_path), 5),
+                        (render.html(blocks, hostile, tmp_path), 6)):  # + <title>
         assert "<img" not in text and text.count("&lt;img src=x onerror=alert(1)&gt;") == times
-    md = plain._markdown([("h1", hostile), ("p", hostile), ("list", [hostile]),
-                          ("table", (["run"], [[hostile]]))])
+    md = render.markdown([("h1", hostile), ("p", hostile), ("list", [hostile]), ("table", (["run"], [[hostile]]))],
+                         tmp_path)
     assert "<img" not in md and md.count("&lt;img") == 4
 
 

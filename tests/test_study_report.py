@@ -16,8 +16,7 @@ from statsmodels.stats.multitest import multipletests
 from biasbench import stats
 from biasbench.fsutil import atomic_write_json
 from biasbench.results import KIND, SCHEMA_VERSION
-from biasbench.study import analysis as an
-from biasbench.study import load_study
+from biasbench.study import analyses, load_study
 from biasbench.study.manifest import Manifest
 from tests.conftest import one_line_error, run_cli, tiny_recipe, write_recipe
 
@@ -104,7 +103,7 @@ def _resnet_runs(cell, seed):
 @pytest.fixture
 def resnet(tmp_path):
     study, out = _folder(tmp_path, RESNET, _resnet_runs)
-    return study, out, an.load_study_runs(out)
+    return study, out, analyses.load_study_runs(out)
 
 
 def _usable(runs, **values):
@@ -114,7 +113,7 @@ def _usable(runs, **values):
 
 def test_table_is_the_minimum_of_the_replicate_mean_error_with_best_per_version_in_bold(resnet):
     _, _, runs = resnet
-    (table,) = an.table(runs, runs.analyses["table"])
+    (table,) = analyses.table.table(runs, runs.analyses["table"])
     assert table.columns == [("v1", "baseline"), ("v1", "dac"), ("v2", "baseline"), ("v2", "dac")]
     row = dict(table.rows)[(20,)]
     _, hist = _usable(runs, layers=20, version="v1", **{"model.variant": "dac"})
@@ -128,7 +127,7 @@ def test_table_is_the_minimum_of_the_replicate_mean_error_with_best_per_version_
 
 def test_failures_count_failed_and_diverged_runs_with_fisher_against_the_baseline(resnet):
     _, _, runs = resnet
-    rows = {r.group: r for r in an.failures(runs, runs.analyses["failures"])}
+    rows = {r.group: r for r in analyses.failures.failures(runs, runs.analyses["failures"])}
     base, dac = rows["baseline"], rows["dac"]
     assert (base.runs, base.diverged, base.failed, base.p_value) == (9, 1, 1, None)
     assert (dac.runs, dac.diverged, dac.failed) == (9, 0, 0)
@@ -148,7 +147,8 @@ def test_compare_on_a_study_folder_applies_the_studys_failure_rule(resnet):
 
 def test_pairs_give_each_comparison_its_test_and_holm_across_the_family(resnet):
     _, _, runs = resnet
-    results, line = an.pairs(runs, runs.analyses["pairs"])
+    found = analyses.pairs.pairs(runs, runs.analyses["pairs"])
+    results, line = found.pairs, found.count
     assert len(results) == 3 and all(r.variant == "dac" for r in results)
     r = next(r for r in results if r.match == {"layers": 20, "version": "v1"})
     base_cell, base_hist = _usable(runs, layers=20, version="v1", **{"model.variant": "baseline"})
@@ -164,8 +164,8 @@ def test_pairs_give_each_comparison_its_test_and_holm_across_the_family(resnet):
 
 def test_complexity_points_are_the_robust_error_at_each_model_size(resnet):
     _, _, runs = resnet
-    points, ylabel = an.complexity(runs, runs.analyses["complexity"])
-    assert ylabel == "test error" and len(points) == 6
+    points = analyses.complexity.complexity(runs, runs.analyses["complexity"])
+    assert analyses.complexity.value_label(runs.default_metric(None)) == "test error" and len(points) == 6
     p = next(p for p in points if p.line == "dac" and p.along == 32)
     _, hist = _usable(runs, layers=32, **{"model.variant": "dac"})
     rb = stats.robust_best_accuracy(hist)
@@ -177,8 +177,8 @@ def test_complexity_points_follow_the_estimator_the_study_asks_for(tmp_path):
     doc = json.loads(json.dumps(RESNET))
     doc["analysis"]["complexity"]["estimator"] = "final"
     _, out = _folder(tmp_path, doc, _resnet_runs)
-    runs = an.load_study_runs(out)
-    points, _ = an.complexity(runs, runs.analyses["complexity"])
+    runs = analyses.load_study_runs(out)
+    points = analyses.complexity.complexity(runs, runs.analyses["complexity"])
     p = next(p for p in points if p.line == "dac" and p.along == 32)
     finals = [d["final"]["test_acc"] for d in _usable(runs, layers=32, **{"model.variant": "dac"})[0].usable]
     assert p.value == pytest.approx(1 - float(np.mean(finals)))  # the last epoch, not the robust best
@@ -218,12 +218,12 @@ def _sgemm_runs(cell, seed):
 
 def test_by_width_and_efficiency_follow_the_dac_papers_figures_3_and_4(tmp_path):
     study, out = _folder(tmp_path, SGEMM, _sgemm_runs)
-    runs = an.load_study_runs(out)
+    runs = analyses.load_study_runs(out)
 
     def cell_log(arm, depth):  # replicate mean of log MSE at the best-validation epoch
         return np.mean([math.log(_mse({"arm": arm, "model.options.depth": depth}) * (1 + 0.05 * s)) for s in (0, 1)])
 
-    points = {(p.shape, p.series): p for p in an.by_width(runs, runs.analyses["by_width"])}
+    points = {(p.shape, p.series): p for p in analyses.by_width.by_width(runs, runs.analyses["by_width"])}
     rect = points[("rectangular", "dac")]
     assert (rect.x, rect.cells) == (11.0, 2)  # the nominal (equivalent) width
     ys = [cell_log("dac", d) for d in (2, 3)]
@@ -231,7 +231,7 @@ def test_by_width_and_efficiency_follow_the_dac_papers_figures_3_and_4(tmp_path)
     pyr = points[("pyramidal", "baseline")]  # sqrt(parameters / depth), averaged over depths
     assert pyr.x == pytest.approx(np.mean([math.sqrt(100 * 11 * d / d) for d in (2, 3)]))
 
-    eff = {p.arm: p for p in an.efficiency(runs, runs.analyses["efficiency"])}
+    eff = {p.arm: p for p in analyses.efficiency.efficiency(runs, runs.analyses["efficiency"])}
     for arm in ("wide", "dac"):
         diffs = [cell_log(arm, d) - cell_log("base", d) for d in (2, 3)]
         assert eff[arm].x == 8 and eff[arm].n == 2
@@ -247,8 +247,8 @@ def test_a_by_width_point_left_with_one_usable_cell_averages_that_cells_replicat
         return _sgemm_runs(cell, seed)
 
     _, out = _folder(tmp_path, SGEMM, runs_with_a_lost_depth)
-    runs = an.load_study_runs(out)
-    point = next(p for p in an.by_width(runs, runs.analyses["by_width"]) if p.series == "dac")
+    runs = analyses.load_study_runs(out)
+    point = next(p for p in analyses.by_width.by_width(runs, runs.analyses["by_width"]) if p.series == "dac")
     logs = [math.log(_mse({"arm": "dac", "model.options.depth": 3}) * (1 + 0.05 * s)) for s in (0, 1)]
     assert point.cells == 1
     assert point.y == pytest.approx(np.mean(logs)) and point.sd == pytest.approx(np.std(logs, ddof=1))
@@ -288,11 +288,12 @@ def test_a_study_without_analysis_gets_a_table_pairs_and_width_figure_chosen_fro
         return "completed", [acc - 0.1, acc + 0.002 * seed], 100, 1e3
 
     _, out = _folder(tmp_path, study_doc, runs)
-    loaded = an.load_study_runs(out)
+    loaded = analyses.load_study_runs(out)
     assert loaded.chosen_analyses and set(loaded.analyses) == {"table", "pairs", "by_width"}
     assert loaded.analyses["table"].columns == ["model.variant"]
     assert loaded.analyses["table"].rows == ["model.options.width"]
-    pairs, line = an.pairs(loaded, loaded.analyses["pairs"])
+    found = analyses.pairs.pairs(loaded, loaded.analyses["pairs"])
+    pairs, line = found.pairs, found.count
     assert len(pairs) == 2 and all(r.favours_variant for r in pairs) and "2 of 2 favour dac" in line
     assert all(r.difference.diff == pytest.approx(0.05, abs=1e-9) for r in pairs)
     code, _, err = run_cli(["report", str(out), "--out", str(tmp_path / "rep")])

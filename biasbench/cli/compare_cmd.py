@@ -106,7 +106,7 @@ def _study_failure_rule(results: list[Path]):
 
 def _study_fairness(results: list[Path]) -> list[str]:
     """A single study folder: how each of its `analysis.pairs` comparisons was made fair."""
-    from biasbench.study.analysis import fairness_lines
+    from biasbench.study.analyses.pairs import fairness_lines
     from biasbench.study.manifest import is_study_folder
 
     if len(results) == 1 and is_study_folder(results[0]):

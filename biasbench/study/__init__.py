@@ -7,7 +7,8 @@
     slurm.py     the Slurm backend through submitit (job arrays, requeue, resume)
     cost.py      the --dry-run estimate: FLOPs x samples x epochs per run
     progress.py  the progress display over a whole study (rich on a terminal, plain lines otherwise)
-    analysis.py  the study-level statistics the report draws (tables, widths, failures, pairs)
+    analysis.py  what the analyses share: the runs read once, one estimate per cell, cell pairing
+    analyses/    the analyses the report draws, one file each (table, by_width, failures, pairs, ...)
     report.py    `biasbench report DIR` on a study folder: Markdown, PNG and HTML
 
 Data flows one way: study file -> cells (recipes) -> runner (trainer) -> results files +

@@ -41,12 +41,12 @@ class Decision:
 
 def decide(study: Study, out: Path) -> list[Decision]:
     """Test every comparison of `analysis.pairs` on the usable runs of its planned seeds."""
-    from biasbench.study.analysis import check_metric, estimate, load_study_runs, pair_cells
+    from biasbench.study.analysis import check_metric, estimate, pair_cells, read_study_runs
 
     seq, spec = study.sequential, study.analyses["pairs"]
     assert seq is not None
     looks = schedule(seq.min, seq.max, seq.step)
-    runs = load_study_runs(out)
+    runs = read_study_runs(out)
     metric = runs.default_metric(spec.metric)
     check_metric(runs, metric, "pairs")  # a wrong name would leave every comparison without values
     planned = {c.name: c.recipe.train.replicates for c in study.cells}

@@ -33,16 +33,15 @@ from typing import Any
 
 from biasbench.errors import UserError, did_you_mean
 from biasbench.recipe import Recipe, apply_overrides, deep_merge, from_dict, known_keys, load_raw, read_yaml_mapping
+from biasbench.study.analyses import ANALYSES, ordered
 from biasbench.study.match import Matched, check_spec, selects, solve_matches
 from biasbench.study.naming import MAX_NAME, cell_names
 from biasbench.study.specs import (
-    ANALYSES,
     Failure,
     LauncherSpec,
     MatchSpec,
     ReplicatesSpec,
     read_spec,
-    spec_keys,
     tasks_per_run,
     time_minutes,
 )
@@ -98,7 +97,7 @@ class Study:
     naming: list[str]  # the varying keys that tell cells apart (the others follow them): cell names
     zip_groups: list[list[str]]
     failure: Failure | None
-    analyses: dict[str, Any]  # name -> spec (specs.ANALYSES)
+    analyses: dict[str, Any]  # name -> spec (study/analyses/)
     launcher: LauncherSpec
     labels: list[str] = field(default_factory=list)
     plan: CellPlan | None = None  # set when `cells` holds only representatives (load_study's plan_over)
@@ -497,9 +496,9 @@ def _analyses(doc: dict[str, Any], cells: list[Cell], path: Path) -> dict[str, A
     for name, raw in _mapping(doc, "analysis", path).items():
         if name not in ANALYSES:
             raise UserError(f"study `{path}`: unknown analysis `analysis.{name}`{did_you_mean(str(name), ANALYSES)}; "
-                            f"known: {', '.join(ANALYSES)}")
-        spec = read_spec(ANALYSES[name], raw, f"analysis.{name}")
-        for key in spec_keys(spec):
+                            f"known: {', '.join(a.name for a in ordered())}")
+        spec = ANALYSES[name].read(raw)
+        for key in ANALYSES[name].keys(spec):
             for cell in cells:
                 try:
                     cell.value(key)

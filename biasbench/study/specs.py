@@ -2,7 +2,7 @@
 
 Each part is a small frozen dataclass read from the study's mapping by `read_spec`, which refuses
 unknown options (with a suggestion) and wrong types, naming the key path in the study file. The
-analyses are declared here, one dataclass each, and computed in `analysis.py`.
+analyses declare theirs in their own files (`analyses/`), naming study keys as `StudyKey`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from biasbench.errors import UserError, did_you_mean
 
@@ -127,111 +127,31 @@ class Failure:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TableSpec:
-    """Rows and columns from study keys, cells "value +- SE", best per row in bold (DAC Table 1,
-    DNRT Tables 1-2). With several column keys, "best" is chosen among the columns that share
-    every column key but the last (Table 1: base against DAC within each data set and version)."""
-
-    rows: list[str]
-    columns: list[str]
-    metric: str | None = None
-    estimator: Estimator = "min_mean"
-    where: dict[str, Any] = field(default_factory=dict)
+# An analysis's spec (one file each in analyses/) types the fields that name study keys as
+# `StudyKey` (or a list of them, or `Where`): the keys are checked against the study's keys
+# before anything runs (`study_keys`), whatever the analysis calls its fields.
+STUDY_KEY = "study key"
+StudyKey = Annotated[str, STUDY_KEY]
+Where = Annotated[dict[str, Any], STUDY_KEY]  # the keys of the mapping are study keys
 
 
-@dataclass(frozen=True)
-class ByWidthSpec:
-    """The metric against (equivalent) width per network shape, averaged over depths, error bars
-    the sample SD of the averaged cell values, or of the replicates for a point of one cell
-    (DAC Figure 3). Cells whose shape is in `average_width` sit at
-    sqrt(parameters / depth) (the paper's pyramidal rule); the others at their `width` value,
-    which for a biasbench DAC MLP is already its equivalent width (it builds width/sqrt(2) units)."""
-
-    width: str
-    depth: str
-    series: str
-    shape: str | None = None
-    average_width: list[str] = field(default_factory=lambda: ["pyramidal"])
-    baseline: Any = "baseline"  # the series drawn orange (DAC blue)
-    metric: str | None = None
-    estimator: Literal["final", "best"] = "best"
-    log: bool = True
-    where: dict[str, Any] = field(default_factory=dict)
+def _names_keys(tp: Any) -> bool:
+    """True when the type hint is (a union or list of) one annotated as study keys."""
+    if typing.get_origin(tp) is Annotated:
+        return STUDY_KEY in tp.__metadata__
+    return any(_names_keys(arg) for arg in typing.get_args(tp))
 
 
-@dataclass(frozen=True)
-class EfficiencySpec:
-    """For each `x`, the change of log-metric when a `normal` model's parameters are doubled by
-    adding weights (`weights` arm) against doubling them by unshared biases (`biases` arm),
-    averaged over `over` (depths), error bars the sample SD (DAC Figure 4). Cells of one
-    comparison share every key but the arm (and keys zipped with it) and `over`."""
-
-    arm: str
-    normal: Any
-    weights: Any
-    biases: Any
-    x: str
-    over: str
-    metric: str | None = None
-    estimator: Literal["final", "best"] = "best"
-    where: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FailuresSpec:
-    """Failed and diverged runs per group of `by`, with a two-sided Fisher exact test of each
-    group against `baseline` (DAC: 15/576 against 2/449, p = 0.0063)."""
-
-    by: str
-    baseline: Any = None
-    where: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PairsSpec:
-    """Every `baseline`-against-variant comparison over `by`, one per combination of the other
-    keys, with its CI, p-value and the Holm-adjusted p-value across the family, and a count line
-    ("15 of 16 favour dac, 9 significant"). The two cells of a comparison share every varying key
-    outside `by`'s zip group, and the `match` keys."""
-
-    by: str
-    baseline: Any
-    metric: str | None = None
-    estimator: Literal["final", "best", "robust"] = "robust"
-    match: list[str] = field(default_factory=list)  # keys zipped with `by` that one comparison shares too
-    where: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ComplexitySpec:
-    """The metric against GFLOPs and against parameters, one line per value of `lines` joining
-    the values of `along` (depths of one family), one panel per combination of `panels`
-    (DAC Figures 5-6). Points: the `estimator`'s value with its 95% CI (the DAC paper's robust
-    best estimate by default)."""
-
-    lines: str
-    along: str
-    panels: list[str] = field(default_factory=list)
-    baseline: Any = "baseline"  # the line drawn orange (DAC blue)
-    metric: str | None = None
-    estimator: Literal["final", "best", "robust"] = "robust"
-    where: dict[str, Any] = field(default_factory=dict)
-
-
-ANALYSES: dict[str, type] = {"table": TableSpec, "by_width": ByWidthSpec, "efficiency": EfficiencySpec,
-                             "failures": FailuresSpec, "pairs": PairsSpec, "complexity": ComplexitySpec}
-
-
-def spec_keys(spec: Any) -> list[str]:
-    """The study keys an analysis names (checked against the study's keys before anything runs)."""
-    keys: list[str] = list(getattr(spec, "where", {}))
-    for name in ("rows", "columns", "panels", "match"):
-        keys += list(getattr(spec, name, []) or [])
-    for name in ("width", "depth", "series", "shape", "arm", "x", "over", "by", "lines", "along"):
-        value = getattr(spec, name, None)
-        if value is not None:
-            keys.append(value)
+def study_keys(spec: Any) -> list[str]:
+    """The study keys an analysis's spec names: the values of its `StudyKey` fields (and lists
+    of them) and the keys of its `Where` mappings."""
+    hints = typing.get_type_hints(type(spec), include_extras=True)
+    keys: list[str] = []
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if value is None or not _names_keys(hints[f.name]):
+            continue
+        keys += list(value) if isinstance(value, (list, dict)) else [value]
     return keys
 
 
