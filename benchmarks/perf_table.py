@@ -145,9 +145,9 @@ def markdown(docs: dict[str, dict[str, Any] | None]) -> str:
     rows = (epoch_rows(docs["epoch"]) + split_rows(docs["split"]) + dense_rows(docs["layers"])
             + step_rows(docs["steps"]) + trainer_rows(docs["trainer"]) + cli_rows(docs["cli"]))
     machines = sorted({m for m in (_machine(d) for d in docs.values() if d) if m})
-    loads = [d["loadavg_before"].split()[0] for d in docs.values() if d and d.get("loadavg_before")]
+    loads = sorted(float(d["loadavg_before"].split()[0]) for d in docs.values() if d and d.get("loadavg_before"))
     head = (f"Measured on {'; '.join(machines) or 'unknown'}, wall clock"
-            + (f", load average {min(loads)}-{max(loads)} at the benchmarks' starts" if loads else "")
+            + (f", load average {loads[0]:.2f}-{loads[-1]:.2f} at the benchmarks' starts" if loads else "")
             + ". Ratios are measured side by side in one run (interleaved).")
     lines = [head, "", "| figure | measured | target | met |", "|---|---|---|---|"]
     lines += [f"| {f} | {m} | {t} | {'-' if ok is None else ('yes' if ok else '**no**')} |" for f, m, t, ok in rows]
