@@ -10,7 +10,7 @@ $(BIN)/biasbench: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(BIN)/biasbench
 
-.PHONY: setup quickstart quickstart-real real-data test test-slow test-real test-slurm bench lint
+.PHONY: setup quickstart quickstart-real real-data test test-slow test-real test-slurm bench bench-perf lint
 setup: $(BIN)/biasbench
 
 quickstart: setup
@@ -30,6 +30,10 @@ test-real: setup
 # Baseline against DAC on the real Fashion-MNIST, 3 replicates each, then their comparison.
 quickstart-real: setup
 	bash scripts/quickstart-real.sh
+
+# Issue 22's figures and the README's performance table (6-8 minutes; a quiet machine, real data).
+bench-perf: setup real-data
+	$(BIN)/python benchmarks/perf_all.py
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow

@@ -8,6 +8,7 @@ Examples:
   python benchmarks/variant_step.py --from-json readme.json --markdown
   python benchmarks/variant_step.py --isa avx2 --variants baseline,dac
   python benchmarks/variant_step.py --preset mnist_mlp --reps 41   # issue 22
+  python benchmarks/variant_step.py --preset issue22 --no-memory --json out.json
   python benchmarks/variant_step.py --device cuda --amp bf16 --channels-last \
       --compile --model resnet20_v1,vit_tiny_patch4 --variants all
 
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import CLOCKS, ISA_ENV, cpu_name, describe, kernel_paths, loadavg, reexec_for_isa  # noqa: E402
 from peak_memory import peak_step_bytes, run_child  # noqa: E402  (benchmarks/)
+from perf_table import step_figures  # noqa: E402
 
 from biasbench.errors import UserError  # noqa: E402
 from biasbench.losses import Criterion  # noqa: E402
@@ -68,6 +70,15 @@ PRESETS = {
          "in_channels": 1, "input_size": 28, "options": {"depth": 2, "width": 256}},
     ],
 }
+# Issue 22's step rows (benchmarks/perf_table.py): ResNet20 v1 DAC against its baseline, RAA against
+# the GELU baseline on ResNet20 and ViT-Tiny, and the MNIST MLP; fewer variants than `readme`, so
+# more repetitions fit the few minutes of benchmarks/perf_all.py.
+PRESETS["issue22"] = [
+    {"model": "resnet20_v1", "variants": "baseline,dac", "activation": "relu", "threads": [1, 2], "batch": 128},
+    {"model": "resnet20_v1", "variants": "baseline,raa", "activation": "gelu", "threads": [1, 2], "batch": 128},
+    {"model": "vit_tiny_patch4", "variants": "baseline,raa", "activation": "gelu", "threads": [2], "batch": 64},
+    *PRESETS["mnist_mlp"],
+]
 SCHEMA = "biasbench-variant-step/1"
 
 
@@ -354,6 +365,9 @@ def main() -> None:
         print(textwrap.fill(f"machine: {doc['meta']['machine']}", 80, break_on_hyphens=False))
         for sec in doc["sections"]:
             show(sec)
+    if not args.markdown:
+        for line in step_figures(doc):
+            print(line)
     if args.json and not args.from_json:
         from biasbench.fsutil import atomic_write_json
         atomic_write_json(args.json, doc)

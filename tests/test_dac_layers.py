@@ -512,10 +512,13 @@ def test_cpp_linear_gradients_do_not_depend_on_the_thread_count():
                 torch.randn(batch, cin, requires_grad=True), [layer.weight, layer.unshared_bias])
 
 
-@pytest.mark.parametrize("cin,cout", [(784, 256), (256, 256), (256, 10)], ids=lambda v: str(v))
+@pytest.mark.parametrize("cin,cout", [(784, 256), (256, 256), (256, 10), (181, 181), (181, 10)],
+                         ids=lambda v: str(v))
 def test_cpp_linear_gradients_on_mnist_shapes_do_not_depend_on_the_thread_count(cin, cout):
-    """The layers of the MLP 784-256-256-10 at batch 128 (issue 22): where the work is split
-    between threads differs most from the small cases above, and the bits must not."""
+    """The layers of the MLP 784-256-256-10 at batch 128 (issue 22), and its DAC twin's (hidden
+    181: padded rows, several chunks of partial sums reduced by rows shared between threads):
+    where the work is split between threads differs most from the small cases above, and the
+    bits must not."""
     from biasbench.kernels import dac_linear_cpu
     for isa in _linear_cpp_or_skip():
         layer = _linear_layer(cin, cout, "cpp", torch.float32)

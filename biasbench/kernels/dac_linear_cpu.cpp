@@ -49,13 +49,29 @@ namespace {
 
 using simd::V;
 
+// Work on rows 0..rows of `per_row` elements each, split between threads in tasks of at least
+// 2^14 elements: anything smaller runs inline (a parallel region's start-up and barrier cost
+// more), anything larger is shared. Serial copies, transposes and the partial sums' reduction
+// were the part of a two-thread step at the MNIST MLP's shapes that the second thread could not
+// take (issue 22: measured as the main thread's extra CPU time, benchmarks/thread_split.py).
+template <typename F>
+inline void parallel_rows(int64_t rows, int64_t per_row, const F& fn) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, per_row)), fn);
+}
+
 // rows x cols -> rows x ld (zero padded) in scratch `slot`; returns src when no padding is needed
 template <typename T>
 const T* padded(const T* src, int64_t rows, int64_t cols, int64_t ld, int slot) {
   if (ld == cols) return src;
-  simd::Scratch<T> buf(slot, rows * ld);  // serial: a copy, cheaper than a parallel region's start-up
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(buf.p + r * ld, src + r * cols, cols * sizeof(T));
-  return buf.p;
+  simd::Scratch<T> buf(slot, rows * ld, false);  // each task zeroes its rows' padding
+  T* p = buf.p;
+  parallel_rows(rows, ld, [&](int64_t rb, int64_t re) {
+    for (int64_t r = rb; r < re; ++r) {
+      std::memcpy(p + r * ld, src + r * cols, cols * sizeof(T));
+      std::fill(p + r * ld + cols, p + (r + 1) * ld, T(0));
+    }
+  });
+  return p;
 }
 
 // relu(z + B) = max(z, -B) + B: the kernels read nb = -B and add the B part in closed form, one
@@ -158,11 +174,12 @@ inline void backward_block(const T* z, const T* w, const T* nb, const T* gt, T* 
 template <typename T>
 void negated_bias(const T* w, const T* b0, int64_t O, int64_t C, int64_t ld, int slot, T*& nb, T*& wb) {
   using Vt = V<T>;
-  simd::Scratch<T> nbuf(slot, O * ld), wbuf(slot + 1, O, false);
+  simd::Scratch<T> nbuf(slot, O * ld, false), wbuf(slot + 1, O, false);  // padding zeroed per row
   T *nbp = nbuf.p, *wbp = wbuf.p;
-  at::parallel_for(0, O, std::max<int64_t>(1, (int64_t(1) << 14) / ld), [&](int64_t ib, int64_t ie) {
+  parallel_rows(O, ld, [&](int64_t ib, int64_t ie) {
     for (int64_t i = ib; i < ie; ++i) {
       for (int64_t j = 0; j < C; ++j) nbp[i * ld + j] = -b0[i * C + j];
+      std::fill(nbp + i * ld + C, nbp + (i + 1) * ld, T(0));
       typename Vt::type acc = Vt::splat(T(0));
       for (int64_t j = 0; j < ld; j += Vt::L) acc += Vt::load(w + i * ld + j) * Vt::load(nbp + i * ld + j);
       wbp[i] = -Vt::sum(acc);
@@ -279,8 +296,11 @@ void backward_impl(const T* z0, const T* w0, const T* b0, const T* g, T* gz0, T*
   T *nbv, *wb;
   negated_bias(w, b0, O, C, ld, 2, nbv, wb);
   std::unique_ptr<T[]> gt(new T[O * N]);  // g transposed: a block's g values for one row are adjacent
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t i = 0; i < O; ++i) gt[i * N + n] = g[n * O + i];
+  T* gtp = gt.get();
+  parallel_rows(O, N, [&](int64_t ib, int64_t ie) {
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = ib; i < ie; ++i) gtp[i * N + n] = g[n * O + i];
+  });
   simd::Scratch<T> gzb(5, ld == C ? 0 : N * ld, false);
   T* gz = ld == C ? gz0 : gzb.p;
   const int nchunks = batch_chunks(N, O * ld);
@@ -296,14 +316,16 @@ void backward_impl(const T* z0, const T* w0, const T* b0, const T* g, T* gz0, T*
     }
   });
   // Several chunks: added in chunk order (element by element), the same bits whatever the
-  // thread count. Rows of at least 2^18 partial elements per task: at the SGEMM shapes this
-  // runs inline, sparing a parallel region's start-up and barrier.
+  // thread count, rows shared between threads (it reads every partial sum: at 181 x 181, batch
+  // 128, seven chunks of them, which on one thread was a serial tail of the backward).
   if (nchunks > 1)
-    at::parallel_for(0, O, std::max<int64_t>(1, (int64_t(1) << 18) / (ld * nchunks)), [&](int64_t ib, int64_t ie) {
+    parallel_rows(O, ld * nchunks, [&](int64_t ib, int64_t ie) {
       finish_rows(pw, ps, w0, b0, gw, gb, ib, ie, 0, C, nchunks, np, C, ld);
     });
   if (ld != C)
-    for (int64_t n = 0; n < N; ++n) std::memcpy(gz0 + n * C, gz + n * ld, C * sizeof(T));
+    parallel_rows(N, ld, [&](int64_t nb_, int64_t ne) {
+      for (int64_t n = nb_; n < ne; ++n) std::memcpy(gz0 + n * C, gz + n * ld, C * sizeof(T));
+    });
 }
 
 void check(const at::Tensor& z, const at::Tensor& w, const at::Tensor& b) {
