@@ -7,6 +7,7 @@ traceback. Messages say what is wrong *and* how to fix it.
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -32,3 +33,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean `x`?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def warn(text: str) -> None:
+    """One warning line on stderr (also under --quiet: what it says is worth knowing)."""
+    print(f"warning: {' '.join(text.split())}", file=sys.stderr, flush=True)

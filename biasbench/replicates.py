@@ -6,6 +6,10 @@ document back through a pipe. Workers receive SIGTERM when the parent ends, howe
 (`stopping.die_with_parent`), and stop like Ctrl-C: checkpoint kept, results `interrupted`.
 A stop signal to the parent is passed on to the running workers; the parent waits for their
 results, then raises `Interrupted`. Every worker is joined: none outlives a normal end.
+
+The trainer hands in the function that trains one replicate (`train_one`, the trainer's
+`train_run`), so this module does not import the trainer that imports it. The function crosses
+to the spawned workers by its qualified name, as any picklable top-level function does.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -23,23 +28,27 @@ from rich.console import Console
 
 from biasbench.errors import UserError
 from biasbench.recipe import Recipe
+from biasbench.runfolder import run_paths
 from biasbench.runlog import say
-from biasbench.stopping import die_with_parent, signal_of, stop_on_signals
+from biasbench.running import usable_cores
+from biasbench.stopping import Interrupted, die_with_parent, signal_of, stop_on_signals
 
 STOP_WAIT_S = 120.0  # how long a stopped parent waits for its workers' last writes
 
 
-def _worker(conn: Connection, parent_pid: int, recipe: Recipe, r: int, seed: int, device: str, resume: bool,
-            fresh: bool, stop_after: int | None, threads: int, quiet: bool) -> None:
-    """A worker process: train one replicate and send ("done" | "interrupted" | "error", payload)."""
-    from biasbench.trainer import Interrupted, train_run
+# train_run's signature: (recipe, seed, replicate, device, *, resume, fresh, stop_after, console, label)
+TrainOne = Callable[..., dict[str, Any]]
 
+
+def _worker(conn: Connection, parent_pid: int, train_one: TrainOne, recipe: Recipe, r: int, seed: int, device: str,
+            resume: bool, fresh: bool, stop_after: int | None, threads: int, quiet: bool) -> None:
+    """A worker process: train one replicate and send ("done" | "interrupted" | "error", payload)."""
     die_with_parent(parent_pid)
     torch.set_num_threads(threads)
     console = Console(quiet=quiet, highlight=False, force_terminal=False, soft_wrap=True)
     with stop_on_signals():
         try:
-            msg = ("done", train_run(recipe, seed, r, torch.device(device), resume=resume, fresh=fresh,
+            msg = ("done", train_one(recipe, seed, r, torch.device(device), resume=resume, fresh=fresh,
                                      stop_after=stop_after, console=console, label=f"seed {seed}"))
         except Interrupted as e:
             msg = ("interrupted", e.doc)
@@ -57,19 +66,14 @@ def _worker(conn: Connection, parent_pid: int, recipe: Recipe, r: int, seed: int
 
 def worker_threads(jobs: int, threads: int | None = None) -> int:
     """Threads per worker: `threads` when given, else the usable cores shared out (at least one)."""
-    from biasbench.running import usable_cores
-
     return threads if threads is not None else max(1, usable_cores() // jobs)
 
 
-def train_parallel(recipe: Recipe, todo: list[tuple[int, int]], device: torch.device, *, resume: bool, fresh: bool,
-                   stop_after: int | None, jobs: int, console: Console, threads: int | None = None
-                   ) -> dict[int, dict[str, Any]]:
-    """Train replicates (r, seed) in up to `jobs` worker processes with `threads` each (None: the
-    cores shared out); {r: results document}."""
-    from biasbench.runfolder import run_paths
-    from biasbench.trainer import Interrupted
-
+def train_parallel(train_one: TrainOne, recipe: Recipe, todo: list[tuple[int, int]], device: torch.device, *,
+                   resume: bool, fresh: bool, stop_after: int | None, jobs: int, console: Console,
+                   threads: int | None = None) -> dict[int, dict[str, Any]]:
+    """Train replicates (r, seed) with `train_one` in up to `jobs` worker processes with `threads`
+    each (None: the cores shared out); {r: results document}."""
     threads = worker_threads(jobs, threads)
     each = f"{threads} thread{'s' if threads > 1 else ''} each"
     say(console, f"training {len(todo)} replicates, {jobs} at a time ({each})")
@@ -81,8 +85,8 @@ def train_parallel(recipe: Recipe, todo: list[tuple[int, int]], device: torch.de
                 r, seed = pending.pop(0)
                 reader, writer = context.Pipe(duplex=False)
                 proc = context.Process(target=_worker, daemon=True, name=f"biasbench-seed{seed}",
-                                       args=(writer, os.getpid(), recipe, r, seed, str(device), resume, fresh,
-                                             stop_after, threads, console.quiet))
+                                       args=(writer, os.getpid(), train_one, recipe, r, seed, str(device), resume,
+                                             fresh, stop_after, threads, console.quiet))
                 proc.start()
                 writer.close()  # the parent keeps only the reading end: EOF when the worker ends
                 running[r] = (seed, proc, reader)

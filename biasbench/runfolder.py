@@ -41,21 +41,28 @@ TAG_MAX = 96  # characters; longer tags keep a readable prefix and end in a hash
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 
 
+class _InRun:
+    """A file of the run folder, read as an attribute: `paths.results` is `paths.dir / "results.json"`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, paths: RunPaths, owner: type | None = None) -> Path:
+        return paths.dir / self.name
+
+
 @dataclass(frozen=True)
 class RunPaths:
     dir: Path
 
-    @property
-    def checkpoint(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.dir / "checkpoint_best.pt"
-
-    @property
-    def kept_checkpoints(self) -> Path:
-        return self.dir / "checkpoints"
+    checkpoint = _InRun("checkpoint.pt")
+    best_checkpoint = _InRun("checkpoint_best.pt")
+    kept_checkpoints = _InRun("checkpoints")
+    results = _InRun("results.json")
+    predictions = _InRun(PREDICTIONS_FILE)
+    metrics_csv = _InRun("metrics.csv")
+    tensorboard = _InRun("tensorboard")
+    lock = _InRun(".lock")
 
     def kept_checkpoint(self, epochs_done: int, batch: int | None) -> Path:
         """The name of a kept copy, zero-padded so that names sort by progress: `epochE.pt` after
@@ -63,26 +70,6 @@ class RunPaths:
         if batch:
             return self.kept_checkpoints / f"epoch{epochs_done + 1:05d}-batch{batch:07d}.pt"
         return self.kept_checkpoints / f"epoch{epochs_done:05d}.pt"
-
-    @property
-    def results(self) -> Path:
-        return self.dir / "results.json"
-
-    @property
-    def predictions(self) -> Path:
-        return self.dir / PREDICTIONS_FILE
-
-    @property
-    def metrics_csv(self) -> Path:
-        return self.dir / "metrics.csv"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.dir / "tensorboard"
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / ".lock"
 
     def written_files(self) -> list[Path]:
         """Every file a run writes (what --overwrite replaces, what orphans are named after)."""

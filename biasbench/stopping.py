@@ -28,8 +28,8 @@ from typing import Any
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
-class StopRequested(KeyboardInterrupt):
-    """A stop signal arrived; handled wherever Ctrl-C is."""
+class _BySignal(BaseException):
+    """An exception raised for a signal, which it carries (`signum`) and keeps across processes."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -39,17 +39,14 @@ class StopRequested(KeyboardInterrupt):
         return type(self), (self.signum,)
 
 
-class StoppedBeforeTraining(Exception):
+class StopRequested(_BySignal, KeyboardInterrupt):
+    """A stop signal arrived; handled wherever Ctrl-C is."""
+
+
+class StoppedBeforeTraining(_BySignal, Exception):
     """A stop signal before any training began. Not a KeyboardInterrupt on purpose: Typer turns
     those into a silent exit 130 whatever the signal; this one reaches `biasbench.cli.main`,
     which says so and exits with the signal's code."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    def __reduce__(self):  # rebuilt from its signal after crossing a process boundary
-        return type(self), (self.signum,)
 
 
 class Interrupted(Exception):

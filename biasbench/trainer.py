@@ -50,6 +50,7 @@ from biasbench.optim import L2Penalty, build_optimizer, build_scheduler
 from biasbench.params import count_by_role
 from biasbench.predictions import PredictionLog, describe, save_predictions
 from biasbench.recipe import Recipe, parse_every
+from biasbench.replicates import train_parallel
 from biasbench.results import KIND, SCHEMA_VERSION, best_epoch
 from biasbench.runfolder import RunPaths, Start, inspect_start, run_paths
 from biasbench.runlog import epoch_line, say
@@ -743,9 +744,7 @@ def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, 
     _ANNOUNCED.clear()  # the kernel-build line: once per command, whatever the replicates
     todo, done = plan_replicates(recipe, resume, overwrite, console, check=ctx.is_main)
     if jobs > 1 and len(todo) > 1:
-        from biasbench.replicates import train_parallel
-
-        return _in_order(done | train_parallel(recipe, todo, device, resume=resume, fresh=overwrite,
+        return _in_order(done | train_parallel(train_run, recipe, todo, device, resume=resume, fresh=overwrite,
                                                stop_after=stop_after, jobs=jobs, threads=threads,
                                                console=console))
     docs = dict(done)

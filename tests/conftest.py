@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
 from biasbench.cli import main
+from tests.smoke_runs import smoke_runs
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
+# pytest-timeout's limit for the tests of the long suites (pyproject's `timeout` is the default one's)
+LONG_TIMEOUT_S = 900
+LONG_SUITES = ("slow", "real", "slurm")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is None and any(item.get_closest_marker(m) for m in LONG_SUITES):
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_S))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -28,6 +40,18 @@ def _own_run_registry(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
         yield
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three real smoke-sized replicates of the quickstart (seeds 0, 1, 2), trained once a session."""
+    return smoke_runs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def docs(runs_dir: Path) -> list[dict[str, Any]]:
+    """Their results documents, by seed (a fresh copy for each test module)."""
+    return [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("results.json"))]
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:

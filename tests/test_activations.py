@@ -1,4 +1,4 @@
-"""The activation table (every activation the papers compare) and GDN against its formula."""
+"""The activation registry (every activation the papers compare) and GDN against its formula."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from biasbench.count import complexity
 from biasbench.errors import UserError
-from biasbench.layers.activations import ACTIVATIONS, ELEMENTWISE, make_activation
+from biasbench.layers.activations import ACTIVATIONS, ELEMENTWISE, activation, make_activation
 from biasbench.layers.gdn import GDN
 from biasbench.models import build_model
 from biasbench.params import parameter_roles
@@ -25,6 +25,28 @@ def test_module_and_elementwise_forms_agree(name):
     x = torch.linspace(-8, 8, 301).reshape(1, 301, 1, 1)
     entry = ACTIVATIONS[name]
     torch.testing.assert_close(make_activation(name, 301, dims=2)(x), entry.elementwise(x))
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_an_activation_is_found_by_name_by_its_module_class_and_by_its_module(name):
+    entry = ACTIVATIONS[name]
+    module = make_activation(name, 5, dims=2)
+    assert isinstance(module, entry.module_type)
+    assert activation(name) is activation(type(module)) is activation(module) is entry
+
+
+def test_a_module_with_other_settings_is_refused_not_read_as_the_registered_one():
+    assert activation(nn.ReLU(inplace=True)).name == "relu"  # in place or not: the same values
+    for other in (nn.LeakyReLU(0.2), nn.GELU(approximate="tanh"), nn.ELU(alpha=0.5), nn.Softplus(beta=2.0)):
+        with pytest.raises(UserError) as e:
+            activation(other)
+        assert "\n" not in str(e.value) and type(other).__name__ in str(e.value)
+
+
+def test_a_class_that_is_no_activation_is_one_line_naming_the_known_classes():
+    with pytest.raises(UserError) as e:
+        activation(nn.Tanh)
+    assert "\n" not in str(e.value) and "Tanh" in str(e.value) and "GELU" in str(e.value)
 
 
 def test_unknown_activation_is_one_line_with_a_suggestion():

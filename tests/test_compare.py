@@ -16,13 +16,6 @@ from biasbench.compare import compare_paths
 from biasbench.errors import UserError
 from tests.conftest import assert_fits, one_line_error, output_at, run_cli
 from tests.fake_runs import correctness, template_doc, write_run
-from tests.smoke_runs import smoke_runs
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three real smoke-sized replicates of the quickstart (seeds 0, 1, 2)."""
-    return smoke_runs(tmp_path_factory)
 
 
 def docs_of(d: Path) -> list[dict[str, Any]]:
@@ -50,8 +43,6 @@ def edited(
     for row in [*d["history"], d["final"]]:
         row["test_acc"] = row["test_acc"] + shift
     return d
-
-
 
 
 def test_real_runs_pool_into_one_group(runs_dir: Path) -> None:

@@ -362,16 +362,24 @@ def test_auto_falls_back_when_the_compiler_fails(monkeypatch):
     assert not dac_cpu.available()
 
 
-def test_cpp_build_name_covers_the_cpu_flags():
+def test_cpp_build_name_changes_with_the_cpu_flags(monkeypatch):
     # -march=native code is only safe where the ISA matches; model names alone ("AMD EPYC" under
-    # a hypervisor) can cover CPUs with and without AVX-512.
-    from pathlib import Path
+    # a hypervisor) can cover CPUs with and without AVX-512: two such CPUs get two builds.
+    from biasbench.kernels import build, dac_cpu
 
-    from biasbench.kernels import build
-    info = Path("/proc/cpuinfo")
-    if not info.exists() or "flags" not in info.read_text():
-        pytest.skip("no x86 /proc/cpuinfo here")
-    assert "flags" in build.cpu_info()
+    model = "model name\t: AMD EPYC Processor"
+    avx2 = f"{model}\nflags\t\t: fpu sse2 avx avx2 fma"
+    avx512 = f"{model}\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512dq"
+    source = build.HERE / dac_cpu.KERNEL.source
+
+    def name(info: str, isa: str = "avx2") -> str:
+        monkeypatch.setattr(build, "cpu_info", lambda: info)
+        return build.build_name(source, dac_cpu.KERNEL.namespace(isa), isa)
+
+    assert name(avx2) != name(avx512)  # the same AVX2 build, on CPUs that differ only in AVX-512
+    assert name(avx2) == name(avx2)  # and nothing else moves it
+    assert name(avx512, "avx512") not in (name(avx512), name(avx2))  # each ISA its own build
+    assert name(avx2).startswith(dac_cpu.KERNEL.namespace("avx2") + "_")
 
 
 def test_isa_follows_the_cpu_and_the_environment(monkeypatch):

@@ -28,7 +28,8 @@ def _cells(name: str, smoke: bool = False) -> dict[str, object]:
     return {c.name: c for c in load_study(REPO / "studies" / name, smoke=smoke).cells}
 
 
-@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.name == "dnrt_activations.yaml" else p
+                                  for p in STUDIES], ids=lambda p: p.name)  # that one: 15.2 s of CPU, 54 s at load 13
 def test_study_header_smoke_form_and_models(path):
     header = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
     assert f"biasbench sweep studies/{path.name}" in header and "--smoke" in header

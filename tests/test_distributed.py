@@ -18,6 +18,7 @@ def _history(path):
     return doc, [v for h in doc["history"] for v in (h["train_loss"], h["test_loss"], h["test_acc"])]
 
 
+@pytest.mark.slow  # 15.3 s of CPU with its workers, 34.7 s at load 12.8 (2026-12-05)
 def test_two_gloo_ranks_match_one_process(tmp_path):
     # No BatchNorm: gloo has no SyncBatchNorm, so BN statistics would be per rank.
     doc = tiny_recipe(tmp_path, model={"options": {"depth": 2, "width": 32, "bn": False}},
@@ -55,6 +56,7 @@ def _children() -> list[str]:
     return out
 
 
+@pytest.mark.slow  # 14.2 s of CPU with its workers, 50.3 s at load 13.2 (2026-12-05)
 def test_parallel_jobs_equal_serial_replicates(tmp_path, capfd):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 2, "replicates": 2}))
     assert run_cli(["train", str(recipe), "--out", str(tmp_path / "serial"), "-q"])[0] == 0

@@ -13,20 +13,9 @@ import yaml
 from biasbench.gate import load_gate
 from biasbench.recipe import load_recipe
 from tests.conftest import assert_fits, one_line_error, output_at, run_cli
-from tests.smoke_runs import ROOT, smoke_runs
+from tests.smoke_runs import ROOT
 
 GATE = ROOT / "recipes/gates/quickstart_smoke.yaml"
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return smoke_runs(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def docs(runs_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("results.json"))]
-
 
 
 def write_runs(
@@ -56,7 +45,6 @@ def gate_file(tmp_path: Path, doc: dict[str, Any]) -> Path:
     path = tmp_path / "gate.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
-
 
 
 def test_committed_gate_passes_on_a_fresh_smoke_run(

@@ -15,20 +15,10 @@ from markdown_it import MarkdownIt
 from biasbench import gate_ci
 from biasbench.gate import Check, GateResult
 from tests.conftest import one_line_error, run_cli
-from tests.smoke_runs import ROOT, smoke_runs
+from tests.smoke_runs import ROOT
 from tests.test_gate import gate_file, write_runs
 
 REFERENCE = str(ROOT / "tests/reference/quickstart_smoke")
-
-
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return smoke_runs(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def docs(runs_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("results.json"))]
 
 
 def with_field(folder: Path, docs: list[dict[str, Any]], key: str, values: list[float]) -> Path:

@@ -124,6 +124,7 @@ def _interrupt_when(predicate, timeout: float = 120.0) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow  # 15.6 s of CPU with its workers, 44.4 s at load 8.3 (2026-12-05)
 def test_ctrl_c_then_the_same_sweep_resumes_exactly(tmp_path, one_thread_workers):
     path = tiny_study(tmp_path, epochs=3, widths=(32,))
     out = tmp_path / "out"
@@ -266,6 +267,7 @@ def test_sigkill_part_way_then_the_same_command_finishes_the_sgemm_smoke_study(t
     assert histories(killed) == histories(whole)
 
 
+@pytest.mark.slow  # 13.9 s of CPU with its workers, 30.7 s at load 7.6 (2026-12-05)
 def test_more_replicates_of_a_finished_study_train_only_the_new_seeds(tmp_path, one_thread_workers):
     # Growing `replicates` is growing the study, as a grown grid is: the finished seeds stay,
     # only the new ones train (issue 25, item 16: it was refused as "other cells or replicates").

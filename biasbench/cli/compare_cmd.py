@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from biasbench.cli import options
 from biasbench.cli.app import app
 from biasbench.errors import UserError
 
@@ -33,16 +34,10 @@ if TYPE_CHECKING:
     "  biasbench compare /tmp/ci --gate G.yaml --junit gate.xml --summary gate.md",
 )
 def compare(
-    results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
-    baseline: str | None = typer.Option(
-        None, "--baseline", help="Group label, run name or variant to compare against (default: the `baseline` "
-        "variant)."),
-    metric: str | None = typer.Option(
-        None, "--metric", help="Per-epoch metric: test_acc (default for classification), test_loss (regression), "
-        "val_acc..."),
-    estimator: str | None = typer.Option(
-        None, "--estimator", help="Per-replicate value, for every table: final (last epoch, the default), robust "
-        "(the DAC paper's window around the best validation epoch) or min_mean (the best replicate-mean epoch)."),
+    results: list[Path] = options.RESULTS,
+    baseline: str | None = options.BASELINE,
+    metric: str | None = options.METRIC,
+    estimator: str | None = options.ESTIMATOR,
     json_out: Path | None = typer.Option(
         None, "--json", metavar="OUT", help="Also write the summary as JSON to OUT (`-`: JSON on stdout only)."),
     gate: Path | None = typer.Option(

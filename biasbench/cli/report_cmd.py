@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from biasbench.cli import options
 from biasbench.cli.app import app
 from biasbench.errors import UserError
 from biasbench.fsutil import new_folder
@@ -24,16 +25,13 @@ from biasbench.fsutil import new_folder
     "  biasbench report runs/studies/dac_sgemm --out rep    (a study folder: its analyses)",
 )
 def report(
-    results: list[Path] = typer.Argument(..., metavar="RESULTS...", help="results.json files or folders (recursive)."),
+    results: list[Path] = options.RESULTS,
     out: Path | None = typer.Option(
         None, "--out", help="Folder for the report (report.md or .html, figures/*.png and .json, compare.json)."),
     fmt: str = typer.Option("md", "--format", help="md (Markdown, figures as relative links) or html (one file)."),
-    baseline: str | None = typer.Option(None, "--baseline", help="Group label, run name or variant to compare "
-                                        "against."),
-    metric: str | None = typer.Option(None, "--metric", help="Per-epoch metric (default test_acc, or test_loss for "
-                                      "regression)."),
-    estimator: str = typer.Option("final", "--estimator", help="final, robust or min_mean: the one estimator of "
-                                  "every table and figure (docs/compare.md)."),
+    baseline: str | None = options.BASELINE,
+    metric: str | None = options.METRIC,
+    estimator: str | None = options.ESTIMATOR,
     history: bool = typer.Option(False, "--history", metavar="",
                                  help="Print each run's per-epoch history in the terminal."),
     json_out: Path | None = typer.Option(
@@ -60,7 +58,7 @@ def report(
             _show_histories(runs, json_out)
             return
         _show_histories(runs, None)
-    result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator)
+    result = summarize_runs(runs, metric=metric, baseline=baseline, estimator=estimator or "final")
     with new_folder(out) as where:  # a new report folder appears whole or not at all
         target = out / write_report(result, runs, where, fmt).relative_to(where)
     if json_out is not None:

@@ -129,6 +129,13 @@ def _check_datas(study: Any) -> None:
             raise UserError(f"cell `{cell.name}`: {e}") from None
 
 
+def _slurm_backend(launcher: Any) -> Any:
+    """The Slurm backend, imported only for --backend slurm: it needs the optional submitit."""
+    from biasbench.study.slurm import SlurmBackend
+
+    return SlurmBackend(launcher)
+
+
 def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: Any, console: Console,
          as_json: bool, slots: list[dict[str, str]] | None = None) -> None:
     from biasbench.running import registered
@@ -156,15 +163,16 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
             if crowded:
                 Console(stderr=True, highlight=False).print(escape(crowded), style="yellow")
             run_console = Console(highlight=False, quiet=as_json)
+            remote = _slurm_backend(launcher) if backend == "slurm" else None
             decisions = None
             if study.sequential is not None:
                 from biasbench.study.rounds import run_rounds
 
-                study, sweep, decisions = run_rounds(study, out, run_console, backend=backend, jobs=jobs,
-                                                     device=device, launcher=launcher, slots=slots)
+                study, sweep, decisions = run_rounds(study, out, run_console, backend=remote, jobs=jobs,
+                                                     device=device, slots=slots)
             else:
-                sweep = run_sweep(study, out, backend=backend, jobs=jobs, device=device, launcher=launcher,
-                                  console=run_console, slots=slots)
+                sweep = run_sweep(study, out, backend=remote, jobs=jobs, device=device, console=run_console,
+                                  slots=slots)
     except KeyboardInterrupt:
         Console(stderr=True, highlight=False).print(
             "interrupted: every running run kept its last checkpoint"

@@ -10,13 +10,12 @@ warning line and drops the tracker for the rest of the run.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from biasbench.errors import UserError
+from biasbench.errors import UserError, warn
 from biasbench.fsutil import atomic_write_json
 from biasbench.registry import Registry
 
@@ -104,11 +103,6 @@ class TrackerIds:
     def set(self, tracker: str, run_id: str) -> None:
         self.ids[tracker] = run_id
         atomic_write_json(self.path, self.ids)
-
-
-def warn(text: str) -> None:
-    """One warning line on stderr (also under --quiet: a tracker left out is worth knowing)."""
-    print(f"warning: {' '.join(text.split())}", file=sys.stderr, flush=True)
 
 
 class RunLoggers:

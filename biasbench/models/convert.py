@@ -38,14 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from biasbench.errors import UserError
+from biasbench.layers.activations import ACTIVATIONS
 from biasbench.layers.contract import TakesOperator, copy_operator
 from biasbench.models.contract import ModelHooks, ModelSpec, Taps, attach_hooks, check_applies, class_token, pooled
 from biasbench.models.variants import Variant, build_variant
 
 # -- what an activation is ----------------------------------------------------------------------
-TABLE_MODULES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "silu", nn.ELU: "elu",
-                                             nn.SELU: "selu", nn.Softplus: "softplus", nn.ReLU6: "relu6",
-                                             nn.LeakyReLU: "leaky_relu"}
+# The element-wise activations of the registry, by their module class (GDN mixes channels: no activation here)
+TABLE_MODULES: dict[type[nn.Module], str] = {a.module_type: a.name for a in ACTIVATIONS.values()
+                                             if a.elementwise is not None}
 TABLE_FUNCTIONS: dict[Any, str] = {F.relu: "relu", torch.relu: "relu", F.gelu: "gelu", F.silu: "silu", F.elu: "elu",
                                    F.selu: "selu", torch.selu: "selu", F.softplus: "softplus", F.relu6: "relu6",
                                    F.leaky_relu: "leaky_relu", "relu": "relu", "relu_": "relu"}  # str: methods

@@ -76,20 +76,9 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     param_roles = {"cls_token": "other", "pos_embed": "other"}  # embeddings: no decay, not biases
 
-    def __init__(
-        self,
-        variant: Variant,
-        image_size: tuple[int, int],
-        in_channels: int,
-        num_classes: int,
-        patch: int = 4,
-        dim: int = 192,
-        depth: int = 12,
-        heads: int = 3,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_path: float = 0.1,
-    ):
+    # The sizes have no defaults here: the registered builder's signature holds them, once.
+    def __init__(self, variant: Variant, image_size: tuple[int, int], in_channels: int, num_classes: int, *,
+                 patch: int, dim: int, depth: int, heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float):
         super().__init__()
         h, w = image_size
         if h % patch or w % patch:
@@ -143,5 +132,5 @@ def vit_tiny_patch4(
 ) -> nn.Module:
     if len(input_shape) != 3:
         raise ValueError(f"vit_tiny_patch4 needs images (C, H, W), got input shape {input_shape}")
-    return VisionTransformer(variant, (input_shape[1], input_shape[2]), in_channels, num_classes, patch, dim, depth,
-                             heads, mlp_ratio, qkv_bias, drop_path)
+    return VisionTransformer(variant, (input_shape[1], input_shape[2]), in_channels, num_classes, patch=patch, dim=dim,
+                             depth=depth, heads=heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=drop_path)

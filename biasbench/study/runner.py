@@ -5,6 +5,10 @@
 folder before anything trains: a finished run (completed or diverged) is skipped, an interrupted
 one resumes from its checkpoint (exactly: the trainer's resume), a run of other settings is
 refused. `Sweep` turns what the backend reports into manifest records and progress.
+
+The local backend (a worker pool) lives here; a backend that runs elsewhere (Slurm, in
+`study/slurm.py`, with its optional dependency submitit) is handed to `run_sweep` by its caller
+as a `RemoteBackend`, so this module never imports it and it imports this one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from biasbench.errors import UserError
 from biasbench.fsutil import atomic_write_text
@@ -256,12 +260,24 @@ def run_local(sweep: Sweep, tasks: list[RunTask], jobs: int, device: str,
 # ---------------------------------------------------------------------------------------------
 
 
-def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1, device: str = "cpu",
-              launcher: Any = None, console: Any = None, slots: list[dict[str, str]] | None = None,
+class RemoteBackend(Protocol):
+    """A backend whose runs go on outside this process (Slurm: `study.slurm.SlurmBackend`)."""
+
+    name: str  # recorded in the manifest
+
+    def still_queued(self, manifest: Manifest, tasks: list[RunTask]) -> dict[str, str]:
+        """Runs an earlier sweep submitted that are still queued or running (key -> job id)."""
+
+    def run(self, sweep: Sweep, tasks: list[RunTask], device: str, queued: dict[str, str]) -> None:
+        """Submit what is not `queued`, then follow every run until it ends."""
+
+
+def run_sweep(study: Study, out: Path, *, backend: RemoteBackend | None = None, jobs: int = 1, device: str = "cpu",
+              console: Any = None, slots: list[dict[str, str]] | None = None,
               after: Callable[[Manifest], None] | None = None) -> Sweep:
-    """Lock DIR, reconcile the manifest with the run folders, train what is missing; then, still
-    under the lock, `after(manifest)` (a sequential study's decisions) unless a run's bad input
-    stopped the sweep.
+    """Lock DIR, reconcile the manifest with the run folders, train what is missing (on `jobs`
+    local workers, or through `backend`); then, still under the lock, `after(manifest)` (a
+    sequential study's decisions) unless a run's bad input stopped the sweep.
 
     Raises KeyboardInterrupt when stopped (every busy run checkpointed, the manifest written),
     and the first UserError a run raised (bad input: the sweep stops starting runs)."""
@@ -272,13 +288,11 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
 
     console = console or Console(quiet=True)
     with StudyLock(out):
-        manifest = Manifest.for_study(study, out, backend)
+        manifest = Manifest.for_study(study, out, backend.name if backend is not None else "local")
         tasks, finished, unreadable = plan(study, out)
         queued: dict[str, str] = {}
-        if backend == "slurm":
-            from biasbench.study.slurm import still_queued
-
-            queued = still_queued(manifest, tasks)  # submitted by an earlier sweep: follow, not resubmit
+        if backend is not None:
+            queued = backend.still_queued(manifest, tasks)  # submitted by an earlier sweep: follow, not resubmit
         _reset_stale(manifest, [t for t in tasks if t.key not in queued])
         sweep = Sweep(study, out, manifest, progress=None)
         if manifest.rebuilt:
@@ -292,10 +306,8 @@ def run_sweep(study: Study, out: Path, *, backend: str = "local", jobs: int = 1,
         manifest.save(force=True)
         try:
             with progress:
-                if backend == "slurm":
-                    from biasbench.study.slurm import run_slurm
-
-                    run_slurm(sweep, tasks, launcher, device, queued)
+                if backend is not None:
+                    backend.run(sweep, tasks, device, queued)
                 elif tasks:
                     run_local(sweep, tasks, jobs, device, slots)
         finally:

@@ -19,6 +19,7 @@ import contextlib
 import io
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,20 @@ def run_slurm(sweep: Sweep, tasks: list[RunTask], launcher: LauncherSpec, device
         if watched:
             sweep.manifest.save()
             time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class SlurmBackend:
+    """`runner.run_sweep`'s backend for `--backend slurm` (a `runner.RemoteBackend`)."""
+
+    launcher: LauncherSpec
+    name: str = "slurm"
+
+    def still_queued(self, manifest: Manifest, tasks: list[RunTask]) -> dict[str, str]:
+        return still_queued(manifest, tasks)
+
+    def run(self, sweep: Sweep, tasks: list[RunTask], device: str, queued: dict[str, str]) -> None:
+        run_slurm(sweep, tasks, self.launcher, device, queued)
 
 
 def still_queued(manifest: Manifest, tasks: list[RunTask]) -> dict[str, str]:
