@@ -26,6 +26,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLoc
 from biasbench.fsutil import atomic_write, atomic_write_json, atomic_write_text, ensure_dir  # noqa: E402
 from biasbench.report import SPARE_COLORS, VARIANT_COLORS, md_escape  # noqa: E402
 from biasbench.study import analysis as an  # noqa: E402
+from biasbench.study.tune import tuning_blocks  # noqa: E402
 
 ORDER = ("table", "by_width", "efficiency", "failures", "pairs", "complexity")
 Block = tuple[str, Any]
@@ -389,6 +390,8 @@ def write_study_report(out_dir: Path, target: Path) -> Path:
         ("p", f"Generated {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} from `{out_dir}`. "
               "Statistics: docs/studies.md."),
         ("h2", "Runs"), *_status_blocks(runs)]
+    if runs.tuning is not None:  # `tune:` (biasbench/study/tune.py renders its section)
+        blocks += [("h2", "Tuning"), *tuning_blocks(runs.tuning, figs)]
     numbers: dict[str, Any] = {}
     usable = any(cell.usable for cell in runs.cells)
     for name in ORDER:

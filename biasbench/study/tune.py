@@ -1,0 +1,486 @@
+"""`tune:`: an equal tuning budget per arm, searched with Optuna, before the replicates run.
+
+    tune:
+      arms: model.variant            # the compared key: every cell is one search
+      space:                         # dotted recipe keys
+        optim.lr: {log_uniform: [1.0e-4, 1.0]}
+        optim.weight_decay: {choice: [0.0, 1.0e-4, 5.0e-4]}
+      trials: 16                     # per cell, the same for every cell
+      metric: val_acc                # validation only: the trials never build the test split
+      sampler: tpe                   # tpe | random | grid
+      epochs: 5                      # optional shorter budget per trial
+
+Every cell of the study is one search (a cell of each arm value within each combination of
+the other keys), so each arm gets the same number of trials on the same data and model. A
+trial is an ordinary run (`runner.train_one`) in DIR/tune/CELL/trial_NNN/seedS, its parameters
+applied as recipe overrides and `data.test_split: false`: the test split is dropped as soon as
+the data set is built, so no trial can read it. Optuna asks for the parameters and is told the
+trial's best validation value (`ask`/`tell`), its state kept in DIR/tune/journal.log (Optuna's
+journal file storage, locked across processes): running the sweep again goes on where it
+stopped: finished trials are kept, a trial stopped half way resumes from its checkpoint, and
+`trials` may grow (not shrink). Each cell's best values are then merged into its recipe, and
+the replicates run as without `tune:`; DIR/study.json records the values and every trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from biasbench.errors import UserError
+from biasbench.fsutil import atomic_write_text, ensure_dir
+from biasbench.recipe import Recipe, apply_overrides, from_dict
+from biasbench.results import higher_is_better
+from biasbench.study.specs import read_spec
+
+if TYPE_CHECKING:
+    from biasbench.study.schema import Cell, Study
+
+TUNE_DIR = "tune"
+JOURNAL = "journal.log"
+DISTRIBUTIONS = ("log_uniform", "uniform", "int", "log_int", "choice")
+FIXED_KEYS = ("train.epochs", "train.replicates", "train.seed", "data.test_split")  # the budget and the split
+LINE_WIDTH = 80
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    arms: str
+    space: dict[str, Any]
+    trials: int
+    metric: str
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    epochs: int | None = None  # None: the recipe's train.epochs
+    seed: int = 0  # the sampler's seed (the same for every cell: the arms start from the same draws)
+
+    def identity(self) -> dict[str, Any]:
+        """What a stored search must agree with to be continued (all but the trial count)."""
+        return {k: v for k, v in asdict(self).items() if k != "trials"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking `tune:` (load_study calls `read_tune`).
+# ---------------------------------------------------------------------------------------------
+
+
+def read_tune(doc: dict[str, Any], cells: list[Cell], keys: list[str], varying: list[str],
+              set_keys: list[str]) -> TuneSpec | None:
+    """`tune:` of a study document, checked against its cells; every problem is one UserError."""
+    if doc.get("tune") is None:
+        return None
+    spec = read_spec(TuneSpec, doc["tune"], "tune")
+    if spec.trials < 1:
+        raise UserError(f"`tune.trials` must be at least 1, got {spec.trials}")
+    if spec.epochs is not None and spec.epochs < 1:
+        raise UserError(f"`tune.epochs` must be at least 1 (or left out: the recipe's epochs), got {spec.epochs}")
+    if not spec.metric.startswith(("val_", "ema_val_")):
+        raise UserError(f"`tune.metric` must be a validation metric such as val_acc or val_loss (the trials never "
+                        f"read the test split), got `{spec.metric}`")
+    if spec.arms not in varying:
+        raise UserError(f"`tune.arms` must name a grid or zip key that varies (the compared arms), got "
+                        f"`{spec.arms}`; varying keys: {', '.join(varying) or 'none'}")
+    if not spec.space:
+        raise UserError("`tune.space` is empty: give at least one dotted recipe key and its distribution, e.g. "
+                        "optim.lr: {log_uniform: [1.0e-4, 1.0]}")
+    for key, raw in spec.space.items():
+        _check_space_key(str(key), keys, set_keys)
+        distribution(str(key), raw)
+    if spec.sampler == "grid":
+        size = grid_size(spec)
+        if spec.trials > size:
+            raise UserError(f"`tune.trials` is {spec.trials}, but the grid of `tune.space` has {size} points: a grid "
+                            f"sampler would repeat them; give trials: {size} or fewer")
+    for cell in cells:
+        data = cell.recipe.data
+        if not (data.val_fraction or data.val_folds):
+            raise UserError(f"cell `{cell.name}` has no validation split (data.val_fraction: 0), so tuning would "
+                            "have to read the test split; give data.val_fraction > 0")
+        trial_recipe(cell, probe(spec), spec, Path("."), 0)  # every key applies to every cell's recipe
+    return spec
+
+
+def _check_space_key(key: str, keys: list[str], set_keys: list[str]) -> None:
+    if "." not in key:
+        raise UserError(f"`tune.space.{key}` must be a dotted recipe key such as optim.lr")
+    if key in keys:
+        raise UserError(f"`tune.space.{key}` is also a grid or zip key; a key is either compared or tuned")
+    if key in set_keys:
+        raise UserError(f"`tune.space.{key}` is fixed in `set`; a key is either fixed or tuned")
+    if key in FIXED_KEYS or key.startswith("output."):
+        raise UserError(f"`tune.space.{key}` cannot be tuned: it sets the budget, the split or where runs go")
+
+
+def distribution(key: str, raw: Any) -> Any:
+    """`{log_uniform: [lo, hi]}`, `{uniform: [lo, hi]}`, `{int: [lo, hi]}`, `{log_int: [lo, hi]}`
+    or `{choice: [values]}` -> an Optuna distribution."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    where = f"tune.space.{key}"
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in DISTRIBUTIONS:
+        raise UserError(f"`{where}` must be one of {{{': [..]}, {'.join(DISTRIBUTIONS)}: [..]}}, got {raw!r}")
+    kind, args = next(iter(raw.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args or not all(v is None or isinstance(v, (bool, int, float, str))
+                                                              for v in args):
+            raise UserError(f"`{where}.choice` must be a non-empty list of numbers, strings, booleans or null, "
+                            f"got {args!r}")
+        if len({json.dumps(v) for v in args}) != len(args):
+            raise UserError(f"`{where}.choice` lists a value twice: {args!r}")
+        return CategoricalDistribution(args)
+    integer = kind in ("int", "log_int")
+    number = (lambda v: isinstance(v, int) and not isinstance(v, bool)) if integer else \
+        (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    if not isinstance(args, list) or len(args) != 2 or not all(number(v) for v in args) or not args[0] < args[1]:
+        what = "integers" if integer else "numbers"
+        raise UserError(f"`{where}.{kind}` must be [low, high], two {what} with low < high, got {args!r}")
+    if kind.startswith("log") and args[0] <= 0:
+        raise UserError(f"`{where}.{kind}` needs a positive low end (a log scale), got {args!r}")
+    if integer:
+        return IntDistribution(args[0], args[1], log=kind == "log_int")
+    return FloatDistribution(float(args[0]), float(args[1]), log=kind == "log_uniform")
+
+
+def grid_values(spec: TuneSpec) -> dict[str, list[Any]]:
+    """The grid sampler's points per key: the choices, or every integer of an int range."""
+    out = {}
+    for key, raw in spec.space.items():
+        kind, args = next(iter(raw.items()))
+        if kind == "choice":
+            out[key] = list(args)
+        elif kind in ("int", "log_int"):
+            out[key] = list(range(args[0], args[1] + 1))
+        else:
+            raise UserError(f"`tune.sampler: grid` needs a finite grid: `tune.space.{key}` is {kind}; give "
+                            "{choice: [...]} (or an int range), or use sampler tpe or random")
+    return out
+
+
+def grid_size(spec: TuneSpec) -> int:
+    return math.prod(len(v) for v in grid_values(spec).values())
+
+
+def probe(spec: TuneSpec) -> dict[str, Any]:
+    """One value per tuned key (the low end, or the first choice): to check the keys apply."""
+    return {key: next(iter(raw.values()))[0] for key, raw in spec.space.items()}
+
+
+def trial_recipe(cell: Cell, params: dict[str, Any], spec: TuneSpec, out: Path, number: int) -> Recipe:
+    """A trial's recipe: the cell's, with the parameters, the trial's epochs, one replicate, no
+    test split, placed in DIR/tune/CELL/trial_NNN."""
+    overrides = {**params, "data.test_split": False, "train.replicates": 1,
+                 "output.dir": str(Path(out) / TUNE_DIR / cell.name), "output.name": f"trial_{number:03d}"}
+    if spec.epochs is not None:
+        overrides["train.epochs"] = spec.epochs
+    try:
+        raw = apply_overrides(cell.recipe.to_dict(), overrides, origin="tune.space")
+        return from_dict(raw, source=cell.recipe.source)
+    except UserError as e:
+        raise UserError(f"cell `{cell.name}`: {e}") from None
+
+
+def with_values(cell: Cell, params: dict[str, Any]) -> Cell:
+    """The cell with its search's best values in its recipe (the replicates train these)."""
+    raw = apply_overrides(cell.recipe.to_dict(), params, origin=f"tune, cell `{cell.name}`")
+    return replace(cell, recipe=from_dict(raw, source=cell.recipe.source))
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan (sweep --dry-run).
+# ---------------------------------------------------------------------------------------------
+
+
+def plan_text(study: Study) -> str:
+    spec = study.tune
+    cells = study.cell_count()
+    epochs = spec.epochs if spec.epochs is not None else "the recipe's"
+    arms = sorted({str(c.values.get(spec.arms)) for c in study.cells})
+    return (f"tuning first: {cells} searches (one per cell; arms {spec.arms}: {', '.join(arms)}) x {spec.trials} "
+            f"trials x {epochs} epoch{'' if epochs == 1 else 's'} = {cells * spec.trials} trial runs ({spec.sampler} sampler, metric "
+            f"{spec.metric}, validation only, in tune/); then each cell's replicates below with its best values")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the searches.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    cell: str
+    number: int
+    params: dict[str, Any]
+    recipe: Recipe
+
+    @property
+    def key(self) -> str:
+        return f"{self.cell}/trial_{self.number:03d}"
+
+
+def journal_path(out: Path) -> Path:
+    return Path(out) / TUNE_DIR / JOURNAL
+
+
+def _storage(out: Path) -> Any:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    ensure_dir(Path(out) / TUNE_DIR)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(journal_path(out))))
+
+
+def _sampler(spec: TuneSpec, done: int) -> Any:
+    """The sampler, seeded by `seed` and the trials already stored: a resumed search does not
+    draw again the values its first trials drew."""
+    import optuna
+
+    seed = int(hashlib.sha256(f"{spec.seed}/{done}".encode()).hexdigest()[:8], 16)
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_values(spec), seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _search(storage: Any, cell: Cell, spec: TuneSpec, out: Path) -> Any:
+    """The cell's Optuna study in the journal, created or continued (same settings only)."""
+    import optuna
+
+    direction = "maximize" if higher_is_better(spec.metric) else "minimize"
+    names = {s.study_name for s in storage.get_all_studies()}
+    if cell.name in names:
+        search = optuna.load_study(study_name=cell.name, storage=storage,
+                                   sampler=_sampler(spec, len(storage.get_all_trials(
+                                       storage.get_study_id_from_name(cell.name), deepcopy=False))))
+        stored = search.user_attrs.get("tune")
+        if stored != json.loads(json.dumps(spec.identity())):
+            raise UserError(f"`{journal_path(out)}` holds a tuning of cell `{cell.name}` with other settings "
+                            f"({stored}); run the study that wrote it, or give this one another --out")
+        if len(search.trials) > spec.trials:
+            raise UserError(f"`{journal_path(out)}` holds {len(search.trials)} trials of cell `{cell.name}`, and "
+                            f"`tune.trials` is {spec.trials}: trials can grow, not shrink; give this study another "
+                            "--out")
+        return search
+    search = optuna.create_study(study_name=cell.name, storage=storage, direction=direction,
+                                 sampler=_sampler(spec, 0))
+    search.set_user_attr("tune", spec.identity())
+    return search
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _value_text(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def trial_line(trial: Trial, trials: int, metric: str, value: float | None, best: float | None) -> str:
+    """One line per finished trial, at most LINE_WIDTH characters."""
+    got = "diverged" if value is None else f"{metric} {value:.4g}"
+    shown = f", best {best:.4g}" if best is not None else ""
+    params = " ".join(f"{_short(k)}={_value_text(v)}" for k, v in trial.params.items())
+    line = f"tune {trial.cell} {trial.number + 1}/{trials}: {got}{shown}; {params}"
+    return line if len(line) <= LINE_WIDTH else line[: LINE_WIDTH - 3] + "..."
+
+
+def trial_value(doc: dict[str, Any], metric: str) -> float | None:
+    """A finished trial's best value of `metric` over its epochs (None: diverged, no value)."""
+    rows = [h[metric] for h in doc.get("history", []) if h.get(metric) is not None and math.isfinite(h[metric])]
+    if doc.get("status") != "completed":
+        return None
+    if not rows:
+        recorded = sorted(k for h in doc.get("history", [])[:1] for k in h if k.startswith(("val_", "ema_val_")))
+        raise UserError(f"`tune.metric` `{metric}` is not in the trials' results (they record "
+                        f"{', '.join(recorded) or 'no validation metric'}); fix `tune.metric`")
+    return max(rows) if higher_is_better(metric) else min(rows)
+
+
+def run_tuning(study: Study, out: Path, console: Any, jobs: int = 1, device: str = "cpu",
+               slots: list[dict[str, str]] | None = None) -> Study:
+    """Run every cell's search to `tune.trials` (under the study lock), record it, and return
+    the study with each cell's best values in its recipe."""
+    from biasbench.study.manifest import StudyLock
+
+    spec = study.tune
+    assert spec is not None
+    with StudyLock(out):
+        storage = _storage(out)
+        searches = {cell.name: _search(storage, cell, spec, out) for cell in study.cells}
+        _run_trials(study, searches, out, console, jobs, device, slots)
+        record = tuning_record(study, searches)
+    best = {name: c["params"] for name, c in record["cells"].items()}
+    cells = [with_values(c, best[c.name]) for c in study.cells]
+    return replace(study, cells=cells, tuned=record)
+
+
+def _pending(study: Study, searches: dict[str, Any], out: Path, size: int) -> list[Trial]:
+    """The next batch: trials a stopped sweep left running first (they resume from their
+    checkpoints), then new ones asked of each cell's search in turn, up to `size`."""
+    from optuna.trial import TrialState
+
+    spec = study.tune
+    batch: list[Trial] = []
+    for cell in study.cells:
+        for t in searches[cell.name].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            batch.append(Trial(cell.name, t.number, dict(t.params), trial_recipe(cell, t.params, spec, out, t.number)))
+    dists = {key: distribution(key, raw) for key, raw in spec.space.items()}
+    asked = True
+    while len(batch) < size and asked:
+        asked = False
+        for cell in study.cells:
+            search = searches[cell.name]
+            if len(batch) < size and len(search.get_trials(deepcopy=False)) < spec.trials:
+                t = search.ask(fixed_distributions=dists)
+                batch.append(Trial(cell.name, t.number, dict(t.params),
+                                   trial_recipe(cell, t.params, spec, out, t.number)))
+                asked = True
+    return batch
+
+
+def _run_trials(study: Study, searches: dict[str, Any], out: Path, console: Any, jobs: int, device: str,
+                slots: list[dict[str, str]] | None) -> None:
+    """Batches of trials on a worker pool until every search has its trials; Optuna is told each
+    result as it comes. Raises KeyboardInterrupt when stopped (the busy trials checkpointed)."""
+    from optuna.trial import TrialState
+
+    from biasbench.pool import WorkerPool
+    from biasbench.study.runner import train_one, worker_threads
+
+    spec = study.tune
+    workers = len(slots) if slots else jobs
+    stop: UserError | None = None
+    with WorkerPool(workers, threads=worker_threads(workers), slots=slots) as pool:
+        while stop is None:
+            batch = _pending(study, searches, out, workers)
+            if not batch:
+                return
+            by_key = {t.key: t for t in batch}
+            work = [(t.key, (t.recipe, t.recipe.train.seed, 0, device, True)) for t in batch]
+            for event in pool.run(train_one, work):
+                if event.kind in ("tick", "started"):
+                    continue
+                trial = by_key[event.key]
+                search = searches[trial.cell]
+                if event.kind != "finished":
+                    folder = Path(trial.recipe.output.dir) / trial.recipe.output.name
+                    atomic_write_text(ensure_dir(folder) / "error.txt", f"{event.error}\n{event.traceback}")
+                    stop = stop or (event.exception if isinstance(event.exception, UserError) else UserError(
+                        f"tuning trial {trial.key}: {event.error}; traceback in {folder / 'error.txt'}; run the "
+                        "same command again to retry it"))
+                    pool.stop()
+                    continue
+                if event.result["status"] == "interrupted":
+                    continue  # stays running in the journal: the next sweep resumes it
+                value = trial_value(event.result, spec.metric)
+                if value is None:
+                    search.tell(trial.number, state=TrialState.FAIL)
+                else:
+                    search.tell(trial.number, value)
+                done = [t.value for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+                best = (max if higher_is_better(spec.metric) else min)(done) if done else None
+                console.print(trial_line(trial, spec.trials, spec.metric, value, best), markup=False, highlight=False,
+                              crop=False, overflow="ignore", soft_wrap=True)
+    raise stop
+
+
+def tuning_record(study: Study, searches: dict[str, Any]) -> dict[str, Any]:
+    """What DIR/study.json records (`tune`): the settings and, per cell, its best values and
+    every trial in order (the report's best-so-far curves)."""
+    from optuna.trial import TrialState
+
+    spec = study.tune
+    pick = max if higher_is_better(spec.metric) else min
+    cells = {}
+    for cell in study.cells:
+        trials = sorted(searches[cell.name].get_trials(deepcopy=False), key=lambda t: t.number)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if not complete:
+            raise UserError(f"every tuning trial of cell `{cell.name}` diverged ({len(trials)} trials); narrow "
+                            "`tune.space` (smaller learning rates) and give the study another --out")
+        best_value = pick(t.value for t in complete)
+        best = min((t for t in complete if t.value == best_value), key=lambda t: t.number)  # ties: the first
+        cells[cell.name] = {
+            "arm": cell.values.get(spec.arms), "params": dict(best.params), "value": best.value,
+            "trial": best.number,
+            "trials": [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": dict(t.params)}
+                       for t in trials]}
+    return {"spec": asdict(spec), "journal": f"{TUNE_DIR}/{JOURNAL}", "cells": cells}
+
+
+# ---------------------------------------------------------------------------------------------
+# What the report and `compare` say.
+# ---------------------------------------------------------------------------------------------
+
+
+def budget_text(record: dict[str, Any]) -> str:
+    spec = record["spec"]
+    epochs = f"up to {spec['epochs']} epochs" if spec.get("epochs") else "the recipe's epochs"
+    return f"{spec['trials']} trials of {epochs}"
+
+
+def fairness_text(record: dict[str, Any] | None) -> str:
+    """The tuning part of a comparison's fairness line."""
+    if record is None:
+        return "not tuned (each side trains its recipe's values)"
+    spec = record["spec"]
+    epochs = f" of up to {spec['epochs']} epochs" if spec.get("epochs") else ""
+    return f"tuned: {spec['trials']} trials per arm{epochs} ({spec['sampler']}, {spec['metric']})"
+
+
+def best_so_far(trials: list[dict[str, Any]], higher: bool) -> list[float]:
+    """The best value after each trial (NaN until a trial completes; a diverged trial keeps it)."""
+    out: list[float] = []
+    best = math.nan
+    for t in trials:
+        v = t["value"] if t["state"] == "complete" else None
+        if v is not None and (math.isnan(best) or (v > best if higher else v < best)):
+            best = v
+        out.append(best)
+    return out
+
+
+def tuning_blocks(record: dict[str, Any], figs: Path) -> list[tuple[str, Any]]:
+    """The report's Tuning section: the sentence, the best-so-far figure, the chosen values."""
+    import matplotlib.pyplot as plt
+
+    from biasbench.report import SPARE_COLORS, VARIANT_COLORS
+
+    spec = record["spec"]
+    metric, higher = spec["metric"], higher_is_better(spec["metric"])
+    cells = record["cells"]
+    arms = list(dict.fromkeys(str(c["arm"]) for c in cells.values()))
+    spare = iter(SPARE_COLORS * (1 + len(arms)))
+    color = {a: VARIANT_COLORS.get(a) or next(spare) for a in arms}
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    seen: dict[str, int] = {}
+    for name, c in cells.items():
+        curve = best_so_far(c["trials"], higher)
+        n = seen[str(c["arm"])] = seen.get(str(c["arm"]), -1) + 1  # several cells of one arm: other dashes
+        xs = range(1, len(curve) + 1)
+        ax.plot(xs, curve, styles[n % len(styles)], drawstyle="steps-post", color=color[str(c["arm"])], label=name)
+        done = [(x, t["value"]) for x, t in zip(xs, c["trials"]) if t["state"] == "complete"]
+        ax.scatter([x for x, _ in done], [v for _, v in done], s=18, color=color[str(c["arm"])], alpha=0.5)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"best {metric} so far (dots: each trial)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path = ensure_dir(Path(figs)) / "tuning.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    keys = list(spec["space"])
+    rows = [[name, str(c["arm"]), *[_value_text(c["params"].get(k)) for k in keys], f"{c['value']:.4g}",
+             str(c["trial"] + 1)] for name, c in cells.items()]
+    return [
+        ("p", f"Each arm had {budget_text(record)} ({spec['sampler']} sampler, Optuna; metric {metric} on the "
+              "validation split: the trials never built the test split). Each cell's replicates below trained its "
+              "best values, on the full budget."),
+        ("img", ("Best validation value so far against trials", path)),
+        ("table", (["cell", _short(spec["arms"]), *map(_short, keys), f"best {metric}", "trial"], rows, None)),
+    ]
