@@ -199,8 +199,9 @@ def plan_text(study: Study) -> str:
     epochs = spec.epochs if spec.epochs is not None else "the recipe's"
     arms = sorted({str(c.values.get(spec.arms)) for c in study.cells})
     return (f"tuning first: {cells} searches (one per cell; arms {spec.arms}: {', '.join(arms)}) x {spec.trials} "
-            f"trials x {epochs} epoch{'' if epochs == 1 else 's'} = {cells * spec.trials} trial runs ({spec.sampler} sampler, metric "
-            f"{spec.metric}, validation only, in tune/); then each cell's replicates below with its best values")
+            f"trials x {epochs} epoch{'' if epochs == 1 else 's'} = {cells * spec.trials} trial runs "
+            f"({spec.sampler} sampler, metric {spec.metric}, validation only, in tune/); then each cell's replicates "
+            "below with its best values")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,9 +418,13 @@ def tuning_record(study: Study, searches: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def budget_text(record: dict[str, Any]) -> str:
     spec = record["spec"]
-    epochs = f"up to {spec['epochs']} epochs" if spec.get("epochs") else "the recipe's epochs"
+    epochs = f"up to {_epochs(spec['epochs'])}" if spec.get("epochs") else "the recipe's epochs"
     return f"{spec['trials']} trials of {epochs}"
 
 
@@ -428,7 +433,7 @@ def fairness_text(record: dict[str, Any] | None) -> str:
     if record is None:
         return "not tuned (each side trains its recipe's values)"
     spec = record["spec"]
-    epochs = f" of up to {spec['epochs']} epochs" if spec.get("epochs") else ""
+    epochs = f" of up to {_epochs(spec['epochs'])}" if spec.get("epochs") else ""
     return f"tuned: {spec['trials']} trials per arm{epochs} ({spec['sampler']}, {spec['metric']})"
 
 
