@@ -283,7 +283,7 @@ def _value_text(v: Any) -> str:
 def trial_line(trial: Trial, trials: int, metric: str, value: float | None, best: float | None) -> str:
     """One line per finished trial, at most LINE_WIDTH characters."""
     got = "diverged" if value is None else f"{metric} {value:.4g}"
-    shown = f", best {best:.4g}" if best is not None else ""
+    shown = "" if best is None else ", the best" if value == best else f", best {best:.4g}"
     params = " ".join(f"{_short(k)}={_value_text(v)}" for k, v in trial.params.items())
     line = f"tune {trial.cell} {trial.number + 1}/{trials}: {got}{shown}; {params}"
     return line if len(line) <= LINE_WIDTH else line[: LINE_WIDTH - 3] + "..."
@@ -333,7 +333,9 @@ def _pending(study: Study, searches: dict[str, Any], out: Path, size: int) -> li
     asked = True
     while len(batch) < size and asked:
         asked = False
-        for cell in study.cells:
+        # The searches with the fewest trials first: one worker alternates between the arms, so a
+        # stopped tuning leaves them with (nearly) as many trials each.
+        for cell in sorted(study.cells, key=lambda c: len(searches[c.name].get_trials(deepcopy=False))):
             search = searches[cell.name]
             if len(batch) < size and len(search.get_trials(deepcopy=False)) < spec.trials:
                 t = search.ask(fixed_distributions=dists)
@@ -468,11 +470,13 @@ def tuning_blocks(record: dict[str, Any], figs: Path) -> list[tuple[str, Any]]:
         curve = best_so_far(c["trials"], higher)
         n = seen[str(c["arm"])] = seen.get(str(c["arm"]), -1) + 1  # several cells of one arm: other dashes
         xs = range(1, len(curve) + 1)
-        ax.plot(xs, curve, styles[n % len(styles)], drawstyle="steps-post", color=color[str(c["arm"])], label=name)
+        ax.plot(xs, curve, styles[n % len(styles)], drawstyle="steps-post", marker="o", markersize=5,
+                color=color[str(c["arm"])], label=name)
         done = [(x, t["value"]) for x, t in zip(xs, c["trials"]) if t["state"] == "complete"]
-        ax.scatter([x for x, _ in done], [v for _, v in done], s=18, color=color[str(c["arm"])], alpha=0.5)
+        ax.scatter([x for x, _ in done], [v for _, v in done], s=24, marker="x", color=color[str(c["arm"])],
+                   alpha=0.6)
     ax.set_xlabel("trial")
-    ax.set_ylabel(f"best {metric} so far (dots: each trial)")
+    ax.set_ylabel(f"best {metric} so far (x: each trial)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
