@@ -126,6 +126,18 @@ def test_a_changed_space_is_refused_on_the_same_folder(tmp_path):
         tn._search(tn._storage(tmp_path), other.cells[0], other.tune, tmp_path)
 
 
+def test_fewer_trials_on_the_same_folder_are_refused(tmp_path):
+    study = load_study(tune_study(tmp_path, trials=2))
+    search = tn._search(tn._storage(tmp_path), study.cells[0], study.tune, tmp_path)
+    for _ in range(2):
+        search.ask(fixed_distributions={k: tn.distribution(k, v) for k, v in SPACE.items()})
+    fewer = load_study(tune_study(tmp_path, trials=1))
+    with pytest.raises(UserError, match="trials can grow, not shrink"):
+        tn._search(tn._storage(tmp_path), fewer.cells[0], fewer.tune, tmp_path)
+    more = load_study(tune_study(tmp_path, trials=3))  # growing continues the same search
+    assert len(tn._search(tn._storage(tmp_path), more.cells[0], more.tune, tmp_path).trials) == 2
+
+
 def test_best_so_far_keeps_the_best_and_skips_failed_trials():
     trials = [{"state": "fail", "value": None}, {"state": "complete", "value": 0.5},
               {"state": "complete", "value": 0.4}, {"state": "complete", "value": 0.7}]

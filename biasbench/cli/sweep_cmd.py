@@ -183,6 +183,7 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
     if as_json:
         print(json.dumps({"study": study.name, "out": str(out), "counts": counts, "failed": failed,
                           "errors": sweep.errors, "notes": sweep.notes,
+                          **({"tune": study.tuned} if study.tuned is not None else {}),
                           **({"comparisons": [d.record() for d in decisions]} if decisions is not None else {})},
                          indent=1))
     else:

@@ -291,9 +291,9 @@ def trial_line(trial: Trial, trials: int, metric: str, value: float | None, best
 
 def trial_value(doc: dict[str, Any], metric: str) -> float | None:
     """A finished trial's best value of `metric` over its epochs (None: diverged, no value)."""
-    rows = [h[metric] for h in doc.get("history", []) if h.get(metric) is not None and math.isfinite(h[metric])]
     if doc.get("status") != "completed":
         return None
+    rows = [h[metric] for h in doc.get("history", []) if h.get(metric) is not None and math.isfinite(h[metric])]
     if not rows:
         recorded = sorted(k for h in doc.get("history", [])[:1] for k in h if k.startswith(("val_", "ema_val_")))
         raise UserError(f"`tune.metric` `{metric}` is not in the trials' results (they record "
