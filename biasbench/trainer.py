@@ -658,7 +658,7 @@ def warm_up(run: Run, console: Console) -> float:
         say(console, f"{' and '.join(kinds)} layers: building the fused {where} kernels before timing (the first "
                      "run on a machine compiles them, 10-20 s each; later runs load them from the cache)")
     t0 = time.perf_counter()
-    loader = run.eval_loaders.get("test") or run.eval_loaders["val"]  # (data.test_split: false: val)
+    loader = run.eval_loaders["test" if "test" in run.eval_loaders else "val"]  # (data.test_split: false)
     x = next(iter(loader))[0][:2]  # whatever loader the split has: its first batch
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
         run.model.eval()
