@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from biasbench.errors import UserError
-from biasbench.fsutil import atomic_write_text, ensure_dir
+from biasbench.fsutil import atomic_write, atomic_write_text, ensure_dir
 from biasbench.recipe import Recipe, apply_overrides, from_dict
 from biasbench.results import higher_is_better
 from biasbench.study.specs import read_spec
@@ -481,7 +481,7 @@ def tuning_blocks(record: dict[str, Any], figs: Path) -> list[tuple[str, Any]]:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     path = ensure_dir(Path(figs)) / "tuning.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))  # as report.py
     plt.close(fig)
     keys = list(spec["space"])
     rows = [[name, str(c["arm"]), *[_value_text(c["params"].get(k)) for k in keys], f"{c['value']:.4g}",
