@@ -23,6 +23,8 @@ from biasbench.errors import UserError, did_you_mean
 from biasbench.predictions import TestPredictions, load_predictions
 from biasbench.recipe import experiment_identity
 from biasbench.results import KIND, SCHEMA_VERSION, check_results, higher_is_better, load_results
+from biasbench.study.manifest import MANIFEST
+from biasbench.study.tune import TUNE_DIR
 
 # Keys that must agree across every group of one comparison (else: refused).
 _COMPAT_PREFIXES = ("data.", "train.epochs", "task")
@@ -59,6 +61,8 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
         if not p.exists():
             raise UserError(f"`{p}` does not exist; give results.json files or folders holding them")
         files = sorted(p.rglob("results.json")) if p.is_dir() else [p]
+        if (p / MANIFEST).is_file():  # a study folder: its runs, not its tuning trials (DIR/tune/, validation only)
+            files = [f for f in files if f.relative_to(p).parts[0] != TUNE_DIR]
         if not files:
             raise UserError(f"folder `{p}` holds no results.json files (train a recipe into it first)")
         for f in files:

@@ -49,6 +49,9 @@ class DataConfig:
     val_folds: int = 0  # >0: K-fold validation split (the DAC paper uses 5) instead of a fraction
     val_fold: int | None = None  # which fold; None = replicate index mod val_folds
     split_seed: int = 0  # fixes the validation split independently of the run seed
+    # false: the test split is dropped as soon as the data set is built: no test loader, metric or
+    # prediction (a study's tuning trials, which must choose on validation data alone)
+    test_split: bool = True
     augment: str = "none"  # named augmentation, see biasbench.data.augment
     augment_options: dict[str, Any] = field(default_factory=dict)  # the augmentation's settings (timm's)
     workers: int | None = None  # DataLoader processes for per-image pipelines (default: one per core, <= 8)
@@ -644,6 +647,9 @@ def from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
         raise UserError(f"recipe key `data.val_fold` is {fold}, but folds are 0..{folds - 1} "
                         f"(data.val_folds = {folds})" if folds else
                         "recipe key `data.val_fold` needs `data.val_folds` (K of a K-fold split), which is 0")
+    if not recipe.data.test_split and not (recipe.data.val_fraction or recipe.data.val_folds):
+        raise UserError("recipe key `data.test_split` is false and the recipe has no validation split "
+                        "(data.val_fraction is 0): a run would evaluate nothing; give data.val_fraction > 0")
     for key in recipe.smoke:
         if key not in known_keys() and not _free_form(key):
             raise UserError(f"recipe key `smoke.{key}` names no recipe key{did_you_mean(key, known_keys())}")

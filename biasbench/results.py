@@ -80,6 +80,8 @@ def best_epoch(history: list[dict[str, Any]], task: str) -> dict[str, Any]:
     pick = max if higher_is_better(key) else min
     best = pick(history, key=lambda h: h[key])
     test_key = "test_acc" if task == "classification" else "test_loss"
+    if test_key not in history[0]:  # data.test_split: false (a tuning trial)
+        return {"selected_by": key, **best}
     best_test = (max if higher_is_better(test_key) else min)(h[test_key] for h in history)
     return {"selected_by": key, **best, f"best_{test_key}": best_test}
 

@@ -334,10 +334,11 @@ def _train_and_evaluate(run: Run, state: TrainingState, epoch: int, bar: Progres
     if run.ema is not None:  # the averaged weights, beside the raw ones (ema_val_acc, ema_test_loss, ...)
         evals.update({f"ema_{name}": evaluate(run.ema.module, loader, run.criterion)
                       for name, loader in run.eval_loaders.items()})
-    per_example = torch.cat(kept)
     state.history.append(_epoch_row(epoch, lr, train_metrics, evals, seconds))
-    state.predictions.add(epoch + 1, per_example, run.eval_loaders["test"].y,
-                          example_loss=per_example if run.bundle.task == "regression" else None)
+    if "test" in run.eval_loaders:  # (data.test_split: false has none)
+        per_example = torch.cat(kept)
+        state.predictions.add(epoch + 1, per_example, run.eval_loaders["test"].y,
+                              example_loss=per_example if run.bundle.task == "regression" else None)
     state.epoch = epoch + 1
     return state.history[-1], rate
 
@@ -400,7 +401,7 @@ def _early_stop_line(early: dict[str, Any]) -> str:
 
 
 def _evaluated(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [h for h in history if "test_loss" in h]  # a diverged epoch has no evaluation
+    return [h for h in history if "test_loss" in h or "val_loss" in h]  # a diverged epoch has no evaluation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,7 +655,8 @@ def warm_up(run: Run, console: Console) -> float:
         say(console, f"{' and '.join(kinds)} layers: building the fused {where} kernels before timing (the first "
                      "run on a machine compiles them, 10-20 s each; later runs load them from the cache)")
     t0 = time.perf_counter()
-    x = next(iter(run.eval_loaders["test"]))[0][:2]  # whatever loader the split has: its first batch
+    loader = run.eval_loaders["test" if "test" in run.eval_loaders else "val"]  # (data.test_split: false)
+    x = next(iter(loader))[0][:2]  # whatever loader the split has: its first batch
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
         run.model.eval()
         run.model(x)

@@ -77,6 +77,9 @@ def sweep(
             check_comparisons(study)
         except UserError as e:
             raise UserError(f"study `{study_path}`: {e}") from None
+    if study.tune is not None and backend == "slurm" and not dry_run:
+        raise UserError(f"study `{study_path}` has `tune:`, whose trials run with --backend local only for now; "
+                        "tune locally (or on one allocated node) with --backend local, where the replicates run too")
     launcher = replace(study.launcher, **given)
     out = out if out is not None else Path("runs") / "studies" / study.name
     console = Console(highlight=False)
@@ -165,6 +168,10 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
             run_console = Console(highlight=False, quiet=as_json)
             remote = _slurm_backend(launcher) if backend == "slurm" else None
             decisions = None
+            if study.tune is not None:  # the searches first; the cells then train their best values
+                from biasbench.study.tune_search import run_tuning
+
+                study = run_tuning(study, out, run_console, jobs=jobs, device=device, slots=slots)
             if study.sequential is not None:
                 from biasbench.study.rounds import run_rounds
 
@@ -184,6 +191,7 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
     if as_json:
         print(json.dumps({"study": study.name, "out": str(out), "counts": counts, "failed": failed,
                           "errors": sweep.errors, "notes": sweep.notes,
+                          **({"tune": study.tuned} if study.tuned is not None else {}),
                           **({"comparisons": [d.record() for d in decisions]} if decisions is not None else {})},
                          indent=1))
     else:
@@ -244,7 +252,8 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
                   "train_samples": k.samples, "epochs": k.epochs, "cost": k.total} for v, k in zip(values, costs)]
         print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells,
                           "matches": [_match_json(m) for m in study.matches],
-                          "sequential": None if study.sequential is None else vars(study.sequential)},
+                          "sequential": None if study.sequential is None else vars(study.sequential),
+                          "tune": None if study.tune is None else vars(study.tune)},
                          indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
@@ -265,6 +274,7 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
                   + ("; ~ marks sample counts from the official data set size" if total["approximate"] else ""))
     _print_matches(study, console, si)
     _print_sequential(study, console)
+    _print_tuning(study, console)
     if total["cells_without_estimate"]:
         say(console, f"no estimate for {len(total['cells_without_estimate'])} cells: their data set's size is "
                       "not known without its files")
@@ -281,6 +291,16 @@ def _print_sequential(study: Any, console: Console) -> None:
             f"still undecided get {seq.step} more seed(s) per round, up to {seq.max} ({METHOD}, alpha "
             f"{seq.alpha:g}); the runs and cost above are the first round's")
     for line in wrap(text, console.width):
+        console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
+
+
+def _print_tuning(study: Any, console: Console) -> None:
+    from biasbench.study.tune import plan_text
+    from biasbench.termtable import wrap
+
+    if study.tune is None:
+        return
+    for line in wrap(plan_text(study), console.width):
         console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
 
 

@@ -89,7 +89,7 @@ class KindSplit(Protocol):
 class DataBundle:
     train: Split | FileSplit | KindSplit
     val: Split | FileSplit | KindSplit | None
-    test: Split | FileSplit | KindSplit
+    test: Split | FileSplit | KindSplit | None  # None: dropped (data.test_split: false)
     task: Literal["classification", "regression"]
     num_outputs: int  # classes, or regression targets
     input_shape: tuple[int, ...]
@@ -101,7 +101,8 @@ class DataBundle:
     def describe(self) -> dict[str, Any]:
         return {
             "train_size": len(self.train), "val_size": len(self.val) if self.val is not None else 0,
-            "test_size": len(self.test), "task": self.task, "num_outputs": self.num_outputs,
+            "test_size": len(self.test) if self.test is not None else 0, "task": self.task,
+            "num_outputs": self.num_outputs,
             "input_shape": list(self.input_shape), **self.info,
         }
 
@@ -267,6 +268,8 @@ def build_data(cfg: Any, replicate: int = 0) -> DataBundle:
     aug = get_augment(cfg.augment)  # an unknown augmentation or option fails before any loading
     options = augment_options(cfg.augment, cfg.augment_options)
     bundle = builder(cfg, replicate=replicate)
+    if not getattr(cfg, "test_split", True):  # dropped before anything reads it (tuning trials)
+        bundle = replace(bundle, test=None)
     refuse_non_finite(bundle, cfg.name)
     if len(bundle.train) == 0:
         raise UserError(f"data set `{cfg.name}` has an empty training split")
@@ -306,9 +309,10 @@ def apply_eval_transform(bundle: DataBundle, transform: Callable[[Any], torch.Te
         return None if split is None else Split(apply_eval_images(transform, split.x), split.y)
 
     val, test = apply(bundle.val), apply(bundle.test)
-    if tuple(test.x.shape[1:]) != tuple(bundle.train.x.shape[1:]):
+    shown = test if test is not None else val
+    if shown is not None and tuple(shown.x.shape[1:]) != tuple(bundle.train.x.shape[1:]):
         raise UserError(f"augmentation `{name}` changes the evaluation image shape to "
-                        f"{tuple(test.x.shape[1:])}; training images are {tuple(bundle.train.x.shape[1:])}")
+                        f"{tuple(shown.x.shape[1:])}; training images are {tuple(bundle.train.x.shape[1:])}")
     return replace(bundle, val=val, test=test, info={**bundle.info, "eval_transform": name})
 
 

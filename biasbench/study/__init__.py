@@ -4,6 +4,7 @@
     naming.py    readable, stable folder names from the keys that vary (`cell_name`)
     manifest.py  DIR/study.json: every cell and run with its status; the lock on DIR
     runner.py    the trainer adapter and the sweep over a backend (local pool or Slurm)
+    tune.py      `tune:`: an Optuna search per cell on validation data, before the replicates
     slurm.py     the Slurm backend through submitit (job arrays, requeue, resume)
     cost.py      the --dry-run estimate: FLOPs x samples x epochs per run
     progress.py  the progress display over a whole study (rich on a terminal, plain lines otherwise)

@@ -28,6 +28,7 @@ from biasbench.errors import UserError, did_you_mean
 from biasbench.results import KIND, SCHEMA_VERSION, check_results, higher_is_better, load_results
 from biasbench.study.manifest import Manifest
 from biasbench.study.specs import Failure, read_spec
+from biasbench.study.tune import fairness_text
 
 # ---------------------------------------------------------------------------------------------
 # Reading a study folder.
@@ -65,6 +66,7 @@ class StudyRuns:
     errors: dict[str, str]
     matches: list[dict[str, Any]] = field(default_factory=list)  # `match:` solved cells (manifest)
     sequential: dict[str, Any] | None = None  # replicates until decided: the last decisions (manifest)
+    tuning: dict[str, Any] | None = None  # `tune:`: the settings, each cell's best values and trials (manifest)
     chosen_analyses: bool = False  # the study has no `analysis:`: biasbench chose these from its grid
     analysis_section: dict[str, Any] | None = None  # the study file's `analysis:` as written (None: absent)
 
@@ -126,6 +128,7 @@ def read_study_runs(out: Path) -> StudyRuns:
     return StudyRuns(Path(out), study["name"], cells, study["varying"], study.get("naming", study["varying"]),
                      study["zip_groups"], failure, {}, statuses, errors,
                      matches=study.get("matches", []), sequential=manifest.doc.get("sequential"),
+                     tuning=manifest.doc.get("tune"),
                      analysis_section=document.get("analysis"))
 
 
@@ -272,7 +275,7 @@ def counted(cell: CellRuns) -> tuple[float | None, float | None]:
 def fairness(runs: StudyRuns, base: CellRuns, variant: CellRuns) -> str:
     """How one comparison was made fair, in one line: tuning, capacity matching (with the
     parameter and FLOP ratios either way), replicates and why they stopped."""
-    parts = ["not tuned (each side trains its recipe's values)"]
+    parts = [fairness_text(runs.tuning)]
     match = next((m for m in runs.matches if {m["cell"], m["reference"]} == {base.name, variant.name}), None)
     (p_b, f_b), (p_v, f_v) = counted(base), counted(variant)
     ratios = []

@@ -197,6 +197,8 @@ class Manifest:
         }
         if old is not None and "sequential" in old.doc:  # the last round's decisions, until the next
             doc["sequential"] = old.doc["sequential"]
+        if getattr(study, "tuned", None) is not None:  # `tune:`: each cell's best values and every trial
+            doc["tune"] = study.tuned
         manifest = cls(Path(out) / MANIFEST, doc)
         manifest.rebuilt = rebuilt
         return manifest

@@ -22,6 +22,7 @@ from biasbench.fsutil import atomic_write_json, atomic_write_text, ensure_dir
 from biasbench.render import Block
 from biasbench.study import analyses
 from biasbench.study.analysis import StudyRuns
+from biasbench.study.tune import tuning_blocks
 
 # ---------------------------------------------------------------------------------------------
 # The document.
@@ -61,6 +62,8 @@ def write_study_report(out_dir: Path, target: Path) -> Path:
         ("p", f"Generated {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} from `{out_dir}`. "
               "Statistics: docs/studies.md."),
         ("h2", "Runs"), *_status_blocks(runs)]
+    if runs.tuning is not None:  # `tune:` (biasbench/study/tune.py renders its section)
+        blocks += [("h2", "Tuning"), *tuning_blocks(runs.tuning, figs)]
     numbers: dict[str, Any] = {}
     usable = any(cell.usable for cell in runs.cells)
     chosen = [a for a in analyses.ordered() if a.name in runs.analyses]

@@ -15,6 +15,7 @@ anything runs.
     failure: {metric: val_loss, above: 1.0}    # failed trainings besides divergence
     analysis: {failures: {by: model.variant}}  # what the study report draws (specs.py)
     launcher: {partition: gpu, time: "04:00:00", gpus_per_node: 1}
+    tune: {arms: model.variant, space: {optim.lr: {log_uniform: [1.0e-3, 0.3]}}, trials: 16, metric: val_acc}
     smoke: {grid: {model.options.depth: [2]}, replicates: 2}   # merged over the study by --smoke
 
 Keys of `grid` and `zip` are dotted recipe keys, `recipe` (a per-cell base recipe), or *labels*:
@@ -45,9 +46,10 @@ from biasbench.study.specs import (
     tasks_per_run,
     time_minutes,
 )
+from biasbench.study.tune import TuneSpec, read_tune
 
-TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "match", "failure", "analysis", "launcher",
-            "smoke")
+TOP_KEYS = ("recipe", "set", "grid", "zip", "exclude", "replicates", "match", "tune", "failure", "analysis",
+            "launcher", "smoke")
 RECIPE_KEY = "recipe"  # a grid/zip key naming each cell's base recipe
 
 
@@ -103,6 +105,8 @@ class Study:
     plan: CellPlan | None = None  # set when `cells` holds only representatives (load_study's plan_over)
     matches: list[Matched] = field(default_factory=list)  # capacity-matched cells (`match:`), solved
     sequential: ReplicatesSpec | None = None  # replicates: {min, max, until: decided}
+    tune: TuneSpec | None = None  # `tune:` (tune.py): a search per cell before the replicates
+    tuned: dict[str, Any] | None = None  # after the searches: what DIR/study.json records under `tune`
 
     @property
     def name(self) -> str:
@@ -331,8 +335,12 @@ def load_study(path: str | Path, smoke: bool = False, *, plan_over: int | None =
     launcher = read_spec(LauncherSpec, doc.get("launcher"), "launcher")
     time_minutes(launcher.time)
     tasks_per_run(launcher)
+    try:
+        tune = read_tune(doc, cells, keys, varying, list(set_block))
+    except UserError as e:
+        raise UserError(f"study `{path}`: {e}") from None
     return Study(path, smoke, doc, cells, keys, varying, naming, zip_groups, failure, _analyses(doc, cells, path),
-                 launcher, labels, plan, matches, sequential)
+                 launcher, labels, plan, matches, sequential, tune)
 
 
 COST_SECTIONS = ("model.", "data.", "train.")  # what a cell's cost estimate reads, besides `recipe`
