@@ -1,31 +1,37 @@
 r"""Where a variant's training step spends its extra time: per-operator CPU time, baseline against variant.
 
-    python benchmarks/step_breakdown.py [--steps 7] [--warm 2] [--rows 14] [--json PATH] [--quick]
+    python benchmarks/step_breakdown.py [--timer cpu|profiler] [--steps 7] [--warm 2] [--rows 14]
+        [--json PATH] [--quick]
 
 Issue 22's step ratios measured op by op, on ONE thread, so that a loaded machine distorts them
 little (wall-clock step ratios on a shared machine are noise). Sections (variant_step.py's
-conventions: `make_step` there, the same model builder, loss and SGD with momentum 0.9):
+conventions: its model builder, the trainer's loss, SGD with momentum 0.9, random CIFAR batch):
 
-  resnet20_v1 relu, baseline vs dac   batch 128   (issue 22: DAC step <= 1.10x, floor 1.065x)
-  resnet20_v1 gelu, baseline vs raa   batch 128   (issue 22: RAA step <= 1.03x, floor 1.00x)
-  vit_tiny_patch4 gelu, baseline vs raa   batch 64 (variant_step.py's issue22 preset)
+  resnet20_v1 relu, baseline vs dac       batch 128  (issue 22: DAC step <= 1.10x, floor 1.065x)
+  resnet20_v1 gelu, baseline vs raa       batch 128  (issue 22: RAA step <= 1.03x, floor 1.00x)
+  vit_tiny_patch4 gelu, baseline vs raa   batch 64   (variant_step.py's issue22 preset)
 
-For each section the two steps run interleaved (`--warm` unprofiled steps each, then `--steps`
-profiled steps each, alternating), all inside one torch.profiler session; the first profiled
-round is dropped (the profiler's start-up lands in it). Each step is a record_function block
-with forward / backward / optimizer blocks inside, so every operator's self CPU time is put in
-its phase. A table row is (phase, operator): the median over the profiled steps of its self time
-per step, baseline and variant, and its share of the difference of the step totals. The
-profiler's times are elapsed time on the thread; a step the scheduler preempted shows as on-CPU
-share (thread CPU time / elapsed) below 1, printed per section, and medians drop such outliers.
+Each section runs `--warm` untimed steps of each variant, then `--steps` timed steps, the two
+variants alternating. Each step marks its phases (forward with the loss, backward, optimizer).
+Timers: `cpu` (default) puts a TorchDispatchMode around the step that reads the thread's CPU
+clock around every ATen and custom op (our kernels are torch.ops), so time the scheduler gives
+to other processes is not counted; what runs outside ops (Python, autograd's engine, the
+timer's own bookkeeping) is a row per phase. `profiler`: torch.profiler's self time per op
+(every ATen op, our ops and the autograd.Function nodes), which is elapsed time on the thread,
+so preemption inflates it; the first profiled round is dropped (the profiler's start-up). Both
+print the on-CPU share (thread CPU time / elapsed) per variant. A table row is (phase, op): the
+median over the timed steps of its time per step, baseline and variant, and its share of the
+difference of the step totals (each the sum of its rows; the median step's time is in the JSON).
 
-Below each table: the achieved GFLOP/s of the variant's kernel ops against the baseline ops they
-replace (FLOPs from biasbench.count, forward = 1 pass, backward = 2), and the step ratio the
-variant would have if its kernel ops ran at the replaced ops' speed per FLOP (the bound the
-issue's floor stands for). JSON (`--json`, default benchmarks/results/step_breakdown.json, with --quick
-step_breakdown_quick.json):
-the machine (benchmarks/machine.py), load averages and every row. `--quick`: batch 16, one warm
-and two profiled steps; a check that the script runs, not a figure.
+Below each table the bound: the variant's kernel ops against the baseline ops they replace
+(DAC: conv + ReLU, forward and backward; RAA: GELU), as GFLOP/s (FLOPs from biasbench.count,
+forward + backward = 3x the forward count) or ns per activation element; the step ratio if the
+kernel ops ran at the replaced ops' speed, if they took the replaced ops' time, and if they ran
+at this core's measured ceiling (GEMM GFLOP/s for DAC; copy bandwidth for RAA's minimum 20 bytes
+per element); the same from each op's fastest step. JSON (`--json`; default
+benchmarks/results/step_breakdown.json, step_breakdown_quick.json with --quick): the machine
+(benchmarks/machine.py), ceilings, load averages, both bounds and every row. `--quick`: batch 16,
+one warm and two timed steps; a check that the script runs, not a figure.
 """
 
 from __future__ import annotations
@@ -210,14 +216,17 @@ def profile_section(sec: dict, warm: int, steps: int, timer: str) -> dict:
         for fn in fns.values():
             fn(lambda p: contextlib.nullcontext())
     tables, on_cpu, gelu_elements = TIMERS[timer](fns, steps)
-    ops, lows, totals = {}, {}, {}
+    ops, lows, totals, steps_ms = {}, {}, {}, {}
     for n in names:
         mine = tables[n]
         keys = set().union(*mine)
         ops[n] = {k: statistics.median(t.get(k, 0.0) for t in mine) / 1e3 for k in keys}
         lows[n] = {k: min(t.get(k, 0.0) for t in mine) / 1e3 for k in keys}
-        totals[n] = statistics.median(sum(t.values()) for t in mine) / 1e3
-    return {"ops": ops, "min_ops": lows, "totals": totals, "on_cpu": on_cpu, "gelu_elements": gelu_elements}
+        # The sum of the rows, so that rows, shares and bounds add up (the median step: step_ms).
+        totals[n] = sum(ops[n].values())
+        steps_ms[n] = statistics.median(sum(t.values()) for t in mine) / 1e3
+    return {"ops": ops, "min_ops": lows, "totals": totals, "step_ms": steps_ms, "on_cpu": on_cpu,
+            "gelu_elements": gelu_elements}
 
 
 def under(ev, block: str) -> bool:
@@ -309,7 +318,7 @@ def print_section(sec: dict, res: dict, b: dict, table: list[dict]) -> None:
     v = sec["variant"]
     tb, tv = res["totals"]["baseline"], res["totals"][v]
     print(f"\n{sec['model']} ({sec['activation']}), batch {sec['batch']}, 1 thread: baseline {tb:.1f} ms, {v} "
-          f"{tv:.1f} ms of self CPU per step ({tv / tb:.3f}x); on-CPU share "
+          f"{tv:.1f} ms per step in ops and between them ({tv / tb:.3f}x); on-CPU share "
           f"{res['on_cpu']['baseline']:.2f} / {res['on_cpu'][v]:.2f}")
     print(f"{'phase':<10} {'op':<44} {'base ms':>9} {v + ' ms':>9} {'share':>7}")
     for r in table:
@@ -332,21 +341,40 @@ def print_section(sec: dict, res: dict, b: dict, table: list[dict]) -> None:
           f"({b['kernel_ms_at_ceiling']:.1f} ms) {b['ratio_kernel_at_ceiling']:.3f}x")
 
 
+def run_section(sec: dict, warm: int, steps: int, timer: str, shown: int, ceiling: dict[str, float]) -> dict:
+    """Time one section, print its table and bounds; its JSON record."""
+    load = loadavg()
+    res = profile_section(sec, warm, steps, timer)
+    b = bound(sec, res, ceiling)
+    # The same from each op's fastest step: a step no other process slowed, as near as measured.
+    fastest = {n: sum(t.values()) for n, t in res["min_ops"].items()}
+    b_min = bound(sec, {**res, "ops": res["min_ops"], "totals": fastest}, ceiling)
+    print_section(sec, res, b, rows(sec, res, shown))
+    print(f"from each op's fastest step: step ratio {b_min['ratio']:.3f}x; kernel ops at the replaced ops' "
+          f"speed {b_min['ratio_kernel_at_replaced_speed']:.3f}x; taking their time "
+          f"{b_min['ratio_kernel_as_replaced_time']:.3f}x")
+    return {"model": sec["model"], "activation": sec["activation"], "variant": sec["variant"],
+            "batch": sec["batch"], "threads": 1, "steps": steps, "warm": warm, "timer": timer,
+            "loadavg_before": load, "loadavg_after": loadavg(), "totals_ms": res["totals"],
+            "median_step_ms": res["step_ms"], "on_cpu_share": res["on_cpu"], "bound": b, "bound_min": b_min,
+            "rows": rows(sec, res, 0)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=7, help="profiled steps per variant (default 7)")
-    ap.add_argument("--warm", type=int, default=2, help="unprofiled warm-up steps per variant (default 2)")
+    ap.add_argument("--steps", type=int, default=7, help="timed steps per variant (default 7)")
+    ap.add_argument("--warm", type=int, default=2, help="untimed warm-up steps per variant (default 2)")
     ap.add_argument("--rows", type=int, default=14, help="table rows per section, largest difference first "
                     "(0: all; the JSON keeps all)")
     ap.add_argument("--json", type=Path, help=f"default {DEFAULT_JSON.relative_to(REPO)} "
                     f"({QUICK_JSON.relative_to(REPO)} with --quick)")
-    ap.add_argument("--timer", choices=sorted(TIMERS), default="profiler",
+    ap.add_argument("--timer", choices=sorted(TIMERS), default="cpu",
                     help="profiler: torch.profiler's self time per op (elapsed on the thread); cpu: thread CPU "
                          "time per dispatched op, which time given to other processes does not inflate")
-    ap.add_argument("--quick", action="store_true", help="batch 16, 1 warm + 2 profiled steps: a check run")
+    ap.add_argument("--quick", action="store_true", help="batch 16, 1 warm + 2 timed steps: a check run")
     args = ap.parse_args()
     if args.steps < 1 or args.warm < 0:
-        sys.exit("error: --steps must be at least 1 and --warm at least 0")
+        ap.error("--steps must be at least 1 and --warm at least 0")
     torch.set_num_threads(1)
     sections = [{**s, "batch": 16} for s in SECTIONS] if args.quick else SECTIONS
     steps, warm = (2, 1) if args.quick else (args.steps, args.warm)
@@ -357,21 +385,7 @@ def main() -> None:
           f"{ceiling['copy_gbytes_per_s']:.1f} GB/s")
     out = []
     for sec in sections:
-        load = loadavg()
-        res = profile_section(sec, warm, steps, args.timer)
-        b = bound(sec, res, ceiling)
-        # The same from each op's fastest step: a step no other process slowed, as near as measured.
-        fastest = {n: sum(t.values()) for n, t in res["min_ops"].items()}
-        b_min = bound(sec, {**res, "ops": res["min_ops"], "totals": fastest}, ceiling)
-        print_section(sec, res, b, rows(sec, res, args.rows))
-        print(f"from each op's fastest step: step ratio {b_min['ratio']:.3f}x; kernel ops at the replaced ops' "
-              f"speed {b_min['ratio_kernel_at_replaced_speed']:.3f}x; taking their time "
-              f"{b_min['ratio_kernel_as_replaced_time']:.3f}x")
-        out.append({"model": sec["model"], "activation": sec["activation"], "variant": sec["variant"],
-                    "batch": sec["batch"], "threads": 1, "steps": steps, "warm": warm, "loadavg_before": load,
-                    "loadavg_after": loadavg(), "totals_ms": res["totals"], "on_cpu_share": res["on_cpu"],
-                    "timer": args.timer,
-                    "bound": b, "bound_min": b_min, "rows": rows(sec, res, 0)})
+        out.append(run_section(sec, warm, steps, args.timer, args.rows, ceiling))
     meta = {"machine": describe(None, kernels), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "kernels": kernels, "quick": args.quick, "ceilings": ceiling}
     path = args.json or (QUICK_JSON if args.quick else DEFAULT_JSON)
