@@ -1,7 +1,7 @@
 r"""Where a variant's training step spends its extra time: per-operator CPU time, baseline against variant.
 
-    python benchmarks/step_breakdown.py [--timer cpu|profiler] [--steps 7] [--warm 2] [--rows 14]
-        [--json PATH] [--quick]
+    python benchmarks/step_breakdown.py [--timer cpu|profiler] [--variants dac,raa] [--steps 7] [--warm 2]
+        [--rows 14] [--json PATH] [--quick]
 
 Issue 22's step ratios measured op by op, on ONE thread, so that a loaded machine distorts them
 little (wall-clock step ratios on a shared machine are noise). Sections (variant_step.py's
@@ -10,6 +10,7 @@ conventions: its model builder, the trainer's loss, SGD with momentum 0.9, rando
   resnet20_v1 relu, baseline vs dac       batch 128  (issue 22: DAC step <= 1.10x, floor 1.065x)
   resnet20_v1 gelu, baseline vs raa       batch 128  (issue 22: RAA step <= 1.03x, floor 1.00x)
   vit_tiny_patch4 gelu, baseline vs raa   batch 64   (variant_step.py's issue22 preset)
+  the two RAA sections with dnrt (RAA + ARR) instead, with `--variants dnrt` (or dac,raa,dnrt)
 
 Each section runs `--warm` untimed steps of each variant, then `--steps` timed steps, the two
 variants alternating. Each step marks its phases (forward with the loss, backward, optimizer).
@@ -83,6 +84,9 @@ SECTIONS = [
      "kernel": ("biasbench_raa", "_RAACPU", ENGINE + "_RAACPU"),
      "replaced": ("aten::gelu", "aten::gelu_backward", ENGINE + "GeluBackward")},
 ]
+# DNRT (RAA + ARR's loss term over the stages), on request (`--variants dnrt`): README's 1.08x row.
+SECTIONS += [{**sec, "variant": "dnrt"} for sec in SECTIONS if sec["variant"] == "raa"]
+DEFAULT_VARIANTS = "dac,raa"
 
 
 def make_step(sec: dict, variant: str):
@@ -371,12 +375,19 @@ def main() -> None:
     ap.add_argument("--timer", choices=sorted(TIMERS), default="cpu",
                     help="profiler: torch.profiler's self time per op (elapsed on the thread); cpu: thread CPU "
                          "time per dispatched op, which time given to other processes does not inflate")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help=f"sections by variant, comma-separated: dac, raa, dnrt (default {DEFAULT_VARIANTS})")
     ap.add_argument("--quick", action="store_true", help="batch 16, 1 warm + 2 timed steps: a check run")
     args = ap.parse_args()
     if args.steps < 1 or args.warm < 0:
         ap.error("--steps must be at least 1 and --warm at least 0")
     torch.set_num_threads(1)
-    sections = [{**s, "batch": 16} for s in SECTIONS] if args.quick else SECTIONS
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    known = {sec["variant"] for sec in SECTIONS}
+    if not wanted or set(wanted) - known:
+        ap.error(f"--variants takes {', '.join(sorted(known))}, got {args.variants!r}")
+    chosen = [sec for sec in SECTIONS if sec["variant"] in wanted]
+    sections = [{**sec, "batch": 16} for sec in chosen] if args.quick else chosen
     steps, warm = (2, 1) if args.quick else (args.steps, args.warm)
     kernels = kernel_paths()
     ceiling = ceilings()
