@@ -203,6 +203,20 @@ def test_reset_parameters_restores_zero_biases_and_fresh_weights():
     assert 0 < conv.weight.abs().max() <= bound + 1e-6
 
 
+@pytest.mark.parametrize("make_dac, make_torch", [
+    (lambda: DACLinear(5, 3), lambda: torch.nn.Linear(5, 3)),
+    (lambda: DACConv2d(4, 6, 3, bias=True), lambda: torch.nn.Conv2d(4, 6, 3, bias=True)),
+])
+def test_a_dac_layer_draws_torchs_weight_and_bias_init_for_a_seed(make_dac, make_torch):
+    # the same random numbers in the same order as the plain torch layer, and B = 0
+    torch.manual_seed(3)
+    dac = make_dac()
+    torch.manual_seed(3)
+    plain = make_torch()
+    assert torch.equal(dac.weight, plain.weight) and torch.equal(dac.bias, plain.bias)
+    assert torch.count_nonzero(dac.unshared_bias) == 0
+
+
 def test_device_dtype_and_roles():
     conv = DACConv2d(2, 3, 3, bias=True, dtype=torch.float64, device="cpu")
     lin = DACLinear(2, 3, dtype=torch.float64)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from biasbench.data import build_data
+from biasbench.data import build_data, dataset_info
 from biasbench.data import idx as idx_module
 from biasbench.errors import UserError
 from biasbench.recipe import DataConfig
@@ -178,6 +178,9 @@ def test_data_check_refuses_bundled_and_missing_roots(tmp_path):
     assert code == 2 and "bundled" in err
     code, _, err = run_cli(["data", "check", "fashion_mnist", "--root", str(tmp_path / "none")])
     assert code == 2 and "not a folder" in err and "make real-data" in err
+    # every set is told where its files come from by its own declaration, not by a list of names
+    code, _, err = run_cli(["data", "check", "kmnist", "--root", str(tmp_path / "none")])
+    assert code == 2 and dataset_info("kmnist").download.source in err
 
 
 def test_train_size_keeps_a_fixed_class_balanced_subset_and_the_whole_test_set(tmp_path):

@@ -10,6 +10,8 @@ refused pair is refused in one line that names both. `biasbench list` says exact
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 
 import pytest
@@ -27,6 +29,7 @@ from biasbench.models import applicability, build_model, list_models, list_varia
 from biasbench.models.multitask import MultiTaskBiases
 from biasbench.models.variants import VARIANTS, Variant
 from tests.conftest import RECIPES, one_line_error, run_cli
+from tests.unit_formulas import baseline_unit, conv_weights, moves_shifts, unit_arg
 
 MODELS, VARIANT_NAMES = list_models(), list_variants()
 UNITS = ("conv2d", "linear", "norm", "act", "backbone_act", "act_linear", "act_conv2d", "act_pool_linear")
@@ -56,61 +59,10 @@ def make(cls: type[Variant], **options) -> Variant:
     return v
 
 
-# -- each unit's parameter count, from the papers (section numbers: the spec) ------------------
-def _arg(args, kwargs, i, name, default):
-    return args[i] if len(args) > i else kwargs.get(name, default)
-
-
-def conv_weights(args, kwargs) -> tuple[int, int, int, int]:
-    c_in, c_out, k = args[:3]
-    return c_in, c_out, k, kwargs.get("groups", 1)
-
-
-def act_params(activation: str, c: int) -> int:
-    return c * c + c if activation == "gdn" else 0  # GDN: gamma (C x C) and beta (C)
-
-
-def baseline_unit(v, unit, args, kwargs) -> int:
-    a = v.activation
-    if unit in ("act", "backbone_act"):
-        return act_params(a, args[0])
-    if unit == "norm":
-        return 2 * args[0]
-    if unit in ("conv2d", "act_conv2d"):
-        c_in, c_out, k, g = conv_weights(args, kwargs)
-        bias = _arg(args, kwargs, 5, "bias", False)
-        return (act_params(a, c_in) if unit == "act_conv2d" else 0) + c_in // g * c_out * k * k + bias * c_out
-    if unit in ("linear", "act_linear"):
-        c_in, c_out = args[:2]
-        bias = _arg(args, kwargs, 2, "bias", True)
-        return (act_params(a, c_in) if unit == "act_linear" else 0) + c_in * c_out + bias * c_out
-    c_in, c_out = args[:2]  # act_pool_linear
-    return act_params(a, c_in) + c_in * c_out + c_out
-
-
-def dropped_shift(unit, args, kwargs) -> int:
-    """Section 1: a linear operator's bias that feeds a moved activation (the model says
-    `feeds_activation=True`) is dropped: its c_out parameters."""
-    if unit in ("conv2d", "act_conv2d"):
-        bias = _arg(args, kwargs, 5, "bias", False)
-    elif unit in ("linear", "act_linear"):
-        bias = _arg(args, kwargs, 2, "bias", True)
-    else:
-        return 0
-    return args[1] if bias and kwargs.get("feeds_activation", False) else 0
-
-
-def moves_shifts(formula):
-    """A formula of a variant that moves activations downstream: less the dropped biases."""
-    def counted(v, unit, args, kwargs) -> int:
-        return formula(v, unit, args, kwargs) - dropped_shift(unit, args, kwargs)
-    return counted
-
-
 @moves_shifts
 def dac_unit(v, unit, args, kwargs) -> int:  # section 1: one bias per (output, input) pair; BN' loses beta
     if unit == "norm":
-        return args[0] * (1 if _arg(args, kwargs, 2, "feeds_activation", True) else 2)
+        return args[0] * (1 if unit_arg(args, kwargs, 2, "feeds_activation", True) else 2)
     if unit == "backbone_act":
         return 0  # no linear operator behind it: removed
     if unit == "act_conv2d":
@@ -143,7 +95,7 @@ def mba_unit(v, unit, args, kwargs) -> int:  # section 2: K biases per channel, 
 def dmb_unit(v, unit, args, kwargs) -> int:  # section 3: conv bias + DMBL(in, out, K) on block_conv2
     if unit == "act_conv2d" and kwargs.get("role") == "block_conv2":
         c_in, c_out, k, g = conv_weights(args, kwargs)
-        bias = _arg(args, kwargs, 5, "bias", False)
+        bias = unit_arg(args, kwargs, 5, "bias", False)
         return baseline_unit(v, unit, args, kwargs) + (not bias) * c_out + c_in * c_out + v.K * c_out + c_in * v.K \
             + v.K
     return baseline_unit(v, unit, args, kwargs)
@@ -157,6 +109,17 @@ def raa_unit(v, unit, args, kwargs) -> int:  # section 4: RAA adds w (C) and b (
 
 FORMULA = {"baseline": baseline_unit, "dac": dac_unit, "preact": preact_unit, "mba": mba_unit, "dmb": dmb_unit,
            "raa": raa_unit, "arr": baseline_unit, "dnrt": raa_unit}
+
+
+def _own_test(name: str):
+    """A variant's own test file, `tests/test_variant_NAME.py`, where a variant added as one file
+    declares its `FORMULA` (and `MECHANISM_PARAMETERS`) so that this test needs no edit; None when absent."""
+    module = f"tests.test_variant_{name}"
+    return importlib.import_module(module) if importlib.util.find_spec(module) else None
+
+
+OWN_TESTS = {n: own for n in VARIANT_NAMES if n not in FORMULA and (own := _own_test(n)) is not None}
+FORMULA |= {n: own.FORMULA for n, own in OWN_TESTS.items() if hasattr(own, "FORMULA")}
 
 
 def n_params(net: nn.Module) -> int:
@@ -185,6 +148,8 @@ MECHANISM_PARAMETERS = {DACConv2d: ("unshared_bias",), DACLinear: ("unshared_bia
                         SharedBiasPreActivation: ("bias",), MultiBiasActivation: ("bias",),
                         DynamicModulatedConv2d: ("modulator.bank",), RAA: ("weight", "bias"),
                         RAA2d: ("weight", "bias")}
+for _own in OWN_TESTS.values():
+    MECHANISM_PARAMETERS |= getattr(_own, "MECHANISM_PARAMETERS", {})
 
 
 def mechanism_parameters(net: nn.Module) -> list[nn.Parameter]:
@@ -214,7 +179,8 @@ def expected_params(model: str, name: str, v: Variant, bound: Variant) -> int:
 
 
 def test_every_variant_declares_a_formula_here():
-    assert set(VARIANT_NAMES) == set(FORMULA), "a new variant needs its per-unit parameter formula in this test"
+    assert set(VARIANT_NAMES) == set(FORMULA), ("a new variant needs its per-unit parameter formula: `FORMULA` in "
+                                                "tests/test_variant_NAME.py (tests/unit_formulas.py)")
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -27,7 +27,7 @@ def check(
     and per class, and whether the content is the official release (checksums).
 
     A truncated, corrupt or mixed-up file is refused in one line naming it (exit code 2)."""
-    from biasbench.data import dataset_info
+    from biasbench.data import dataset_info, where_from
     from biasbench.data.idx import RELEASES
     from biasbench.errors import UserError
 
@@ -37,8 +37,8 @@ def check(
                         "check")
     root = Path(root) if root is not None else Path("data") / name
     if not root.is_dir():
-        raise UserError(f"`{root}` is not a folder; give the data root with --root DIR"
-                        + (" (or run `make real-data`)" if name in ("mnist", "fashion_mnist") else ""))
+        # where the files come from, as the set declares it (a new set is told about like MNIST)
+        raise UserError(f"`{root}` is not a folder; give the data root with --root DIR{where_from(name)}")
     if name in RELEASES:
         _check_idx(name, root)
     else:

@@ -71,6 +71,17 @@ def _dense_cost(args, out):
     return 2 * macs + bias_additions(args[2], out) + macs, macs
 
 
+def reset_like_torch(weight: nn.Parameter, unshared_bias: nn.Parameter, bias: nn.Parameter | None,
+                     fan_in: int) -> None:
+    """nn.Linear's / nn.Conv2d's weight and output-bias init (in their order: the same random
+    numbers for a seed); B = 0, so a DAC layer starts as phi followed by the plain layer."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    nn.init.zeros_(unshared_bias)
+    if bias is not None:
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        nn.init.uniform_(bias, -bound, bound)
+
+
 _CONV_OPERATOR = counted_operator(
     "dac_conv2d(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, bool cached) -> Tensor",
     lambda x, w, b, s, p, cached: F.conv2d(x, w, b, s, p),
@@ -113,12 +124,7 @@ class DACLinear(_FusedKernel, nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Same weight / output-bias init as nn.Linear; B = 0 so the layer starts as phi + Linear.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.unshared_bias)
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_like_torch(self.weight, self.unshared_bias, self.bias, fan_in=self.in_features)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
@@ -169,13 +175,7 @@ class DACConv2d(_FusedKernel, nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Same weight / output-bias init as nn.Conv2d; B = 0 so the layer starts as phi + conv.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.unshared_bias)
-        if self.bias is not None:
-            fan_in = self.in_channels * self.kernel_size**2
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_like_torch(self.weight, self.unshared_bias, self.bias, fan_in=self.in_channels * self.kernel_size**2)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = dac_conv2d(z, self.weight, self.unshared_bias, self.stride, self.padding, self.phi,
