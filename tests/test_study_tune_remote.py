@@ -17,12 +17,15 @@ import pytest
 import torch
 from rich.console import Console
 
+from biasbench.errors import UserError
 from biasbench.study import load_study
+from biasbench.study import runner as study_runner
 from biasbench.study import slurm as study_slurm
 from biasbench.study import tune_search as ts
 from biasbench.study.runner import train_one
 from biasbench.study.slurm import SlurmBackend
 from biasbench.study.specs import LauncherSpec
+from tests.conftest import assert_fits, output_at, run_cli
 from tests.test_study_tune import tune_study
 
 TRIALS = 3
@@ -169,3 +172,42 @@ def test_a_stopped_tuning_follows_queued_trials_and_submits_lost_ones_again(tmp_
         assert got["trials"][:2] == record["cells"][cell]["trials"][:2]
     assert {k: v for k, v in _results(out).items() if "trial_002" not in k} == \
         {k: v for k, v in results.items() if "trial_002" not in k}
+
+
+@pytest.mark.parametrize("options, batch, where", [
+    (["--array-parallelism", "3"], 3, "(launcher.array_parallelism)"),
+    ([], ts.SLURM_BATCH, f"(the default, {ts.SLURM_BATCH})"),
+])
+def test_the_slurm_plan_says_how_many_trials_go_in_each_job_array(tmp_path, monkeypatch, options, batch, where):
+    monkeypatch.setattr(study_runner, "check_slurm", lambda: None)  # sbatch need not be here for a plan
+    path = tune_study(tmp_path, trials=TRIALS)
+    code, text, err = output_at(["sweep", str(path), "--dry-run", "--backend", "slurm", *options], 80, monkeypatch)
+    assert code == 0, err
+    assert_fits(text)
+    assert f"on Slurm the trials go in job arrays of {batch} {where}" in " ".join(text.split())
+    code, text, err = run_cli(["sweep", str(path), "--dry-run", "--json", "--backend", "slurm", *options])
+    assert code == 0, err
+    assert json.loads(text)["tune"]["slurm_batch"] == batch
+    code, text, err = run_cli(["sweep", str(path), "--dry-run", "--json"])  # local: no job arrays
+    assert code == 0 and json.loads(text)["tune"]["slurm_batch"] is None, err
+
+
+def test_a_trial_whose_job_vanished_stops_the_tuning_in_one_line_and_runs_again_next_time(tmp_path, cluster):
+    study, out = _study(tmp_path), tmp_path / "out"
+    backend = SlurmBackend(LauncherSpec())
+    cluster.run_at_submit = False
+    cluster.sleep = lambda seconds: cluster.alive.clear()  # the jobs leave the queue untrained (killed?)
+    with pytest.raises(UserError) as e:
+        ts.run_tuning(study, out, Console(quiet=True), device="cpu", backend=backend, batch=2)
+    line = str(e.value)
+    assert "\n" not in line and "left the queue without a result" in line and "run the same command again" in line
+    (first,) = cluster.arrays
+    assert any(line.startswith(f"tuning trial {key}:") for key in first)
+    for key in first:
+        assert "left the queue" in (out / "tune" / key / "error.txt").read_text()
+    assert {j["status"] for j in json.loads((out / "tune" / ts.JOBS_FILE).read_text()).values()} == {"error"}
+    cluster.run_at_submit = True
+    tuned = ts.run_tuning(study, out, Console(quiet=True), device="cpu", backend=backend, batch=2)
+    assert sorted(cluster.arrays[1]) == sorted(first)  # the same two trials first, then the others once
+    assert sorted(cluster.submitted()[2:]) == _every_trial()
+    assert all(len(c["trials"]) == TRIALS for c in tuned.tuned["cells"].values())

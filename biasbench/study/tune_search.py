@@ -188,7 +188,8 @@ def _run_trials(study: Study, searches: dict[str, Any], out: Path, console: Any,
                 trial = by_key[event.key]
                 search = searches[trial.cell]
                 if event.kind != "finished":
-                    stop = stop or _trial_error(trial, event.error, event.traceback, event.exception)
+                    error = _trial_error(trial, event.error, event.traceback, event.exception)
+                    stop = stop or error  # every error beside its trial; the first one said
                     pool.stop()
                     continue
                 if event.result["status"] == "interrupted":
@@ -254,6 +255,7 @@ class TrialJobs:
         self.path = Path(out) / TUNE_DIR / JOBS_FILE
         stored = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.runs: dict[str, dict[str, Any]] = _AnyKey(stored)
+        self._saved = json.dumps(stored, indent=1)
 
     def update(self, key: str, **fields: Any) -> None:
         self.runs[key].update(fields)
@@ -262,7 +264,11 @@ class TrialJobs:
         self.runs[key]["status"] = status
 
     def save(self, force: bool = False) -> None:
-        atomic_write_text(ensure_dir(self.path.parent) / self.path.name, json.dumps(dict(self.runs), indent=1))
+        """Write what changed (the backend saves at every look at the queue)."""
+        text = json.dumps(dict(self.runs), indent=1)
+        if text != self._saved or force:
+            atomic_write_text(ensure_dir(self.path.parent) / self.path.name, text)
+            self._saved = text
 
 
 class _AnyKey(dict):
@@ -302,7 +308,8 @@ class TrialSweep:
     def errored(self, task: RunTask, line: str, text: str = "", exception: BaseException | None = None) -> None:
         self.manifest.update(task.key, status="error")
         self.manifest.save()
-        self.stop = self.stop or _trial_error(self.trials[task.key], line, text, exception)
+        error = _trial_error(self.trials[task.key], line, text, exception)
+        self.stop = self.stop or error  # every error beside its trial; the first one said
 
 
 class TrialNotes:
