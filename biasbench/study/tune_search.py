@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 SLURM_BATCH = 8  # trials per job array without launcher.array_parallelism
 JOBS_FILE = "jobs.json"  # DIR/tune/jobs.json: each submitted trial's Slurm job
 
+
 @dataclass(frozen=True)
 class Trial:
     cell: str
