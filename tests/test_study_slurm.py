@@ -5,7 +5,8 @@
 A job requeued by Slurm or preempted by a higher-priority partition resumes from its epoch
 checkpoint: its log shows the second start at the checkpoint's epoch, and the numbers equal a
 local run. A sweep stopped while its jobs are queued is finished by the same command without
-submitting them twice.
+submitting them twice. `tune:` (studies/tune_smoke.yaml --smoke) runs its trials as job
+arrays, and a tuning stopped while its trials are queued follows them when run again.
 """
 
 from __future__ import annotations
@@ -193,3 +194,55 @@ def test_a_requeued_two_task_run_resumes_from_its_checkpoint(tmp_path, slurm_env
     reference, ours = _flat(_local_reference(path, tmp_path / "local")), _flat(_histories(out))
     for key, values in reference.items():
         assert ours[key] == pytest.approx(values, rel=1e-5, abs=1e-6)
+
+
+def test_tune_smoke_runs_its_trials_and_replicates_as_job_arrays(tmp_path, slurm_env):
+    """studies/tune_smoke.yaml --smoke on the cluster: the trials go in job arrays (each trial
+    submitted once, told by the sweep), then the replicates with each arm's best values."""
+    path, out = REPO / "studies" / "tune_smoke.yaml", tmp_path / "out"
+    study = load_study(path, smoke=True)
+    sweep = subprocess.Popen([sys.executable, "-m", "biasbench", "sweep", str(path), "--smoke", "--backend",
+                              "slurm", "--cpus", "1", "--out", str(out), "--device", "cpu"], cwd=REPO, env=slurm_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    text, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, text
+    trials = study.tune.trials
+    keys = sorted(f"{c.name}/trial_{n:03d}" for c in study.cells for n in range(trials))
+    jobs = json.loads((out / "tune" / "jobs.json").read_text())
+    assert sorted(jobs) == keys and {j["status"] for j in jobs.values()} == {"completed"}
+    assert len({j["job"] for j in jobs.values()}) == len(keys)  # one job each
+    assert len(list((out / "tune" / "slurm").rglob("*_submitted.pkl"))) == len(keys)  # submitted once each
+    manifest = json.loads((out / "study.json").read_text())
+    for cell in study.cells:
+        record = manifest["tune"]["cells"][cell.name]
+        assert [t["state"] for t in record["trials"]] == ["complete"] * trials
+        best = max(record["trials"], key=lambda t: t["value"])["value"]  # val_acc: higher is better
+        assert record["value"] == best
+        for _, seed in cell.seeds():  # each replicate trained the arm's best values
+            doc = json.loads((out / cell.name / f"seed{seed}" / "results.json").read_text())
+            assert doc["status"] == "completed"
+            assert doc["recipe"]["optim"]["lr"] == record["params"]["optim.lr"]
+    assert {r["status"] for r in manifest["runs"].values()} == {"completed"}
+    assert len(re.findall(r"^tune variant=\w+ \d/\d: val_acc", text, flags=re.M)) == len(keys)
+
+
+def test_a_tune_stopped_while_its_trials_are_queued_follows_them_when_run_again(tmp_path, slurm_env):
+    path, out = REPO / "studies" / "tune_smoke.yaml", tmp_path / "out"
+    command = [sys.executable, "-m", "biasbench", "sweep", str(path), "--smoke", "--backend", "slurm", "--cpus", "1",
+               "--out", str(out), "--device", "cpu"]
+    first = subprocess.Popen(command, cwd=REPO, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    _wait_for(lambda: (out / "tune" / "jobs.json").exists())  # the first array is submitted
+    first.send_signal(signal.SIGINT)
+    text, _ = first.communicate(timeout=60)
+    assert first.returncode == 130 and "the Slurm jobs keep running" in " ".join(text.split()), text
+    submitted = json.loads((out / "tune" / "jobs.json").read_text())
+    second = subprocess.run(command, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "still queued or running from an earlier sweep; following them" in second.stdout
+    jobs = json.loads((out / "tune" / "jobs.json").read_text())
+    assert {k: j["job"] for k, j in jobs.items()} == {k: j["job"] for k, j in submitted.items()}  # none again
+    assert {j["status"] for j in jobs.values()} == {"completed"}
+    assert len(list((out / "tune" / "slurm").rglob("*_submitted.pkl"))) == len(jobs)
+    manifest = json.loads((out / "study.json").read_text())
+    assert {r["status"] for r in manifest["runs"].values()} == {"completed"}

@@ -77,14 +77,11 @@ def sweep(
             check_comparisons(study)
         except UserError as e:
             raise UserError(f"study `{study_path}`: {e}") from None
-    if study.tune is not None and backend == "slurm" and not dry_run:
-        raise UserError(f"study `{study_path}` has `tune:`, whose trials run with --backend local only for now; "
-                        "tune locally (or on one allocated node) with --backend local, where the replicates run too")
     launcher = replace(study.launcher, **given)
     out = out if out is not None else Path("runs") / "studies" / study.name
     console = Console(highlight=False)
     if dry_run:
-        _print_plan(study, out, console, as_json)
+        _print_plan(study, out, console, as_json, launcher if backend == "slurm" else None)
         return
     _run(study, out, backend, len(slots) if slots else jobs, device, launcher, console, as_json, slots)
 
@@ -169,9 +166,10 @@ def _run(study: Any, out: Path, backend: str, jobs: int, device: str, launcher: 
             remote = _slurm_backend(launcher) if backend == "slurm" else None
             decisions = None
             if study.tune is not None:  # the searches first; the cells then train their best values
-                from biasbench.study.tune_search import run_tuning
+                from biasbench.study.tune_search import run_tuning, slurm_batch
 
-                study = run_tuning(study, out, run_console, jobs=jobs, device=device, slots=slots)
+                study = run_tuning(study, out, run_console, jobs=jobs, device=device, slots=slots, backend=remote,
+                                   batch=slurm_batch(launcher))
             if study.sequential is not None:
                 from biasbench.study.rounds import run_rounds
 
@@ -241,7 +239,8 @@ SHOWN_CELLS = 100  # plan rows printed; the rest are counted (--json lists every
 PLANNED_OVER = 2_000  # a study of more cells is counted for --dry-run, not built (load_study's plan_over)
 
 
-def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
+def _print_plan(study: Any, out: Path, console: Console, as_json: bool, launcher: Any = None) -> None:
+    """The plan; `launcher`: the Slurm launcher with --backend slurm (None: local)."""
     from biasbench.study.cost import planned, si, summary
 
     costs = planned(study)
@@ -253,7 +252,8 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
         print(json.dumps({"study": study.name, "out": str(out), **total, "cells": cells,
                           "matches": [_match_json(m) for m in study.matches],
                           "sequential": None if study.sequential is None else vars(study.sequential),
-                          "tune": None if study.tune is None else vars(study.tune)},
+                          "tune": None if study.tune is None else {
+                              **vars(study.tune), "slurm_batch": _tune_batch(launcher)}},
                          indent=1, default=str))
         # (`cells` is the list here; its length is the cell count)
         return
@@ -274,7 +274,7 @@ def _print_plan(study: Any, out: Path, console: Console, as_json: bool) -> None:
                   + ("; ~ marks sample counts from the official data set size" if total["approximate"] else ""))
     _print_matches(study, console, si)
     _print_sequential(study, console)
-    _print_tuning(study, console)
+    _print_tuning(study, console, launcher)
     if total["cells_without_estimate"]:
         say(console, f"no estimate for {len(total['cells_without_estimate'])} cells: their data set's size is "
                       "not known without its files")
@@ -294,13 +294,29 @@ def _print_sequential(study: Any, console: Console) -> None:
         console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
 
 
-def _print_tuning(study: Any, console: Console) -> None:
+def _tune_batch(launcher: Any) -> int | None:
+    """Trials per Slurm job array (None: the local backend, which imports no Optuna for a plan)."""
+    if launcher is None:
+        return None
+    from biasbench.study.tune_search import slurm_batch
+
+    return slurm_batch(launcher)
+
+
+def _print_tuning(study: Any, console: Console, launcher: Any) -> None:
     from biasbench.study.tune import plan_text
     from biasbench.termtable import wrap
 
     if study.tune is None:
         return
-    for line in wrap(plan_text(study), console.width):
+    text = plan_text(study)
+    if launcher is not None:
+        from biasbench.study.tune_search import SLURM_BATCH
+
+        where = "launcher.array_parallelism" if launcher.array_parallelism else f"the default, {SLURM_BATCH}"
+        text += (f"; on Slurm the trials go in job arrays of {_tune_batch(launcher)} ({where}), each finished "
+                 "trial told to Optuna by this sweep")
+    for line in wrap(text, console.width):
         console.print(escape(line), overflow="ignore", crop=False, soft_wrap=True)
 
 
