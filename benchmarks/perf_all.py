@@ -14,9 +14,9 @@ Runs, one after another, each writing its JSON under --results:
   5. benchmarks/trainer_overhead.py on the real MNIST MLP and Fashion-MNIST CNN (trainer_overhead_real.json);
   6. benchmarks/thread_split.py: how the MNIST MLP step's work splits over two threads, the
      bound it sets on 2-thread / 1-thread time (thread_split.json);
-then benchmarks/perf_table.py writes the table into README.md between its markers. 4-8 minutes
-on a quiet 2-core machine by the parts' step times (each part's time is printed; not yet timed
-whole on a quiet machine), plus the kernels' first build; run it on a quiet machine, since
+then benchmarks/perf_table.py writes the table into README.md between its markers. Measured: 297 s
+on a quiet 2-core AMD EPYC VM (2026-12-05; each part's time is printed), plus the kernels' first
+build; run it on a quiet machine, since
 two threads on shared cores measure the other processes. Needs the real data (`make real-data`).
 `--quick` runs every part briefly into a temporary folder and prints the table without writing
 the README: for checking that everything runs, not for figures.
