@@ -37,8 +37,6 @@ from biasbench.tables import comparison_table, failures_table, group_table, si_p
 from biasbench.termtable import TextTable  # noqa: E402
 
 FORMATS = ("md", "html")
-__all__ = ["SPARE_COLORS", "VARIANT_COLORS", "write_report"]  # the colours' old home: tune.py reads them here
-SPARE_COLORS, VARIANT_COLORS = render.SPARE_COLORS, render.VARIANT_COLORS
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")
 
