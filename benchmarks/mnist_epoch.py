@@ -7,8 +7,12 @@ The model is recipes/real/mnist_mlp.yaml's (MLP 784-256-256-10 with BN; the DAC 
 images), batch 128, the recipe's SGD (momentum, Nesterov, weight decay). An epoch is every
 training step of one pass: uint8 batch -> float, normalised, forward, cross-entropy, backward,
 SGD step; no evaluation, no checkpoint (the trainer's own overhead is trainer_overhead.py's).
-`--runs` runs in a row, each timing one epoch of every (threads, variant), interleaved so that load
-from other processes hits all alike. Printed: seconds per epoch (min / median / max over the
+`--runs` runs in a row, each timing one epoch of every (threads, variant). Within a run the four
+epochs advance together in turns of 25 steps (about 50 ms), each on its own model, so that a slow
+phase of the machine falls on all four alike: on this workplace's 2-vCPU VM, phases of several
+seconds in which any two-thread work (baseline and DAC alike, data and optimiser steps too) runs
+1.6x slower came and went while one-thread work on either vCPU did not change; with whole epochs
+in turn, one such phase landed on one configuration's epoch and decided its ratio. Printed: seconds per epoch (min / median / max over the
 runs) and the ratios per run: DAC / baseline at 1 and 2 threads, 2-thread / 1-thread time per
 variant, with the targets (DAC / baseline <= 1.15, DAC 2 / 1 threads <= 0.75, in every run).
 Wall clock: two threads are about latency. The machine must be quiet for a verdict.
@@ -36,40 +40,41 @@ from machine import describe, kernel_paths, loadavg  # noqa: E402  (benchmarks/)
 from biasbench.data import build_data  # noqa: E402
 from biasbench.fsutil import atomic_write_json  # noqa: E402
 from biasbench.models import build_model  # noqa: E402
+from biasbench.optim import build_optimizer  # noqa: E402
 from biasbench.recipe import load_recipe  # noqa: E402
 
 RECIPE = REPO / "recipes" / "real" / "mnist_mlp.yaml"
-SCHEMA = "biasbench-mnist-epoch/1"
+SCHEMA = "biasbench-mnist-epoch/2"
 VARIANTS = ("baseline", "dac")
 THREADS = (1, 2)
 TARGET_DAC_OVER_BASELINE = 1.15
 TARGET_TWO_OVER_ONE = 0.75
 WARMUP_STEPS = 20
+TURN_STEPS = 25  # steps each configuration trains in its turn
 
 
 class Epoch:
-    """One variant's model, optimiser and data; `run(steps)` trains that many batches."""
+    """One variant's model, optimiser (biasbench's: `build_optimizer`) and data; `run` trains
+    batches of an epoch's shuffled order."""
 
     def __init__(self, variant: str, recipe, data) -> None:
         torch.manual_seed(0)
         shape = data.input_shape
         self.model = build_model(recipe.model.name, variant, num_classes=data.num_outputs, in_channels=shape[0],
                                  input_shape=shape, **recipe.model.options)
-        o = recipe.optim
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                   weight_decay=o.weight_decay)
+        self.opt, _ = build_optimizer(self.model, recipe.optim)  # the recipe's has no l2 term
         self.x, self.y = data.train.x, data.train.y
         self.mean = torch.tensor(data.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std).view(1, -1, 1, 1)
         self.batch = recipe.train.batch_size
         self.steps_per_epoch = len(self.y) // self.batch  # the trainer drops the last partial batch
 
-    def run(self, steps: int, epoch: int) -> float:
-        """Seconds (wall) for `steps` training steps of epoch `epoch`'s shuffled order."""
+    def run(self, steps: int, epoch: int, first: int = 0) -> float:
+        """Seconds (wall) for training steps first..first + steps of epoch `epoch`'s shuffled order."""
         self.model.train()
         order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(epoch))
         start = time.perf_counter()
-        for i in range(steps):
+        for i in range(first, first + steps):
             idx = order[i * self.batch:(i + 1) * self.batch]
             x = (self.x[idx].float().div_(255) - self.mean) / self.std
             loss = F.cross_entropy(self.model(x), self.y[idx])
@@ -81,17 +86,21 @@ class Epoch:
 
 def measure(recipe, data, runs: int, steps: int) -> dict[str, dict[str, list[float]]]:
     """{f"{threads}t": {variant: [seconds per run]}}, every run timing every pair once."""
-    epochs = {v: Epoch(v, recipe, data) for v in VARIANTS}
-    for t in THREADS:  # warm-up: kernel builds, allocator, thread pools
+    configs = [(t, v) for t in THREADS for v in VARIANTS]
+    epochs = {c: Epoch(c[1], recipe, data) for c in configs}
+    for (t, _), e in epochs.items():  # warm-up: kernel builds, allocator, thread pools
         torch.set_num_threads(t)
-        for e in epochs.values():
-            e.run(WARMUP_STEPS, epoch=-1)
+        e.run(WARMUP_STEPS, epoch=-1)
     times: dict[str, dict[str, list[float]]] = {f"{t}t": {v: [] for v in VARIANTS} for t in THREADS}
     for r in range(runs):
-        for t in THREADS:
-            torch.set_num_threads(t)
-            for v, e in epochs.items():
-                times[f"{t}t"][v].append(e.run(steps, epoch=r))
+        spent = dict.fromkeys(configs, 0.0)
+        for k, first in enumerate(range(0, steps, TURN_STEPS)):
+            n = min(TURN_STEPS, steps - first)
+            for c in configs[k % 4:] + configs[:k % 4]:  # who goes first rotates
+                torch.set_num_threads(c[0])
+                spent[c] += epochs[c].run(n, epoch=r, first=first)
+        for (t, v), seconds in spent.items():
+            times[f"{t}t"][v].append(seconds)
         print(f"run {r + 1}/{runs}: " + ", ".join(f"{v} {t} {s[-1]:.2f} s" for t, row in times.items()
                                                    for v, s in row.items()), flush=True)
     return times
@@ -121,7 +130,8 @@ def spread(values: list[float], fmt: str) -> str:
 def print_report(doc: dict) -> None:
     print(f"machine: {doc['machine']}")
     print(f"MNIST MLP 784-256-256-10 (DAC: hidden {doc['dac_hidden']}), batch {doc['batch']}, "
-          f"{doc['steps']} steps = {doc['images']:,} images per epoch, {doc['runs']} runs, wall clock; "
+          f"{doc['steps']} steps = {doc['images']:,} images per epoch, {doc['runs']} runs, wall clock")
+    print(f"a run: the four epochs in turns of {doc['turn_steps']} steps each; "
           f"load average {doc['loadavg_before']} -> {doc['loadavg_after']}")
     print(f"{'variant':<9} {'threads':>7}  {'s / epoch (min / median / max)':>30}")
     for t in THREADS:
@@ -153,7 +163,7 @@ def main() -> None:
     r = ratios(times)
     dac = build_model("mlp", "dac", num_classes=10, in_channels=1, input_shape=(1, 28, 28), **recipe.model.options)
     doc = {"schema": SCHEMA, "machine": describe(None, kernel_paths()), "torch": torch.__version__,
-           "quick": args.quick, "runs": runs, "batch": recipe.train.batch_size, "steps": steps,
+           "quick": args.quick, "runs": runs, "turn_steps": TURN_STEPS, "batch": recipe.train.batch_size, "steps": steps,
            "images": steps * recipe.train.batch_size, "full_epoch_steps": full,
            "dac_hidden": [m.out_features for m in dac.modules() if hasattr(m, "out_features")][:-1],
            "loadavg_before": load_before, "loadavg_after": loadavg(), "seconds": times, "ratios": r,

@@ -472,7 +472,7 @@ def _autograd_names(out: torch.Tensor) -> list[str]:
     restores leading dims after it), following the first non-leaf input."""
     names, node = [], out.grad_fn
     while node is not None:
-        names.append(type(node).__name__)
+        names.append(node.name())  # (a C++ node's type is CppFunction; its name says which)
         node = next((f for f, _ in node.next_functions
                      if f is not None and type(f).__name__ != "AccumulateGrad"), None)
     return names
@@ -503,7 +503,7 @@ def test_cpp_linear_matches_chunked_and_reference(case, dtype):
     z = torch.randn(*lead, cin, dtype=dtype, requires_grad=True)
     out, ref = fast(z), slow(z)
     assert out.shape == (*lead, cout)
-    assert any(n.startswith("_DACLinearCPU") for n in _autograd_names(out))
+    assert any("DACLinearNode" in n for n in _autograd_names(out))
     tol = _tolerance(dtype)
     loop = dac_linear_reference(z.reshape(-1, cin), fast.weight, fast.unshared_bias) + fast.bias
     loop = loop.reshape(*lead, cout)
@@ -555,7 +555,7 @@ def test_cpp_linear_is_what_auto_picks_and_saves_only_inputs(dtype):
     _linear_cpp_or_skip()
     layer = DACLinear(64, 48, impl="auto", dtype=dtype)
     z = torch.randn(32, 64, dtype=dtype, requires_grad=True)
-    assert any(n.startswith("_DACLinearCPU") for n in _autograd_names(layer(z)))
+    assert any("DACLinearNode" in n for n in _autograd_names(layer(z)))
     sizes = _saved_numels(lambda: layer(z))
     assert sizes and max(sizes) <= 2 * max(z.numel(), layer.weight.numel())
     # other activations keep the chunked path
@@ -563,6 +563,27 @@ def test_cpp_linear_is_what_auto_picks_and_saves_only_inputs(dtype):
     assert any(n.startswith("_ChunkedDAC") for n in _autograd_names(tanh(z)))
     with pytest.raises(RuntimeError, match="cannot run"):
         DACLinear(64, 48, activation="tanh", impl="cpp", dtype=dtype)(z)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_cpp_linear_node_in_inference_mode_and_without_bias(bias):
+    """The layer's operator has a CPU kernel for inference mode (no autograd key) and an
+    autograd node otherwise: both give the reference loop's outputs; without an output bias the
+    node returns no bias gradient and the others match the loop's."""
+    _linear_cpp_or_skip()
+    torch.manual_seed(0)
+    layer = _linear_layer(13, 7, "cpp", torch.float64, bias=bias)
+    z = torch.randn(5, 13, dtype=torch.float64, requires_grad=True)
+    loop = dac_linear_reference(z, layer.weight, layer.unshared_bias) + (layer.bias if bias else 0)
+    with torch.inference_mode():
+        inferred = layer(z)
+    assert inferred.is_inference()
+    torch.testing.assert_close(inferred, loop.detach())
+    out = layer(z)
+    assert any("DACLinearNode" in n for n in _autograd_names(out))
+    params = [z, layer.weight, layer.unshared_bias] + ([layer.bias] if bias else [])
+    for a, b in zip(_grads(out, params), _grads(loop, params), strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_linear_auto_falls_back_when_the_compiler_fails(monkeypatch):
@@ -675,11 +696,11 @@ def test_fused_kernels_run_in_float32_under_cpu_autocast():
     _linear_cpp_or_skip()
     conv = _conv_layer(3, 19, 3, 2, 1, "kernel", impl="auto", dtype=torch.float32)
     dense = _linear_layer(13, 7, "auto", torch.float32)
-    for layer, shape, node in ((conv, (2, 3, 7, 5), "_DACConvCPU"), (dense, (4, 13), "_DACLinearCPU")):
+    for layer, shape, node in ((conv, (2, 3, 7, 5), "_DACConvCPU"), (dense, (4, 13), "DACLinearNode")):
         z = torch.randn(shape).to(torch.bfloat16).requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = layer(z)
-        assert out.dtype == torch.float32 and any(n.startswith(node) for n in _autograd_names(out))
+        assert out.dtype == torch.float32 and any(node in n for n in _autograd_names(out))
         torch.testing.assert_close(out, layer(z.detach().float()))
         out.sum().backward()
         assert z.grad is not None and z.grad.dtype == torch.bfloat16

@@ -200,7 +200,10 @@ class CpuKernel:
         isa = isa or selected_isa()
         if not self.available(isa):
             raise RuntimeError(f"the {self.what} C++ kernel ({isa}) is unavailable: {self.error(isa)}")
-        return getattr(torch.ops, self.namespace(isa))
+        st = self.state[isa]
+        if "ops" not in st:  # (looked up once: layers call this on every forward)
+            st["ops"] = getattr(torch.ops, self.namespace(isa))
+        return st["ops"]
 
 
 def library_path(kernel: CpuKernel, isa: str) -> Path:

@@ -1,5 +1,5 @@
 """Fused CPU dense DAC layer (ReLU, `dac_linear_cpu.cpp`): built, cached, disabled and fallen
-back from exactly like the conv kernel (`biasbench.kernels.build`)."""
+back from exactly like the conv kernel (`biasbench.kernels.build`). Its autograd node is C++."""
 
 from __future__ import annotations
 
@@ -15,23 +15,10 @@ def available(isa: str | None = None) -> bool:
     return KERNEL.available(isa)
 
 
-class _DACLinearCPU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, weight, unshared_bias, isa):
-        z, weight, unshared_bias = z.contiguous(), weight.contiguous(), unshared_bias.contiguous()
-        ctx.save_for_backward(z, weight, unshared_bias)  # only the inputs
-        ctx.isa = isa
-        return KERNEL.ops(isa).forward(z, weight, unshared_bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        z, weight, unshared_bias = ctx.saved_tensors
-        gz, gw, gb = KERNEL.ops(ctx.isa).backward(z, weight, unshared_bias, grad.contiguous())
-        return gz, gw, gb, None
-
-
 def dac_linear(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tensor,
-               isa: str | None = None) -> torch.Tensor:
-    """z is (N, in); callers flatten leading dimensions. `isa=None`: this CPU's build."""
-    return _DACLinearCPU.apply(z, weight, unshared_bias, isa)
+               isa: str | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """z is (N, in); callers flatten leading dimensions. `isa=None`: this CPU's build; `bias`:
+    the layer's output bias. One operator whose autograd node (`DACLinearNode`) is C++
+    (dac_linear_cpu.cpp): a Python node, a separate bias add and their dispatch cost as much as
+    the kernels' gap to the plain layer at the SGEMM widths."""
+    return KERNEL.ops(isa).layer(z, weight, unshared_bias, bias)

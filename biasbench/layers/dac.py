@@ -117,6 +117,7 @@ class DACLinear(_FusedKernel, nn.Module):
         self.out_features = out_features
         self.activation_name, self.phi = resolve_activation(activation)
         self.activation = activation
+        self.relu = is_relu(activation)  # (the fused kernel's condition, once: forward runs every step)
         self.impl: Impl = impl
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.unshared_bias = nn.Parameter(torch.empty(out_features, in_features, **factory))
@@ -127,12 +128,10 @@ class DACLinear(_FusedKernel, nn.Module):
         reset_like_torch(self.weight, self.unshared_bias, self.bias, fan_in=self.in_features)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        lead = z.shape[:-1]
-        out = dac_linear(z.reshape(-1, self.in_features), self.weight, self.unshared_bias,
-                         self.phi, relu=is_relu(self.activation), impl=self.impl)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*lead, self.out_features)
+        flat = z if z.dim() == 2 else z.reshape(-1, self.in_features)
+        out = dac_linear(flat, self.weight, self.unshared_bias, self.phi, relu=self.relu, impl=self.impl,
+                         bias=self.bias)
+        return out if z.dim() == 2 else out.reshape(*z.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from biasbench.kernels.build import selected_isa
 from biasbench.layers.dac_activation import ActivationFn
 from biasbench.layers.dac_functional import dac_conv2d_chunked, dac_linear_chunked
 
@@ -59,7 +60,7 @@ def dac_conv2d(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tenso
     return kernel.dac_conv2d(*autocast_inputs(z, weight, unshared_bias), stride, padding)
 
 
-def _fast_linear(impl: str, z: torch.Tensor, relu: bool):
+def _fast_linear(impl: str, z: torch.Tensor, relu: bool, isa: str | None):
     """The fused linear kernel module to use, or None for the chunked path."""
     if impl == "triton":
         raise RuntimeError("DACLinear has no 'triton' kernel; use 'auto', 'cpp' or 'chunked'")
@@ -67,7 +68,9 @@ def _fast_linear(impl: str, z: torch.Tensor, relu: bool):
         return None
     if impl in ("auto", "cpp") and z.device.type == "cpu":
         from biasbench.kernels import dac_linear_cpu
-        if relu and autocast_inputs(z)[0].dtype in _CPP_DTYPES and dac_linear_cpu.available():
+        # (CPU autocast hands the kernel float32: autocast_inputs)
+        float_ok = z.dtype in _CPP_DTYPES or torch.is_autocast_enabled("cpu")
+        if relu and float_ok and dac_linear_cpu.available(isa):
             return dac_linear_cpu
     if impl == "auto":
         return None
@@ -76,9 +79,13 @@ def _fast_linear(impl: str, z: torch.Tensor, relu: bool):
 
 
 def dac_linear(z: torch.Tensor, weight: torch.Tensor, unshared_bias: torch.Tensor,
-               phi: ActivationFn, *, relu: bool, impl: str = "auto") -> torch.Tensor:
-    """z is (N, in); callers flatten leading dimensions."""
-    kernel = _fast_linear(impl, z, relu)
+               phi: ActivationFn, *, relu: bool, impl: str = "auto",
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """z is (N, in); callers flatten leading dimensions. `bias`: the output bias (the fused
+    kernel adds it inside its autograd node)."""
+    isa = selected_isa() if z.device.type == "cpu" else None  # once per call: layers call this every step
+    kernel = _fast_linear(impl, z, relu, isa)
     if kernel is None:
-        return dac_linear_chunked(z, weight, unshared_bias, phi)
-    return kernel.dac_linear(*autocast_inputs(z, weight, unshared_bias))
+        out = dac_linear_chunked(z, weight, unshared_bias, phi)
+        return out if bias is None else out + bias
+    return kernel.dac_linear(*autocast_inputs(z, weight, unshared_bias), isa=isa, bias=bias)
