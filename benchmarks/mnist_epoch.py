@@ -9,12 +9,14 @@ training step of one pass: uint8 batch -> float, normalised, forward, cross-entr
 SGD step; no evaluation, no checkpoint (the trainer's own overhead is trainer_overhead.py's).
 `--runs` runs in a row, each timing one epoch of every (threads, variant). Within a run the four
 epochs advance together in turns of 25 steps (about 50 ms), each on its own model, so that a slow
-phase of the machine falls on all four alike: on this workplace's 2-vCPU VM, phases of several
-seconds in which any two-thread work (baseline and DAC alike, data and optimiser steps too) runs
-1.6x slower came and went while one-thread work on either vCPU did not change; with whole epochs
-in turn, one such phase landed on one configuration's epoch and decided its ratio. Printed: seconds per epoch (min / median / max over the
-runs) and the ratios per run: DAC / baseline at 1 and 2 threads, 2-thread / 1-thread time per
-variant, with the targets (DAC / baseline <= 1.15, DAC 2 / 1 threads <= 0.75, in every run).
+phase of the machine falls on all four alike. On this workplace's 2-vCPU VM the two-thread
+steps (baseline and DAC alike, their data and optimiser parts too) ran about 1.6x slower for
+seconds to minutes at a time, while one-thread steps did not change; with whole epochs in turn,
+such a phase landed on one configuration's epoch and decided its DAC / baseline ratio. (It still
+moves the 2 / 1 thread ratios of both variants: compare DAC's with the baseline's in the same run.)
+Printed: seconds per epoch (min / median / max over the runs) and the ratios per run: DAC /
+baseline at 1 and 2 threads, 2-thread / 1-thread time per variant, with the targets (DAC /
+baseline <= 1.15, DAC 2 / 1 threads <= 0.75, in every run).
 Wall clock: two threads are about latency. The machine must be quiet for a verdict.
 `--quick`: 2 runs on a sixth of the epoch (a check that it runs, not a measurement).
 Needs the real data (`make real-data`); refuses in one line without it.
@@ -163,7 +165,8 @@ def main() -> None:
     r = ratios(times)
     dac = build_model("mlp", "dac", num_classes=10, in_channels=1, input_shape=(1, 28, 28), **recipe.model.options)
     doc = {"schema": SCHEMA, "machine": describe(None, kernel_paths()), "torch": torch.__version__,
-           "quick": args.quick, "runs": runs, "turn_steps": TURN_STEPS, "batch": recipe.train.batch_size, "steps": steps,
+           "quick": args.quick, "runs": runs, "turn_steps": TURN_STEPS, "batch": recipe.train.batch_size,
+           "steps": steps,
            "images": steps * recipe.train.batch_size, "full_epoch_steps": full,
            "dac_hidden": [m.out_features for m in dac.modules() if hasattr(m, "out_features")][:-1],
            "loadavg_before": load_before, "loadavg_after": loadavg(), "seconds": times, "ratios": r,

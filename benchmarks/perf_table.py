@@ -22,7 +22,8 @@ RESULTS = REPO / "benchmarks" / "results"
 BEGIN = "<!-- perf table (issue 22): regenerate with `python benchmarks/perf_all.py` -->"
 END = "<!-- end of perf table -->"
 FILES = {"epoch": "mnist_epoch.json", "layers": "dac_layers_issue22.json", "steps": "variant_step_issue22.json",
-         "trainer": "trainer_overhead_real.json", "cli": "cli_startup.json", "split": "thread_split.json"}
+         "trainer": "trainer_overhead_real.json", "cli": "cli_startup.json", "split": "thread_split.json",
+         "roofline": "op_mix_roofline.json"}
 SGEMM = ("141x141", "200x200", "250x250")
 
 Row = tuple[str, str, str, bool | None]  # figure, measured, target, met (None: not measured)
@@ -50,6 +51,17 @@ def dense_rows(doc: dict[str, Any] | None) -> list[Row]:
         out.append((figure, span(values) if values else "not measured", f"<= {limit}x",
                     max(values) <= limit if values else None))
     return out
+
+
+def roofline_rows(doc: dict[str, Any] | None) -> list[Row]:
+    """op_mix_roofline.py: the dense DAC kernels at this core's peak for their instruction mix,
+    over the plain layer's measured step (a bound, not a time)."""
+    found = {"x".join(map(str, r["shape"][1:])): r for r in (doc or {}).get("rows", [])}
+    measured = ", ".join(f"{shape} {r['floor_ratio']:.2f}x (the layer now at "
+                         f"{r['dac_peak_ms'] / r['dac_ms']:.0%} of that rate)"
+                         for shape, r in found.items() if shape in (*SGEMM, "784x256"))
+    return [("dense DAC kernels at this core's peak for their instruction mix / plain layer step, 1 thread "
+             "(bound, not time)", measured or "not measured", "below the targets above leaves room", None)]
 
 
 def step_rows(doc: dict[str, Any] | None) -> list[Row]:
@@ -143,6 +155,7 @@ def load(results: Path) -> dict[str, dict[str, Any] | None]:
 
 def markdown(docs: dict[str, dict[str, Any] | None]) -> str:
     rows = (epoch_rows(docs["epoch"]) + split_rows(docs["split"]) + dense_rows(docs["layers"])
+            + roofline_rows(docs["roofline"])
             + step_rows(docs["steps"]) + trainer_rows(docs["trainer"]) + cli_rows(docs["cli"]))
     machines = sorted({m for m in (_machine(d) for d in docs.values() if d) if m})
     loads = sorted(float(d["loadavg_before"].split()[0]) for d in docs.values() if d and d.get("loadavg_before"))

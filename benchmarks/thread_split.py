@@ -33,6 +33,8 @@ import torch.nn.functional as F  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from biasbench.models import build_model  # noqa: E402
+from biasbench.optim import build_optimizer  # noqa: E402
+from biasbench.recipe import OptimConfig  # noqa: E402
 
 
 def thread_ns() -> dict[int, int]:
@@ -49,7 +51,8 @@ def thread_ns() -> dict[int, int]:
 def make_step(variant: str):
     torch.manual_seed(0)
     model = build_model("mlp", variant, num_classes=10, in_channels=1, input_shape=(1, 28, 28), depth=2, width=256)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt, _ = build_optimizer(model, OptimConfig(name="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                                bias_weight_decay=5e-4))  # the trainer's (fused) SGD
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
 
     def step() -> None:

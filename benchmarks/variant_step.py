@@ -50,6 +50,8 @@ from perf_table import step_figures  # noqa: E402
 from biasbench.errors import UserError  # noqa: E402
 from biasbench.losses import Criterion  # noqa: E402
 from biasbench.models import build_model, list_variants, model_hooks  # noqa: E402
+from biasbench.optim import build_optimizer  # noqa: E402
+from biasbench.recipe import OptimConfig  # noqa: E402
 
 DEFAULT_VARIANTS = "baseline,dac,preact,mba,raa,dnrt"
 # The README's performance table: ResNet20 v1 in every variant on 1 and 2 threads (ReLU, the DAC
@@ -105,7 +107,8 @@ def make_step(sec: dict, variant: str) -> Callable[[], None]:
     model.train()
     fmt = torch.channels_last if sec["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt, _ = build_optimizer(model, OptimConfig(name="sgd", lr=0.01, momentum=0.9, nesterov=False,
+                                                weight_decay=0.0, bias_weight_decay=0.0))  # the trainer's (fused) SGD
     x = torch.randn(sec["batch"], sec.get("in_channels", 3), sec["input_size"], sec["input_size"], device=device)
     x = x.contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (sec["batch"],), device=device)

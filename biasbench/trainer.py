@@ -24,6 +24,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -738,13 +739,18 @@ def _results_doc(run: Run, status: str, stopped_by: str | None, state: TrainingS
 
 def train_recipe(recipe: Recipe, device: torch.device, *, resume: bool = False, overwrite: bool = False,
                  stop_after: int | None = None, jobs: int = 1, threads: int | None = None,
-                 console: Console | None = None, ctx: DistContext | None = None) -> list[dict[str, Any]]:
+                 console: Console | None = None, ctx: DistContext | None = None,
+                 planned: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Train every replicate (seed + r). `jobs` > 1 runs replicates in parallel processes, with
-    `threads` each (None: the cores shared out)."""
+    `threads` each (None: the cores shared out). `planned` is called once the replicates are
+    planned, i.e. once no run folder was refused (the CLI's oversubscription warning waits for it:
+    a refused command trains nothing and must print only its error)."""
     console = console or Console(quiet=True)
     ctx = ctx or DistContext()
     _ANNOUNCED.clear()  # the kernel-build line: once per command, whatever the replicates
     todo, done = plan_replicates(recipe, resume, overwrite, console, check=ctx.is_main)
+    if planned is not None:
+        planned()
     if jobs > 1 and len(todo) > 1:
         return _in_order(done | train_parallel(train_run, recipe, todo, device, resume=resume, fresh=overwrite,
                                                stop_after=stop_after, jobs=jobs, threads=threads,

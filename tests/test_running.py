@@ -16,7 +16,7 @@ import textwrap
 import pytest
 
 from biasbench import running
-from tests.conftest import REPO, run_cli, tiny_recipe, write_recipe
+from tests.conftest import REPO, one_line_error, run_cli, tiny_recipe, write_recipe
 
 HOLDER = textwrap.dedent("""
     import sys
@@ -107,3 +107,22 @@ def test_train_prints_the_warning_on_stderr(tmp_path, monkeypatch):
     assert err.count("warning:") == 1 and max(map(len, err.splitlines())) <= 80, err
     said = " ".join(err.split())
     assert "warning: 3 threads now share 2 cores" in said and f"PID {other.pid}: 2 threads" in said
+
+
+def test_a_refused_train_prints_its_error_and_no_warning(tmp_path, monkeypatch):
+    """A second `train` into a run folder in use is refused before it trains: its stderr is the
+    one error line, even where the two runs' threads exceed the cores (make test on one core
+    printed the warning first)."""
+    from biasbench.fsutil import hold_lock
+
+    monkeypatch.setattr(running, "usable_cores", lambda: 1)
+    other = start_holder(2, running.registry_path())
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, train={"epochs": 1}))
+    run_dir = tmp_path / "runs" / "r" / "seed0"
+    run_dir.mkdir(parents=True)
+    try:
+        with hold_lock(run_dir / ".lock", "the run folder"):
+            code, _, err = run_cli(["train", str(recipe), "--device", "cpu", "--threads", "1"])
+    finally:
+        finish(other)
+    one_line_error(code, err, "in use")

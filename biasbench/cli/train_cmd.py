@@ -100,11 +100,12 @@ def train(
     workers = min(jobs, recipe.train.replicates)  # (one replicate trains here, whatever --jobs says)
     total = torch.get_num_threads() if workers == 1 else workers * worker_threads(jobs, threads)
     with stop_on_signals(), registered(total, f"train {recipe_path}") as crowded:
-        if crowded and ctx.is_main:
-            say(Console(stderr=True, highlight=False), crowded, "yellow")
+        def warn_if_crowded() -> None:
+            if crowded and ctx.is_main:
+                say(Console(stderr=True, highlight=False), crowded, "yellow")
         try:
             docs = train_recipe(recipe, dev, resume=resume, overwrite=overwrite, stop_after=stop_after, jobs=jobs,
-                                threads=threads, console=console, ctx=ctx)
+                                threads=threads, console=console, ctx=ctx, planned=warn_if_crowded)
         except KeyboardInterrupt as e:  # (once training began, the trainer raises Interrupted instead)
             raise StoppedBeforeTraining(signal_of(e)) from None
     if not ctx.is_main:
