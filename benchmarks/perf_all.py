@@ -12,9 +12,7 @@ Runs, one after another, each writing its JSON under --results:
   4. benchmarks/variant_step.py --preset issue22: ResNet20 v1 DAC, RAA on ResNet20 and ViT-Tiny,
      the MNIST MLP step, against their baselines (variant_step_issue22.json);
   5. benchmarks/trainer_overhead.py on the real MNIST MLP and Fashion-MNIST CNN (trainer_overhead_real.json);
-  6. benchmarks/thread_split.py: how the MNIST MLP step's work splits over two threads, the
-     bound it sets on 2-thread / 1-thread time (thread_split.json);
-  7. benchmarks/op_mix_roofline.py: this core's rate for the dense DAC kernels' instruction mix,
+  6. benchmarks/op_mix_roofline.py: this core's rate for the dense DAC kernels' instruction mix,
      the bound it sets on the dense layer ratios (op_mix_roofline.json);
 then benchmarks/perf_table.py writes the table into README.md between its markers. Measured: 297 s
 on a quiet 2-core AMD EPYC VM (2026-12-05; each part's time is printed), plus the kernels' first
@@ -81,8 +79,6 @@ def parts(results: Path, quick: bool) -> list[tuple[str, list[str]]]:
         ("trainer_overhead", [py, str(BENCH / "trainer_overhead.py"), "--cases", "mlp/mnist",
                               *([] if quick else ["cnn/fashion"]), "--repeats", "1" if quick else "3", "--json",
                               str(results / "trainer_overhead_real.json")]),
-        ("thread_split", [py, str(BENCH / "thread_split.py"), "--steps", "20" if quick else "300",
-                          "--json", str(results / "thread_split.json")]),
         ("op_mix_roofline", [py, str(BENCH / "op_mix_roofline.py"), "--reps", "11" if quick else "101",
                              "--json", str(results / "op_mix_roofline.json")]),
     ]

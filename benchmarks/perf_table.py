@@ -22,7 +22,7 @@ RESULTS = REPO / "benchmarks" / "results"
 BEGIN = "<!-- perf table (issue 22): regenerate with `python benchmarks/perf_all.py` -->"
 END = "<!-- end of perf table -->"
 FILES = {"epoch": "mnist_epoch.json", "layers": "dac_layers_issue22.json", "steps": "variant_step_issue22.json",
-         "trainer": "trainer_overhead_real.json", "cli": "cli_startup.json", "split": "thread_split.json",
+         "trainer": "trainer_overhead_real.json", "cli": "cli_startup.json",
          "roofline": "op_mix_roofline.json"}
 SGEMM = ("141x141", "200x200", "250x250")
 
@@ -101,16 +101,6 @@ def epoch_rows(doc: dict[str, Any] | None) -> list[Row]:
     ]
 
 
-def split_rows(doc: dict[str, Any] | None) -> list[Row]:
-    """thread_split.py: the least 2-thread / 1-thread step time the work's split allows."""
-    found = {r["variant"]: r for r in (doc or {}).get("rows", [])}
-    measured = ", ".join(f"{v} {r['bound_2t_over_1t']:.2f} (main thread only: {r['serial_share']:.0%} of the work)"
-                         for v, r in found.items())
-    return [("MNIST MLP step, 2 threads / 1 thread at best, from the work's split (bound, not time)",
-             measured or "not measured", "<= 0.75 leaves room (DAC)",
-             found["dac"]["bound_2t_over_1t"] <= 0.75 if "dac" in found else None)]
-
-
 def trainer_rows(doc: dict[str, Any] | None) -> list[Row]:
     """trainer_overhead.py --cases mlp/mnist cnn/fashion: trainer / bare loop per epoch."""
     found = {row["case"]: row["ratio_wall"] for row in (doc or {}).get("rows", [])}
@@ -154,7 +144,7 @@ def load(results: Path) -> dict[str, dict[str, Any] | None]:
 
 
 def markdown(docs: dict[str, dict[str, Any] | None]) -> str:
-    rows = (epoch_rows(docs["epoch"]) + split_rows(docs["split"]) + dense_rows(docs["layers"])
+    rows = (epoch_rows(docs["epoch"]) + dense_rows(docs["layers"])
             + roofline_rows(docs["roofline"])
             + step_rows(docs["steps"]) + trainer_rows(docs["trainer"]) + cli_rows(docs["cli"]))
     machines = sorted({m for m in (_machine(d) for d in docs.values() if d) if m})
