@@ -4,7 +4,8 @@
 //
 // The activated, zero-bordered plane relu(z[n,j] + B[i,j]) is built once per (n, i, j) in a
 // small thread-local buffer (it stays in cache) and every kernel tap reads it: the paper's
-// "caching" FLOP convention; nothing out_channels-fold ever exists in memory, and backward
+// "caching" FLOP convention (the 1x1 / 3x3 forward makes it in registers instead, a few
+// positions at a time); nothing out_channels-fold ever exists in memory, and backward
 // rebuilds the planes instead of saving them. Padding stays zero because it is added after
 // the activation (spec section 1).
 //
@@ -26,6 +27,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "simd.h"
@@ -300,10 +302,12 @@ void backward_impl(const Geo& g, const T* z, const T* w, const T* b, const T* gr
 //
 // Vectors run over L = simd::kBytes / sizeof(T) consecutive OUTPUT channels i (an "i-block":
 // 16 floats with AVX-512, 8 with AVX2) instead of over positions: lane l of A[u][v] holds
-// relu(z[j, u-pad, v-pad] + B[i0+l, j]). For one (sample, i-block, j) the activated
-// zero-bordered plane is built once (one broadcast-add and one max per input position for L
-// output channels) and every tap then is one aligned vector FMA against a weight vector held in
-// a register, for any stride: a stride-s tap only reads every s-th position of the lane plane.
+// relu(z[j, u-pad, v-pad] + B[i0+l, j]). Every tap is one vector FMA of such a lane-plane
+// vector against a weight vector held in a register, for any stride. The forward makes the
+// lane-plane vectors in registers, once per register tile of output positions, from the input
+// rows (ftile); the backward builds the activated zero-bordered plane once per (sample,
+// i-block, j) in a buffer (one broadcast-add and one max per input position for L output
+// channels): a stride-s tap only reads every s-th position of it.
 // The weight and bias gradients accumulate per lane (no horizontal sums); only dz sums over i,
 // once per input position per (n, j) after all i-blocks. Moving between the NCHW tensors and
 // the lane layout (forward's output, backward's gradient) transposes L x L blocks in registers.
@@ -312,18 +316,16 @@ namespace lanes {
 
 // Blocking, per vector width (measured on a 2-core Xeon with AVX-512 and AMX, and with the
 // 256-bit build on the same machine and on an AVX2 AMD EPYC; docs/dac_layers.md): FM output
-// positions per forward step (independent accumulators; 6 or 8 spilled with AVX2's 16 registers
-// and were no faster with AVX-512's 32), DM / DM2 input positions per step of the input
-// gradient at stride 1 / 2, and the forward row tile's L1 budget in bytes.
+// positions per step of the forward's single rows (a row tile's rows past a multiple of FR),
+// DM / DM2 input positions per step of the input gradient at stride 1 / 2, and the forward
+// row tile's L1 budget in bytes (its output sums).
 constexpr int FM = 4, DM = 4, DM2 = simd::kBytes == 64 ? 8 : 4;
-// The forward's register tile, FR x FC output positions (ftile), per width and stride: on the
-// AMD EPYC (AVX-512 build, one thread) 2 x 4 took the ResNet20 forward from 185 to 133 ms where
-// 2 x 8 and 4 x 4 took 142-145; with AVX2's 16 registers 2 x 3 is fastest at stride 1 and
-// 1 x 4 (fblock's shape) at stride 2, where 2-row tiles read 5 plane rows and ran 10-20% slower.
-template <int S>
-constexpr int FR = simd::kBytes == 64 || S == 1 ? 2 : 1;
-template <int S>
-constexpr int FC = simd::kBytes == 64 ? 4 : S == 1 ? 3 : 4;
+// The forward's register tile, FR x FC output positions (ftile), per vector width: on the AMD
+// EPYC (one thread) 2 x 8 with AVX-512 (16 sums, 9 weights, bias, zero and a plane vector in 28
+// of the 32 registers) beat 2 x 4, 4 x 4 and 3 x 4 by 5-10%; with AVX2's 16 registers, 12 of
+// them taken by the weights, bias, zero and plane vector, 1 x 4 (1 x 8, 2 x 2 and 2 x 3 were
+// within the noise of it).
+constexpr int FR = simd::kBytes == 64 ? 2 : 1, FC = simd::kBytes == 64 ? 8 : 4;
 constexpr int64_t kTileBytes = 24576;
 
 template <typename T>
@@ -412,54 +414,31 @@ inline void planes_to_lanes(const T* planes, int64_t np, int nl, int wo, T* lane
     for (int l = 0; l < nl; ++l) lanes[(p / wo) * rs + (p % wo) * L + l] = planes[l * pstride + p];
 }
 
-// M output positions of one row: o[m] += sum_(a,b) W[a,b] * A[a, m*s + b], the taps' partial
-// sums spread over P accumulators per position. Measured on AVX2 (16 registers), M = 4, P = 1
-// beats M = 6 or 8 and P = 2 or 3 by 5-15%: larger blocks spill.
-template <typename T, int K, int S, int M, int P>
-inline void fblock(const typename V<T>::type* wr, const T* arow, int64_t rs, T* o) {
-  using Vt = V<T>;
-  constexpr int L = Vt::L;
-  typename Vt::type acc[P][M];
-#pragma GCC unroll 8
-  for (int m = 0; m < M; ++m) {
-    acc[0][m] = Vt::load(o + m * L);
-#pragma GCC unroll 8
-    for (int q = 1; q < P; ++q) acc[q][m] = Vt::splat(T(0));
-  }
-#pragma GCC unroll 8
-  for (int a = 0; a < K; ++a)
-#pragma GCC unroll 8
-    for (int b = 0; b < K; ++b)
-#pragma GCC unroll 8
-      for (int m = 0; m < M; ++m)
-        acc[(a * K + b) % P][m] += wr[a * K + b] * Vt::load(arow + a * rs + (m * S + b) * L);
-#pragma GCC unroll 8
-  for (int m = 0; m < M; ++m) {
-#pragma GCC unroll 8
-    for (int q = 1; q < P; ++q) acc[0][m] += acc[q][m];
-    Vt::store(o + m * L, acc[0][m]);
-  }
+// Sample n's input planes into Z, each padded to Hp x Wp, interiors only: the border keeps the
+// -inf the buffer was filled with once, and relu(-inf + B) = 0 is exactly the zero padding.
+// Rows are copied 8 elements at a time (a fixed-size memcpy is one vector move; a call to
+// memcpy per 8-float row of the 8x8 planes cost as much as a tenth of the forward).
+template <typename T>
+inline void bordered_planes(const Geo& g, const T* __restrict__ zn, T* __restrict__ Z) {
+  const int64_t zs = int64_t(g.Hp) * g.Wp;
+  for (int j = 0; j < g.C; ++j)
+    for (int y = 0; y < g.H; ++y) {
+      const T* src = zn + (int64_t(j) * g.H + y) * g.W;
+      T* dst = Z + j * zs + int64_t(y + g.pad) * g.Wp + g.pad;
+      int x = 0;
+      for (; x + 8 <= g.W; x += 8) std::memcpy(dst + x, src + x, 8 * sizeof(T));
+      for (; x < g.W; ++x) dst[x] = src[x];
+    }
 }
 
-// An empty asm that claims to change v: GCC then keeps v in a register for all its uses instead
-// of folding a fresh load into every FMA that reads it (it does so whenever it can, which undoes
-// ftile's reuse: measured 15% slower). Needs AVX registers for the vector ("v").
-template <typename VT>
-inline void in_register(VT& v) {
-#if defined(__AVX__)
-  asm("" : "+v"(v));
-#else
-  (void)v;
-#endif
-}
-
-// An FR x FC block of output positions (FR rows, FC columns; rows os apart in o): each lane-plane
-// vector the block reads is loaded once into a register and feeds every (position, tap) it
-// serves, so a stride-1 3x3 block of 2 x 4 positions does 72 FMAs on 24 plane loads where
-// fblock's 4 positions do 36 FMAs on 36 (GCC folds every tap's load into its FMA). Each
-// position still adds its taps in (a, b) order onto the running sum: the same bits as fblock.
+// An FR x FC block of output positions (FR rows, FC columns; rows os apart in o) for one input
+// channel: o[y, m] += sum_(a,b) W[a,b] relu(B + zpad[y*s + a, m*s + b]). Each lane-plane vector
+// relu(B + zpad) the block reads is made once in a register from the bordered input rows (zs
+// apart in zrow: a broadcast-add and a max) and feeds every (position, tap) it serves; nothing
+// L-fold is stored. Each position adds its taps in (a, b) order onto the running sum, as before.
 template <typename T, int K, int S, int FR, int FC>
-inline void ftile(const typename V<T>::type* wr, const T* arow, int64_t rs, T* o, int64_t os) {
+inline void ftile(const typename V<T>::type* wr, typename V<T>::type bv, const T* zrow, int64_t zs, T* o,
+                  int64_t os) {
   using Vt = V<T>;
   constexpr int L = Vt::L;
   constexpr int NR = (FR - 1) * S + K, NC = (FC - 1) * S + K;  // plane rows / columns read
@@ -472,8 +451,7 @@ inline void ftile(const typename V<T>::type* wr, const T* arow, int64_t rs, T* o
   for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 32
     for (int c = 0; c < NC; ++c) {
-      typename Vt::type v = Vt::load(arow + r * rs + c * L);
-      in_register(v);
+      const typename Vt::type v = Vt::relu(Vt::splat(zrow[r * zs + c]) + bv);
 #pragma GCC unroll 8
       for (int y = 0; y < FR; ++y)
 #pragma GCC unroll 8
@@ -492,50 +470,46 @@ template <typename T, int K, int S>
 void forward(const Geo& g, const T* z, const Pack<T>& pk, T* out) {
   using Vt = V<T>;
   using VT = typename Vt::type;
-  constexpr int L = Vt::L, KK = K * K;
+  constexpr int L = Vt::L, KK = K * K, TR = FR, TC = FC;
   const int IB = pk.IB;
-  const int64_t rs = int64_t(g.Wp) * L, zplane = int64_t(g.H) * g.W;
-  // Output rows per tile: the tile's lane plane and output accumulators stay within ~24 KiB (L1).
-  const int64_t budget = kTileBytes / int64_t(sizeof(T) * L);
+  const int64_t zplane = int64_t(g.H) * g.W, os = int64_t(g.Wo) * L;
+  // Output rows per tile: the tile's output sums stay within ~24 KiB (L1).
   int R = g.Ho;
-  while (R > 1 && int64_t((R - 1) * S + K) * g.Wp + int64_t(R) * g.Wo > budget) --R;
-  constexpr int TR = FR<S>, TC = FC<S>;
+  while (R > 1 && int64_t(R) * os * int64_t(sizeof(T)) > kTileBytes) --R;
   if (R > TR) R -= R % TR;  // whole register tiles in every row tile but the last
+  const int64_t zs = int64_t(g.Hp) * g.Wp;
   at::parallel_for(0, int64_t(g.N) * IB, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> A(0, int64_t((R - 1) * S + K) * rs), Oa(1, int64_t(R) * g.Wo * L);
+    Scratch<T> Z(0, g.C * zs, false), Oa(1, int64_t(R) * os, false);
+    std::fill(Z.p, Z.p + g.C * zs, -std::numeric_limits<T>::infinity());
+    int zn = -1;  // the sample whose planes Z holds: consecutive tasks share it
     for (int64_t t = begin; t < end; ++t) {
       const int n = int(t / IB), ib = int(t % IB);
       const int nl = std::min(L, g.O - ib * L);
+      if (n != zn) bordered_planes(g, z + int64_t(n) * g.C * zplane, Z.p);
+      zn = n;
       for (int y0 = 0; y0 < g.Ho; y0 += R) {
-        const int rows = std::min(R, g.Ho - y0), nar = (rows - 1) * S + K;
-        std::fill(Oa.p, Oa.p + int64_t(rows) * g.Wo * L, T(0));
+        const int rows = std::min(R, g.Ho - y0);
+        std::fill(Oa.p, Oa.p + int64_t(rows) * os, T(0));
         for (int j = 0; j < g.C; ++j) {
           const int64_t blk = int64_t(ib) * g.C + j;
-          build(g, z + (int64_t(n) * g.C + j) * zplane, Vt::load(pk.b.data() + blk * L), y0 * S, nar, A.p);
+          const T* Zj = Z.p + j * zs + int64_t(y0) * S * g.Wp;
+          const VT bv = Vt::load(pk.b.data() + blk * L);
           VT wr[KK];
           for (int e = 0; e < KK; ++e) wr[e] = Vt::load(pk.w.data() + (blk * KK + e) * L);
-          const int64_t os = int64_t(g.Wo) * L;
           int yy = 0;
           for (; yy + TR <= rows; yy += TR) {  // TR x TC tiles, then single columns
             T* orow = Oa.p + yy * os;
-            const T* arow = A.p + int64_t(yy) * S * rs;
+            const T* zrow = Zj + int64_t(yy) * S * g.Wp;
             int x = 0;
-            for (; x + TC <= g.Wo; x += TC)
-              ftile<T, K, S, TR, TC>(wr, arow + int64_t(x) * S * L, rs, orow + int64_t(x) * L, os);
-            for (; x < g.Wo; ++x) ftile<T, K, S, TR, 1>(wr, arow + int64_t(x) * S * L, rs, orow + int64_t(x) * L, os);
+            for (; x + TC <= g.Wo; x += TC) ftile<T, K, S, TR, TC>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
+            for (; x < g.Wo; ++x) ftile<T, K, S, TR, 1>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
           }
-          for (; yy < rows; ++yy) {
-            T* orow = Oa.p + int64_t(yy) * g.Wo * L;
-            const T* arow = A.p + int64_t(yy) * S * rs;
+          for (; yy < rows; ++yy) {  // the row tile's last rows, one at a time
+            T* orow = Oa.p + yy * os;
+            const T* zrow = Zj + int64_t(yy) * S * g.Wp;
             int x = 0;
-            for (; x + FM <= g.Wo; x += FM) fblock<T, K, S, FM, 1>(wr, arow + int64_t(x) * S * L, rs, orow + int64_t(x) * L);
-            for (; x < g.Wo; ++x) {
-              VT acc = Vt::load(orow + int64_t(x) * L);
-              for (int a = 0; a < K; ++a)
-                for (int b = 0; b < K; ++b)
-                  acc += wr[a * K + b] * Vt::load(arow + a * rs + int64_t(x * S + b) * L);
-              Vt::store(orow + int64_t(x) * L, acc);
-            }
+            for (; x + FM <= g.Wo; x += FM) ftile<T, K, S, 1, FM>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
+            for (; x < g.Wo; ++x) ftile<T, K, S, 1, 1>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
           }
         }
         lanes_to_planes(Oa.p, int64_t(rows) * g.Wo, out + ((int64_t(n) * g.O + ib * L) * g.Ho + y0) * g.Wo,
