@@ -320,12 +320,11 @@ namespace lanes {
 // DM / DM2 input positions per step of the input gradient at stride 1 / 2, and the forward
 // row tile's L1 budget in bytes (its output sums).
 constexpr int FM = 4, DM = 4, DM2 = simd::kBytes == 64 ? 8 : 4;
-// The forward's register tile, FR x FC output positions (ftile), per vector width: on the AMD
-// EPYC (one thread) 2 x 8 with AVX-512 (16 sums, 9 weights, bias, zero and a plane vector in 28
-// of the 32 registers) beat 2 x 4, 4 x 4 and 3 x 4 by 5-10%; with AVX2's 16 registers, 12 of
-// them taken by the weights, bias, zero and plane vector, 1 x 4 (1 x 8, 2 x 2 and 2 x 3 were
-// within the noise of it).
-constexpr int FR = simd::kBytes == 64 ? 2 : 1, FC = simd::kBytes == 64 ? 8 : 4;
+// The forward's register tile, FR x FC output positions (ftile): on the AMD EPYC (one thread)
+// 2 x 8 beat 2 x 4, 4 x 4 and 3 x 4 by 5-10% with AVX-512 (16 sums, 9 weights, bias, zero and a
+// plane vector: 28 of the 32 registers) and 1 x 4, 2 x 2, 2 x 4 and 4 x 4 by 3-10% with AVX2,
+// where the weights spill and are read by the FMAs from L1.
+constexpr int FR = 2, FC = 8;
 constexpr int64_t kTileBytes = 24576;
 
 template <typename T>
@@ -431,52 +430,52 @@ inline void bordered_planes(const Geo& g, const T* __restrict__ zn, T* __restric
     }
 }
 
-// An FR x FC block of output positions (FR rows, FC columns; rows os apart in o) for one input
+// A TR x TC block of output positions (TR rows, TC columns; rows os apart in o) for one input
 // channel: o[y, m] += sum_(a,b) W[a,b] relu(B + zpad[y*s + a, m*s + b]). Each lane-plane vector
 // relu(B + zpad) the block reads is made once in a register from the bordered input rows (zs
 // apart in zrow: a broadcast-add and a max) and feeds every (position, tap) it serves; nothing
 // L-fold is stored. Each position adds its taps in (a, b) order onto the running sum, as before.
-template <typename T, int K, int S, int FR, int FC>
-inline void ftile(const typename V<T>::type* wr, typename V<T>::type bv, const T* zrow, int64_t zs, T* o,
-                  int64_t os) {
+template <typename T, int K, int S, int TR, int TC>
+inline void ftile(const typename V<T>::type* wr, typename V<T>::type bv, const T* zrow, int64_t zs,
+                  T* o, int64_t os) {
   using Vt = V<T>;
   constexpr int L = Vt::L;
-  constexpr int NR = (FR - 1) * S + K, NC = (FC - 1) * S + K;  // plane rows / columns read
-  typename Vt::type acc[FR][FC];
+  constexpr int NR = (TR - 1) * S + K, NC = (TC - 1) * S + K;  // plane rows / columns read
+  typename Vt::type acc[TR][TC];
 #pragma GCC unroll 8
-  for (int y = 0; y < FR; ++y)
+  for (int y = 0; y < TR; ++y)
 #pragma GCC unroll 8
-    for (int m = 0; m < FC; ++m) acc[y][m] = Vt::load(o + y * os + m * L);
+    for (int m = 0; m < TC; ++m) acc[y][m] = Vt::load(o + y * os + m * L);
 #pragma GCC unroll 16
   for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 32
     for (int c = 0; c < NC; ++c) {
       const typename Vt::type v = Vt::relu(Vt::splat(zrow[r * zs + c]) + bv);
 #pragma GCC unroll 8
-      for (int y = 0; y < FR; ++y)
+      for (int y = 0; y < TR; ++y)
 #pragma GCC unroll 8
-        for (int m = 0; m < FC; ++m) {
+        for (int m = 0; m < TC; ++m) {
           const int a = r - y * S, b = c - m * S;
           if (a >= 0 && a < K && b >= 0 && b < K) acc[y][m] += wr[a * K + b] * v;
         }
     }
 #pragma GCC unroll 8
-  for (int y = 0; y < FR; ++y)
+  for (int y = 0; y < TR; ++y)
 #pragma GCC unroll 8
-    for (int m = 0; m < FC; ++m) Vt::store(o + y * os + m * L, acc[y][m]);
+    for (int m = 0; m < TC; ++m) Vt::store(o + y * os + m * L, acc[y][m]);
 }
 
 template <typename T, int K, int S>
 void forward(const Geo& g, const T* z, const Pack<T>& pk, T* out) {
   using Vt = V<T>;
   using VT = typename Vt::type;
-  constexpr int L = Vt::L, KK = K * K, TR = FR, TC = FC;
+  constexpr int L = Vt::L, KK = K * K;
   const int IB = pk.IB;
   const int64_t zplane = int64_t(g.H) * g.W, os = int64_t(g.Wo) * L;
   // Output rows per tile: the tile's output sums stay within ~24 KiB (L1).
   int R = g.Ho;
   while (R > 1 && int64_t(R) * os * int64_t(sizeof(T)) > kTileBytes) --R;
-  if (R > TR) R -= R % TR;  // whole register tiles in every row tile but the last
+  if (R > FR) R -= R % FR;  // whole register tiles in every row tile but the last
   const int64_t zs = int64_t(g.Hp) * g.Wp;
   at::parallel_for(0, int64_t(g.N) * IB, 1, [&](int64_t begin, int64_t end) {
     Scratch<T> Z(0, g.C * zs, false), Oa(1, int64_t(R) * os, false);
@@ -497,18 +496,21 @@ void forward(const Geo& g, const T* z, const Pack<T>& pk, T* out) {
           VT wr[KK];
           for (int e = 0; e < KK; ++e) wr[e] = Vt::load(pk.w.data() + (blk * KK + e) * L);
           int yy = 0;
-          for (; yy + TR <= rows; yy += TR) {  // TR x TC tiles, then single columns
+          for (; yy + FR <= rows; yy += FR) {  // FR x FC tiles, then single columns
             T* orow = Oa.p + yy * os;
             const T* zrow = Zj + int64_t(yy) * S * g.Wp;
             int x = 0;
-            for (; x + TC <= g.Wo; x += TC) ftile<T, K, S, TR, TC>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
-            for (; x < g.Wo; ++x) ftile<T, K, S, TR, 1>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
+            for (; x + FC <= g.Wo; x += FC)
+              ftile<T, K, S, FR, FC>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
+            for (; x < g.Wo; ++x)
+              ftile<T, K, S, FR, 1>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
           }
           for (; yy < rows; ++yy) {  // the row tile's last rows, one at a time
             T* orow = Oa.p + yy * os;
             const T* zrow = Zj + int64_t(yy) * S * g.Wp;
             int x = 0;
-            for (; x + FM <= g.Wo; x += FM) ftile<T, K, S, 1, FM>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
+            for (; x + FM <= g.Wo; x += FM)
+              ftile<T, K, S, 1, FM>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
             for (; x < g.Wo; ++x) ftile<T, K, S, 1, 1>(wr, bv, zrow + x * S, g.Wp, orow + int64_t(x) * L, os);
           }
         }
