@@ -36,13 +36,16 @@
 #include "simd.h"
 
 // Same rule as the conv kernel (dac_cpu.cpp: min(N, 32) chunks of consecutive samples), capped
-// so that the partial sums (chunks * out * in elements, twice) stay within 2^18 elements each:
+// so that the partial sums (chunks * out * in elements, twice) stay within 2^17 elements each:
 // writing, re-reading and adding more partials cost more than the kernel itself at the SGEMM
-// shapes (200x200 and 250x250 at batch 256 ran 2x slower with 32 chunks). Both bounds depend on
-// the shapes only, never on the thread count.
+// shapes (200x200 and 250x250 at batch 256 ran 2x slower with 32 chunks). 2^17 rather than 2^18
+// (issue 22, one thread, batch 128, layer forward + backward): 141x141 453 -> 408 us (12 -> 6
+// chunks), 200x200 700 -> 664 (6 -> 3), 250x250 960 -> 937 (4 -> 2); one chunk (2^15-2^16) was
+// slower again at 250x250 (1007-1024 us). The columns still give both threads work. Both bounds
+// depend on the shapes only, never on the thread count.
 static inline int batch_chunks(int64_t n, int64_t out_in) {
   const int64_t by_batch = std::max<int64_t>(1, std::min<int64_t>(n, 32));
-  const int64_t by_memory = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, out_in));
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, out_in));
   return int(std::min(by_batch, by_memory));
 }
 
@@ -318,7 +321,8 @@ void backward_impl(const T* z0, const T* w0, const T* b0, const T* g, T* gz0, T*
   });
   // Several chunks: added in chunk order (element by element), the same bits whatever the
   // thread count, rows shared between threads (it reads every partial sum: at 181 x 181, batch
-  // 128, seven chunks of them, which on one thread was a serial tail of the backward).
+  // 128, three chunks of them (seven under the earlier 2^18 cap), a serial tail of the backward
+  // when it ran on one thread).
   if (nchunks > 1)
     parallel_rows(O, ld * nchunks, [&](int64_t ib, int64_t ie) {
       finish_rows(pw, ps, w0, b0, gw, gb, ib, ie, 0, C, nchunks, np, C, ld);
