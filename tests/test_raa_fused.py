@@ -145,3 +145,28 @@ def test_fused_kernel_runs_in_float32_under_cpu_autocast():
         out = layer(x)
     assert out.dtype == torch.float32 and any(n.startswith("_RAACPU") for n in _autograd_names(out))
     torch.testing.assert_close(out, raa_reference(x.detach().float(), layer.weight, layer.bias, "gelu", False))
+
+
+@pytest.mark.parametrize("two_d", [True, False], ids=["2d", "1d"])
+def test_float32_gelu_is_accurate_far_into_both_tails(two_d):
+    # float32 GELU takes its exp(-u^2 / 2) from an inline polynomial that clamps u^2 / 2 at 87.3:
+    # values and gradients stay within float rounding of the float64 formula from u = -1e4 to
+    # 1e4 (y -> 0 and y -> x, Phi'(u) -> 0), and NaN stays NaN. w = 0 makes u = x + b.
+    from biasbench.kernels import raa_cpu
+    u = torch.cat([torch.linspace(-16, 16, 1001), torch.tensor([-1e4, -200.0, -14.0, -13.5, 13.5, 200.0, 1e4])])
+    n = 3 * 16 * 24  # whole vectors and a scalar tail in every width
+    x32 = u.repeat(n // u.numel() + 1)[:n].reshape((3, 16, 4, 6) if two_d else (18, 4, 16))
+    c = 16
+    w = torch.zeros(c, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    x64 = x32.double().requires_grad_()
+    want = raa_reference(x64, w.double(), b.double(), "gelu", two_d)
+    (want_gx,) = torch.autograd.grad(want, x64, torch.ones_like(want))
+    for isa in _isas():
+        x = x32.clone().requires_grad_()
+        got = raa_cpu.raa(x, w, b, True, two_d, isa)
+        (gx,) = torch.autograd.grad(got, x, torch.ones_like(got))
+        torch.testing.assert_close(got.double(), want.detach(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(gx.double(), want_gx, atol=1e-6, rtol=1e-6)
+    nan = torch.full((2, c, 1, 1) if two_d else (2, c), float("nan"))
+    assert raa_cpu.raa(nan, w.detach(), b.detach(), True, two_d).isnan().all()
