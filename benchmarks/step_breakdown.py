@@ -73,7 +73,8 @@ ENGINE = "autograd::engine::evaluate_function: "
 # minus what the variant still spends in them (the stem conv stays a plain conv in DAC ResNet20).
 SECTIONS = [
     {"model": "resnet20_v1", "activation": "relu", "variant": "dac", "batch": 128,
-     "kernel": ("biasbench_dac", "_DACConvCPU", "_DACLinearCPU", ENGINE + "_DAC"),
+     "kernel": ("biasbench_dac", "_DACConvCPU", ENGINE + "_DAC",  # DACLinear's node is C++ (DACLinearNode)
+                ENGINE + "torch::autograd::CppNode<(anonymous namespace)::DACLinearNode>"),
      "replaced": ("aten::conv", "aten::_convolution", "aten::mkldnn_convolution", "aten::relu", "aten::clamp_min",
                   "aten::threshold_backward", "aten::addmm", "aten::mm", ENGINE + "ConvolutionBackward",
                   ENGINE + "ReluBackward", ENGINE + "AddmmBackward")},
