@@ -14,7 +14,7 @@ Runs, one after another, each writing its JSON under --results:
   5. benchmarks/trainer_overhead.py on the real MNIST MLP and Fashion-MNIST CNN (trainer_overhead_real.json);
   6. benchmarks/op_mix_roofline.py: this core's rate for the dense DAC kernels' instruction mix,
      the bound it sets on the dense layer ratios (op_mix_roofline.json);
-then benchmarks/perf_table.py writes the table into README.md between its markers. Measured: 297 s
+then benchmarks/perf_table.py writes the table into README.md between its markers. Measured: 261 s
 on a quiet 2-core AMD EPYC VM (2026-12-05; each part's time is printed), plus the kernels' first
 build; run it on a quiet machine, since
 two threads on shared cores measure the other processes. Needs the real data (`make real-data`).
