@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -141,12 +142,14 @@ def main() -> None:
     torch.set_num_threads(1)
     load = loadavg()
     r = rates(build(), iters=20_000_000, reps=5)
-    print(f"machine: {describe(None, kernel_paths())}; one thread, CPU clock; load average {load}")
-    print("vector instructions per ns (512-bit), operands in registers: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    print(textwrap.fill(f"machine: {describe(None, kernel_paths())}; one thread, CPU clock; load average {load}",
+                        80))
+    print(textwrap.fill("512-bit vector instructions per ns, operands in registers: "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), 80))
     rows = []
-    print(f"{'shape N x in x out':<20} {'plain ms':>9} {'DAC ms':>8} {'ratio':>6} {'GEMM peak ms':>13} "
-          f"{'DAC peak ms':>12} {'floor ratio':>12}")
+    print("ms per layer step (plain, DAC); least ms at the mix's peak (GEMM pk, DAC pk);\n"
+          "floor = DAC pk / plain")
+    print(f"{'N x in x out':<16} {'plain':>7} {'DAC':>7} {'ratio':>6} {'GEMM pk':>8} {'DAC pk':>7} {'floor':>6}")
     for n, c, o in SHAPES:
         vec = n * c * o / 16
         gemm_floor = vec * 3 / r["fma"] / 1e6
@@ -155,8 +158,8 @@ def main() -> None:
         dac = layer_step_seconds(n, c, o, True, args.reps) * 1e3
         rows.append({"shape": [n, c, o], "plain_ms": plain, "dac_ms": dac, "ratio": dac / plain,
                      "gemm_peak_ms": gemm_floor, "dac_peak_ms": dac_floor, "floor_ratio": dac_floor / plain})
-        print(f"{f'{n} x {c} x {o}':<20} {plain:9.3f} {dac:8.3f} {dac / plain:5.2f}x {gemm_floor:13.3f} "
-              f"{dac_floor:12.3f} {dac_floor / plain:11.2f}x")
+        print(f"{f'{n} x {c} x {o}':<16} {plain:7.3f} {dac:7.3f} {dac / plain:5.2f}x {gemm_floor:8.3f} "
+              f"{dac_floor:7.3f} {dac_floor / plain:5.2f}x")
     doc = {"schema": SCHEMA, "machine": describe(None, kernel_paths()), "torch": torch.__version__,
            "loadavg_before": load, "loadavg_after": loadavg(), "giga_vector_ops_per_s": r, "rows": rows}
     atomic_write_json(args.json, doc)
