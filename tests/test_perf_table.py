@@ -72,6 +72,25 @@ def test_table_rows_from_the_json_and_missing_ones_say_so(tmp_path):
     assert "not measured" in epoch and epoch.endswith("| - |")
 
 
+def test_roofline_row_gives_each_shapes_floor_and_the_layers_share_of_it():
+    """op_mix_roofline.json's rows: floor = the DAC kernels at the mix's peak over the plain
+    step; the share is that least time over the DAC layer's measured step; a shape that is no
+    SGEMM width and not 784x256 is left out; no verdict (a bound is no target)."""
+    table = _benchmark("perf_table")
+    doc = {"rows": [{"shape": [128, 141, 141], "plain_ms": 0.3, "dac_ms": 0.45, "dac_peak_ms": 0.18,
+                     "floor_ratio": 0.6},
+                    {"shape": [128, 784, 256], "plain_ms": 1.8, "dac_ms": 2.9, "dac_peak_ms": 1.8,
+                     "floor_ratio": 1.0},
+                    {"shape": [128, 256, 256], "plain_ms": 0.6, "dac_ms": 1.0, "dac_peak_ms": 0.5,
+                     "floor_ratio": 0.83}]}
+    ((figure, measured, _, met),) = table.roofline_rows(doc)
+    assert "instruction mix" in figure and met is None
+    assert "141x141 0.60x (the layer now at 40% of that rate)" in measured  # 0.18 / 0.45
+    assert "784x256 1.00x (the layer now at 62% of that rate)" in measured  # 1.8 / 2.9
+    assert "256x256" not in measured
+    assert table.roofline_rows(None)[0][1] == "not measured"
+
+
 def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):
     table = _benchmark("perf_table")
     readme = tmp_path / "README.md"
