@@ -28,6 +28,7 @@ import argparse
 import math
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -130,11 +131,12 @@ def spread(values: list[float], fmt: str) -> str:
 
 
 def print_report(doc: dict) -> None:
-    print(f"machine: {doc['machine']}")
-    print(f"MNIST MLP 784-256-256-10 (DAC: hidden {doc['dac_hidden']}), batch {doc['batch']}, "
-          f"{doc['steps']} steps = {doc['images']:,} images per epoch, {doc['runs']} runs, wall clock")
-    print(f"a run: the four epochs in turns of {doc['turn_steps']} steps each; "
-          f"load average {doc['loadavg_before']} -> {doc['loadavg_after']}")
+    for line in (f"machine: {doc['machine']}",
+                 f"MNIST MLP 784-256-256-10 (DAC: hidden {doc['dac_hidden']}), batch {doc['batch']}, "
+                 f"{doc['steps']} steps = {doc['images']:,} images per epoch, {doc['runs']} runs, wall clock",
+                 f"a run: the four epochs in turns of {doc['turn_steps']} steps each; "
+                 f"load average {doc['loadavg_before']} -> {doc['loadavg_after']}"):
+        print(textwrap.fill(line, 80))
     print(f"{'variant':<9} {'threads':>7}  {'s / epoch (min / median / max)':>30}")
     for t in THREADS:
         for v in VARIANTS:
