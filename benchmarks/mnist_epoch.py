@@ -65,12 +65,11 @@ class Epoch:
         shape = data.input_shape
         self.model = build_model(recipe.model.name, variant, num_classes=data.num_outputs, in_channels=shape[0],
                                  input_shape=shape, **recipe.model.options)
-        self.opt, _ = build_optimizer(self.model, recipe.optim)  # the recipe's has no l2 term
+        self.opt, self.l2 = build_optimizer(self.model, recipe.optim)
         self.x, self.y = data.train.x, data.train.y
         self.mean = torch.tensor(data.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std).view(1, -1, 1, 1)
         self.batch = recipe.train.batch_size
-        self.steps_per_epoch = len(self.y) // self.batch  # the trainer drops the last partial batch
 
     def run(self, steps: int, epoch: int, first: int = 0) -> float:
         """Seconds (wall) for training steps first..first + steps of epoch `epoch`'s shuffled order."""
@@ -83,6 +82,7 @@ class Epoch:
             loss = F.cross_entropy(self.model(x), self.y[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.l2.apply()  # (as the trainer's step: L2 in the loss where the recipe sets it)
             self.opt.step()
         return time.perf_counter() - start
 
@@ -160,7 +160,7 @@ def main() -> None:
     recipe = load_recipe(RECIPE, overrides=[f"data.root={args.root}"])
     data = build_data(recipe.data)
     runs = 2 if args.quick else args.runs
-    full = len(data.train.y) // recipe.train.batch_size
+    full = len(data.train.y) // recipe.train.batch_size  # the trainer drops the last partial batch
     steps = math.ceil(full / 6) if args.quick else full
     load_before = loadavg()
     times = measure(recipe, data, runs, steps)
